@@ -1,0 +1,1 @@
+"""Triton kernels of rsg_fast (installed as ``rsg_fast.kernels``)."""

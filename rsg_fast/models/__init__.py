@@ -1,0 +1,1 @@
+"""Models with RSG inserted (CIFAR ResNets, torchvision ResNet/ResNeXt)."""
