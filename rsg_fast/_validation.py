@@ -1,0 +1,106 @@
+"""Argument checks shared by ``RSG`` and ``ReferenceRSG``.
+
+Every check raises ``TypeError``/``ValueError`` naming the argument, what was expected and what came.
+Shape, dtype and device checks are host-side and free; the value checks on tensors (label range,
+finiteness) need one host synchronisation, which ``RSG`` folds into the one it needs anyway.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+MV_LOSS_CHOICES = ("paper", "original")
+
+
+def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_module_dim,
+                      head_class_lists, transfer_strength, epoch_thresh, mv_loss):
+    """Validate the constructor's arguments; return ``(C, H, W)`` and the head classes as a tuple."""
+    if isinstance(n_center, bool) or not isinstance(n_center, numbers.Integral) or n_center < 1:
+        raise ValueError(f"n_center must be an integer >= 1, got {n_center!r}")
+    if (not isinstance(feature_maps_shape, (Sequence, torch.Size)) or len(feature_maps_shape) != 3
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+                       for s in feature_maps_shape)):
+        raise ValueError(f"feature_maps_shape must be three positive integers (C, H, W), got {feature_maps_shape!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if (isinstance(contrastive_module_dim, bool) or not isinstance(contrastive_module_dim, numbers.Integral)
+            or contrastive_module_dim < 1):
+        raise ValueError(f"contrastive_module_dim must be an integer >= 1, got {contrastive_module_dim!r}")
+    if (isinstance(transfer_strength, bool) or not isinstance(transfer_strength, numbers.Real)
+            or not 0.0 < float(transfer_strength) <= 1.0):
+        raise ValueError(f"transfer_strength must be a number in (0, 1], got {transfer_strength!r}")
+    if isinstance(epoch_thresh, bool) or not isinstance(epoch_thresh, numbers.Real):
+        raise TypeError(f"epoch_thresh must be a number, got {type(epoch_thresh).__name__}")
+    if mv_loss not in MV_LOSS_CHOICES:
+        raise ValueError(f"mv_loss must be one of {MV_LOSS_CHOICES}, got {mv_loss!r}")
+    heads = check_head_classes(head_class_lists, num_classes)
+    return tuple(int(s) for s in feature_maps_shape), heads
+
+
+def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
+    """Head (frequent) class ids: integers in [0, num_classes), no repeats. Returns a tuple."""
+    if isinstance(head_class_lists, torch.Tensor):
+        if head_class_lists.dim() > 1 or head_class_lists.is_floating_point() or head_class_lists.is_complex():
+            raise TypeError("head_class_lists must be a sequence or 1-D integer tensor of class ids, "
+                            f"got a {head_class_lists.dim()}-D {head_class_lists.dtype} tensor")
+        head_class_lists = head_class_lists.reshape(-1).tolist()
+    if isinstance(head_class_lists, (str, bytes)) or not isinstance(head_class_lists, (Sequence, range)):
+        raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
+    heads = []
+    for c in head_class_lists:
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+            raise TypeError(f"head_class_lists must hold integer class ids, got {c!r}")
+        if not 0 <= int(c) < num_classes:
+            raise ValueError(f"head_class_lists holds {int(c)}, outside [0, num_classes={num_classes})")
+        heads.append(int(c))
+    if len(set(heads)) != len(heads):
+        repeated = sorted({c for c in heads if heads.count(c) > 1})
+        raise ValueError(f"head_class_lists repeats class ids {repeated}")
+    return tuple(heads)
+
+
+def check_forward_shapes(module, feature_maps, target, epoch) -> None:
+    """Host-side checks of forward's arguments (always on, even with ``validate=False``)."""
+    if not isinstance(feature_maps, torch.Tensor):
+        raise TypeError(f"feature_maps must be a torch.Tensor, got {type(feature_maps).__name__}")
+    if feature_maps.dim() != 4:
+        raise ValueError(f"feature_maps must be 4-D (N, C, H, W), got shape {tuple(feature_maps.shape)}")
+    if tuple(feature_maps.shape[1:]) != tuple(module.feature_maps_shape):
+        raise ValueError(f"feature_maps must have (C, H, W) = {tuple(module.feature_maps_shape)} as given to "
+                         f"the constructor (feature_maps_shape), got {tuple(feature_maps.shape[1:])}")
+    if not feature_maps.is_floating_point():
+        raise TypeError(f"feature_maps must be a floating-point tensor, got {feature_maps.dtype}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class labels, got {type(target).__name__}")
+    if target.dim() != 1 or target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must be a 1-D integer tensor of class labels, got a {target.dim()}-D "
+                        f"{target.dtype} tensor")
+    if target.shape[0] != feature_maps.shape[0]:
+        raise ValueError(f"target must have one label per sample: feature_maps has batch {feature_maps.shape[0]}, "
+                         f"target has length {target.shape[0]}")
+    if target.device != feature_maps.device:
+        raise ValueError(f"target is on {target.device} but feature_maps is on {feature_maps.device}; "
+                         "put them on the same device")
+    param_device = module.centers.device
+    if feature_maps.device != param_device:
+        raise ValueError(f"feature_maps is on {feature_maps.device} but the RSG parameters are on {param_device}; "
+                         "move the module with .to(device)")
+    if isinstance(epoch, torch.Tensor):
+        if epoch.numel() != 1:
+            raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")
+        epoch = epoch.item()
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
+        raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+
+
+def raise_for_values(label_min: int, label_max: int, num_classes: int, all_finite: bool | None) -> None:
+    """Raise for the value checks once their statistics are on the host."""
+    if label_min < 0 or label_max >= num_classes:
+        bad = label_min if label_min < 0 else label_max
+        raise ValueError(f"target holds label {bad}, outside [0, num_classes={num_classes})")
+    if all_finite is False:
+        raise ValueError("feature_maps holds NaN or Inf values (check_finite=True)")
