@@ -1,1 +1,59 @@
-"""Long-tailed datasets."""
+"""Long-tailed datasets: imbalanced CIFAR-10/100, list-file ImageNet-LT / Places-LT / iNaturalist 2018,
+and the offline ``synthetic-lt`` (the default of ``rsg-fast train``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from rsg_fast.data.cifar import ArrayImageDataset, imbalance_subset, imbalanced_cifar
+from rsg_fast.data.imbalance import (
+    DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, img_num_per_cls, select_indices,
+)
+from rsg_fast.data.listfile import LIST_DATASETS, ListFileDataset, list_datasets, read_list_file
+from rsg_fast.data.synthetic import SyntheticLT
+
+DATASETS = ("synthetic-lt", "cifar10", "cifar100", *LIST_DATASETS)
+
+__all__ = [
+    "DATASETS", "DEFAULT_SUBSET", "IMB_TYPES", "SUBSET_RULES", "LIST_DATASETS", "LTData",
+    "ArrayImageDataset", "ListFileDataset", "SyntheticLT", "build_datasets", "class_counts",
+    "imbalance_subset", "imbalanced_cifar", "img_num_per_cls", "list_datasets", "read_list_file",
+    "select_indices",
+]
+
+
+@dataclass
+class LTData:
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    cls_num_list: list[int]   # training images per class
+    image_size: int           # square input side the model sees
+    family: str               # "cifar" (class 0 most frequent by construction) or "general"
+
+
+def build_datasets(name: str, *, root: str | None = None, download: bool = False, imb_type: str = "exp",
+                   imb_factor: float = 0.01, subset: str = DEFAULT_SUBSET, seed: int = 0,
+                   train_list: str | None = None, test_list: str | None = None, input_size: int = 224,
+                   augment: bool = True, synthetic: dict[str, Any] | None = None) -> LTData:
+    """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts."""
+    if name == "synthetic-lt":
+        kw = dict(synthetic or {})
+        train = SyntheticLT(True, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
+        test = SyntheticLT(False, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
+        return LTData(train, test, train.num_classes, list(train.counts), train.data.shape[-1], "cifar")
+    if name in ("cifar10", "cifar100"):
+        if root is None:
+            raise ValueError(f"--data-root is required for {name} (the folder holding the CIFAR files)")
+        num_classes = 10 if name == "cifar10" else 100
+        train, test, counts = imbalanced_cifar(num_classes, root, imb_type=imb_type, imb_factor=imb_factor,
+                                               subset=subset, seed=seed, download=download, augment=augment)
+        return LTData(train, test, num_classes, counts, 32, "cifar")
+    if name in LIST_DATASETS:
+        if root is None:
+            raise ValueError(f"--data-root is required for {name} (the image root of the list files)")
+        train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment)
+        return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size, "general")
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")

@@ -1,0 +1,87 @@
+"""ImageNet-LT, Places-LT and iNaturalist 2018: an image root plus ``relative/path label`` list files."""
+from __future__ import annotations
+
+import os
+
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name -> (number of classes, default train list, default test list), the files of the usual releases
+# (Liu et al. OLTR for ImageNet-LT / Places-LT, Kang et al. for iNaturalist 2018).
+LIST_DATASETS = {
+    "imagenet-lt": (1000, "ImageNet_LT_train.txt", "ImageNet_LT_test.txt"),
+    "places-lt": (365, "Places_LT_train.txt", "Places_LT_test.txt"),
+    "inat2018": (8142, "iNaturalist18_train.txt", "iNaturalist18_val.txt"),
+}
+
+
+def read_list_file(list_file: str, num_classes: int | None = None) -> tuple[list[str], list[int]]:
+    """Parse ``path label`` lines (blank lines ignored); errors name the file and line."""
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"list file not found: {os.path.abspath(list_file)!r}")
+    paths, labels = [], []
+    with open(list_file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)  # paths may hold spaces; the label is the last field
+            try:
+                path, label = parts[0].strip(), int(parts[1])
+            except (IndexError, ValueError):
+                raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line.rstrip()!r}") from None
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                raise ValueError(f"{list_file}:{lineno}: label {label} outside [0, {num_classes})")
+            paths.append(path)
+            labels.append(label)
+    if not paths:
+        raise ValueError(f"list file {list_file!r} holds no samples")
+    return paths, labels
+
+
+def imagenet_transforms(train: bool, size: int = 224):
+    """Random-resized crop + flip (+ colour jitter, as in Kang et al.) for training; resize + centre crop for test."""
+    import torchvision.transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train:
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                          T.ColorJitter(0.4, 0.4, 0.4, 0), *norm])
+    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *norm])
+
+
+class ListFileDataset(Dataset):
+    """Images under ``root`` listed in ``list_file`` as ``relative/path label``."""
+
+    def __init__(self, root: str, list_file: str, transform=None, num_classes: int | None = None):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set --data-root)")
+        self.root = root
+        self.paths, self.targets = read_list_file(list_file, num_classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(os.path.join(self.root, self.paths[i])) as im:
+            img = im.convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[i]
+
+
+def list_datasets(name: str, root: str, train_list: str | None = None, test_list: str | None = None,
+                  size: int = 224, augment: bool = True):
+    """(train, test, num_classes) for one of LIST_DATASETS; list files default to ``root/<usual name>``."""
+    if name not in LIST_DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(LIST_DATASETS)}, got {name!r}")
+    num_classes, default_train, default_test = LIST_DATASETS[name]
+    train_list = train_list or os.path.join(root, default_train)
+    test_list = test_list or os.path.join(root, default_test)
+    train = ListFileDataset(root, train_list, imagenet_transforms(augment, size), num_classes)
+    test = ListFileDataset(root, test_list, imagenet_transforms(False, size), num_classes)
+    return train, test, num_classes

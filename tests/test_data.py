@@ -1,0 +1,161 @@
+"""Long-tailed data: the published per-class counts, both subset rules, list files, synthetic-lt, errors."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from rsg_fast.data import (
+    LIST_DATASETS, ListFileDataset, SyntheticLT, build_datasets, class_counts, img_num_per_cls, select_indices,
+)
+
+
+def formula(n_max, C, imb_type, rho):
+    if imb_type == "exp":
+        return [int(n_max * (1 / rho) ** (i / (C - 1))) for i in range(C)]
+    return [int(n_max)] * (C // 2) + [int(n_max / rho)] * (C - C // 2)
+
+
+@pytest.mark.parametrize("C", [10, 100])
+@pytest.mark.parametrize("rho", [100, 50])
+@pytest.mark.parametrize("imb_type", ["exp", "step"])
+def test_counts_match_formula(C, rho, imb_type):
+    counts = img_num_per_cls(50000 / C, C, imb_type, 1 / rho)
+    assert counts == formula(50000 / C, C, imb_type, rho)
+    assert counts[0] == 50000 // C
+    assert counts[-1] == 50000 // C // rho
+
+
+def test_counts_known_totals():
+    # The training-set sizes every long-tailed CIFAR paper reports (int truncation included).
+    assert img_num_per_cls(5000.0, 10, "exp", 0.01) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert sum(img_num_per_cls(5000.0, 10, "exp", 0.02)) == 13996
+    assert sum(img_num_per_cls(500.0, 100, "exp", 0.01)) == 10847
+    assert sum(img_num_per_cls(500.0, 100, "exp", 0.02)) == 12608
+    assert img_num_per_cls(5000.0, 10, "step", 0.01) == [5000] * 5 + [50] * 5
+
+
+def test_subset_rules_on_stand_in_targets():
+    rng = np.random.RandomState(1)
+    targets = rng.permutation(np.repeat(np.arange(10), 100)).tolist()
+    counts = img_num_per_cls(100, 10, "exp", 0.01)
+    first = select_indices(targets, counts, "first")
+    assert class_counts([targets[i] for i in first], 10) == counts
+    for c in range(10):  # "first": the first n of the class in dataset order
+        expected = [i for i, t in enumerate(targets) if t == c][:counts[c]]
+        assert [i for i in first if targets[i] == c] == expected
+    shuf = select_indices(targets, counts, "shuffle", seed=3)
+    assert class_counts([targets[i] for i in shuf], 10) == counts
+    assert not np.array_equal(np.sort(first), np.sort(shuf))
+    assert np.array_equal(shuf, select_indices(targets, counts, "shuffle", seed=3))  # seeded
+    # LDAM-DRW's construction, written out.
+    np.random.seed(3)
+    ldam = []
+    for c, n in enumerate(counts):
+        idx = np.where(np.asarray(targets) == c)[0]
+        np.random.shuffle(idx)
+        ldam.append(idx[:n])
+    assert np.array_equal(shuf, np.concatenate(ldam))
+
+
+def test_count_errors_name_the_argument():
+    with pytest.raises(ValueError, match="imb_type"):
+        img_num_per_cls(100, 10, "linear", 0.01)
+    with pytest.raises(ValueError, match="imb_factor"):
+        img_num_per_cls(100, 10, "exp", 100)
+    with pytest.raises(ValueError, match="subset"):
+        select_indices([0, 1], [1, 1], "random")
+    with pytest.raises(ValueError, match="class 1"):
+        select_indices([0, 1], [1, 2])
+
+
+def _write_fake_cifar10(root, per_class_train=100, per_class_test=5):
+    """A tiny CIFAR-10 in torchvision's on-disk format (pickled batches); never downloaded."""
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    rng = np.random.RandomState(0)
+    labels = rng.permutation(np.repeat(np.arange(10), per_class_train)).tolist()
+    data = rng.randint(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)
+    chunks = np.array_split(np.arange(len(labels)), 5)
+    for b, idx in enumerate(chunks, 1):
+        with open(os.path.join(folder, f"data_batch_{b}"), "wb") as f:
+            pickle.dump({"data": data[idx], "labels": [labels[i] for i in idx]}, f)
+    test_labels = np.repeat(np.arange(10), per_class_test).tolist()
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        pickle.dump({"data": rng.randint(0, 256, (len(test_labels), 3072), dtype=np.uint8), "labels": test_labels}, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return labels
+
+
+@pytest.mark.parametrize("imb_type,rho", [("exp", 100), ("step", 50)])
+def test_imbalanced_cifar_from_torchvision_format(tmp_path, monkeypatch, imb_type, rho):
+    import torchvision.datasets as tvd
+    import torchvision.datasets.cifar as tvcifar
+
+    labels = _write_fake_cifar10(str(tmp_path))
+    # Our fake files cannot match torchvision's md5 sums; everything else is torchvision's own loader.
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tvcifar, "check_integrity", lambda *a, **k: True)
+    d = build_datasets("cifar10", root=str(tmp_path), imb_type=imb_type, imb_factor=1 / rho)
+    assert d.cls_num_list == formula(100, 10, imb_type, rho)
+    assert class_counts(d.train.targets, 10) == d.cls_num_list
+    assert len(d.test) == 50 and class_counts(d.test.targets, 10) == [5] * 10
+    x, y = d.train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
+    # Default subset rule is "first" (RSG scripts): class 0's first images in file order.
+    firsts = [i for i, t in enumerate(labels) if t == 0][:d.cls_num_list[0]]
+    assert d.train.targets[:len(firsts)] == [0] * len(firsts)
+
+
+def test_missing_cifar_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py") as err:
+        build_datasets("cifar10", root=str(tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in str(err.value) and "--download" in str(err.value)
+    with pytest.raises(ValueError, match="--data-root"):
+        build_datasets("cifar100")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        build_datasets("mnist-lt")
+
+
+def test_list_file_dataset(tmp_path):
+    from PIL import Image
+
+    os.makedirs(tmp_path / "train" / "a b")
+    lines = []
+    for i in range(6):
+        p = f"train/a b/img {i}.png"
+        Image.fromarray(np.full((40, 30, 3), i * 40, dtype=np.uint8)).save(tmp_path / p)
+        lines.append(f"{p} {i % 3}")
+    (tmp_path / "ImageNet_LT_train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "ImageNet_LT_test.txt").write_text("\n".join(lines[:3]) + "\n")
+    d = build_datasets("imagenet-lt", root=str(tmp_path), input_size=32)
+    assert d.num_classes == LIST_DATASETS["imagenet-lt"][0] and len(d.train) == 6 and len(d.test) == 3
+    assert d.cls_num_list[:4] == [2, 2, 2, 0]
+    x, y = d.test[1]
+    assert x.shape == (3, 32, 32) and y == 1
+    (tmp_path / "bad.txt").write_text("train/x.png 0\nno_label_here\n")
+    with pytest.raises(ValueError, match="bad.txt:2"):
+        ListFileDataset(str(tmp_path), str(tmp_path / "bad.txt"))
+    with pytest.raises(FileNotFoundError, match="list file not found"):
+        ListFileDataset(str(tmp_path), str(tmp_path / "missing.txt"))
+    with pytest.raises(FileNotFoundError, match="image root not found"):
+        build_datasets("places-lt", root=str(tmp_path / "nope"))
+
+
+def test_synthetic_lt_is_seeded_long_tailed_and_balanced_at_test():
+    d = build_datasets("synthetic-lt", seed=5)
+    counts = d.cls_num_list
+    assert counts == img_num_per_cls(500, 10, "exp", 0.01)
+    assert any(n > 100 for n in counts) and any(20 <= n <= 100 for n in counts) and any(n < 20 for n in counts)
+    assert class_counts(d.test.targets, 10) == [50] * 10
+    again = build_datasets("synthetic-lt", seed=5)
+    assert torch.equal(d.train.data, again.train.data) and d.train.targets == again.train.targets
+    assert not torch.equal(d.train.data, build_datasets("synthetic-lt", seed=6).train.data)
+    x, y = d.train[0]
+    assert x.shape == (3, 16, 16) and torch.isfinite(x).all() and y == 0
+    step = SyntheticLT(True, imb_type="step", imb_factor=0.1, n_max=200)
+    assert step.counts == [200] * 5 + [20] * 5
+    with pytest.raises(ValueError, match="image_size"):
+        SyntheticLT(True, image_size=4)
