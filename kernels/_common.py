@@ -1,0 +1,83 @@
+"""Helpers shared by the kernel launchers: dtypes, block sizes, output allocation.
+
+Every buffer a launcher returns (outputs, per-program partials, gradients) is allocated through
+``new_empty`` / ``new_empty_like``. Inside ``poisoned_outputs()`` those buffers are NaN-filled first,
+so a test that finds no NaN proves the kernels wrote every element.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+_POISON = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Test hook: while active, every buffer a launcher allocates starts as NaN instead of garbage."""
+    global _POISON
+    previous, _POISON = _POISON, True
+    try:
+        yield
+    finally:
+        _POISON = previous
+
+
+def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.empty`` (contiguous), or NaN-filled inside ``poisoned_outputs()``."""
+    if _POISON:
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def new_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.empty_like`` keeping ``t``'s memory format (channels_last stays channels_last)."""
+    out = torch.empty_like(t, dtype=dtype)
+    if _POISON:
+        out.fill_(float("nan"))
+    return out
+
+
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 if any input is float64, else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def tl_acc(dtype: torch.dtype):
+    """The ``tl`` dtype matching an accumulation dtype."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
+    """Next power of two of ``n``, clamped to ``[lo, hi]``."""
+    b = max(lo, triton.next_power_of_2(max(int(n), 1)))
+    return min(b, hi) if hi is not None else b
+
+
+def warps_for(tile_elems: int) -> int:
+    """num_warps from the number of elements one program holds in registers per step."""
+    if tile_elems <= 256:
+        return 1
+    if tile_elems <= 1024:
+        return 2
+    if tile_elems <= 4096:
+        return 4
+    return 8
+
+
+def strides4(t: torch.Tensor):
+    """(stride_n, stride_c, stride_h, stride_w) of a 4-D tensor, in elements."""
+    return tuple(int(s) for s in t.stride())
+
+
+def csr_by_index(index: torch.Tensor, n_rows: int):
+    """Group positions m by ``index[m]``: returns ``(perm, offsets)`` with the m's of row n in
+    ``perm[offsets[n]:offsets[n+1]]``, in increasing m (stable sort), so sums are deterministic."""
+    perm = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=n_rows)
+    offsets = torch.zeros(n_rows + 1, dtype=torch.int64, device=index.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return perm, offsets

@@ -1,0 +1,163 @@
+"""The three fused ops of RSG (docs/ops-contract.md), each one ``torch.autograd.Function``.
+
+Public functions (the module calls these):
+
+- ``center_distance(x, centers, *, backend="auto") -> (mean, dist)``      Eq. 1 and Eq. 5
+- ``displacement(x, index, centre_rows, *, backend="auto") -> out``        Eq. 3
+- ``mv_terms(tv, v, u, x, tail_index, grouping, *, backend="auto") -> (new, terms)``   Eq. 4 and Eq. 6
+
+Each Function's forward and backward run either the PyTorch path written here (the same algebra
+as the kernels: e.g. dist = V + HW |mean - c|^2, hand-written backward that saves only what it
+needs) or the Triton launchers in ``rsg_fast.kernels``. ``backend`` is resolved by
+``rsg_fast.backend.resolve_backend`` ("auto", "torch", "triton"; env ``RSG_FAST_BACKEND``).
+
+Dtypes: statistics (mean, dist, terms) are in the acc dtype (float64 if an input is float64, else
+float32); tensor outputs keep the input's dtype (x's for displacement, tv's for new samples).
+Autocast is switched off inside the ops (forward and backward): they cast to the acc dtype
+themselves, so under ``torch.autocast`` the statistics are still fp32.
+Empty batches (N = 0 or M = 0, or any zero-size map) take the PyTorch path: no kernel launch.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rsg_fast.backend import resolve_backend
+
+__all__ = ["center_distance", "displacement", "mv_terms", "GROUPINGS", "EPS"]
+
+GROUPINGS = ("location", "rows")
+EPS = 1e-12  # F.normalize's eps
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _acc(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _no_autocast(device: torch.device):
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except Exception:  # a device type autocast does not know: nothing to switch off
+        return contextlib.nullcontext()
+
+
+def _check_tensor(name: str, t, ndim: int, *, floating: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+
+
+def _check_index(name: str, index, length: int, bound: int, ref: torch.Tensor) -> torch.Tensor:
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of int64, got {type(index).__name__}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (int64), got dtype {index.dtype}")
+    if index.dim() != 1 or index.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(index.shape)}")
+    _check_device("x", ref, name, index)
+    index = index.to(torch.int64)
+    if length:
+        if index.device.type == "cuda":
+            # no host sync: a bad index fails the stream asynchronously instead of reading garbage
+            torch._assert_async(((index >= 0) & (index < bound)).all(),
+                                f"{name} out of range [0, {bound})")
+        elif bool(((index < 0) | (index >= bound)).any()):
+            raise ValueError(f"{name} must hold values in [0, {bound}), got min {int(index.min())} "
+                             f"and max {int(index.max())}")
+    return index
+
+
+def _kernel_module(name: str):
+    """Import a kernel module only when the Triton backend is used (imports triton)."""
+    import importlib
+    return importlib.import_module(f"rsg_fast.kernels.{name}")
+
+
+# ----------------------------------------------------------------------------- center_distance
+
+def _cd_forward_torch(x: torch.Tensor, centers: torch.Tensor):
+    acc = _acc(x.dtype, centers.dtype)
+    HW = x.shape[2] * x.shape[3]
+    xf = x.to(acc)
+    mean = xf.mean(dim=(2, 3))
+    var = (xf - mean[:, :, None, None]).square().sum(dim=(1, 2, 3))          # V[n], centred
+    dist = var[:, None] + HW * (mean[:, None, :] - centers.to(acc)).square().sum(-1)
+    return mean, dist
+
+
+def _cd_backward_torch(x, centers, mean, grad_mean, grad_dist, need_x, need_c):
+    acc = mean.dtype
+    HW = x.shape[2] * x.shape[3]
+    gd = grad_dist.to(acc)
+    diff = mean[:, None, :] - centers.to(acc)                                  # (N, K, C)
+    gx = gc = None
+    if need_c:
+        gc = (-2.0 * HW * gd[:, :, None] * diff).to(centers.dtype)
+    if need_x:
+        s = gd.sum(1)                                                           # (N,)
+        q = torch.einsum("nk,nkc->nc", gd, diff)                                # (N, C)
+        base = 2.0 * q
+        if grad_mean is not None:
+            base = base + grad_mean.to(acc) / HW
+        gx = (base[:, :, None, None] + 2.0 * s[:, None, None, None] * (x.to(acc) - mean[:, :, None, None]))
+        gx = gx.to(x.dtype)
+    return gx, gc
+
+
+class _CenterDistance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, centers, backend):
+        with _no_autocast(x.device):
+            if backend == "triton":
+                mean, dist = _kernel_module("center_distance").center_distance_forward(x, centers)
+            else:
+                mean, dist = _cd_forward_torch(x, centers)
+        ctx.backend = backend
+        ctx.save_for_backward(x, centers, mean)
+        return mean, dist
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mean, grad_dist):
+        x, centers, mean = ctx.saved_tensors
+        need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_dist is None:
+            grad_dist = torch.zeros(centers.shape[:2], dtype=mean.dtype, device=mean.device)
+        with _no_autocast(x.device):
+            if ctx.backend == "triton":
+                gx, gc = _kernel_module("center_distance").center_distance_backward(x, centers, mean, grad_mean, grad_dist,
+                                                                need_x, need_c)
+            else:
+                gx, gc = _cd_backward_torch(x, centers, mean, grad_mean, grad_dist, need_x, need_c)
+        return gx, gc, None
+
+
+def center_distance(x: torch.Tensor, centers: torch.Tensor, *, backend: str | None = "auto"):
+    """Pooled mean and squared distance to the K centres (contract: center_distance).
+
+    x: (N, C, H, W) floating, any strides; centers: (N, K, C) floating (the sample's class centres).
+    Returns ``mean`` (N, C) and ``dist`` (N, K), both in the acc dtype; differentiable w.r.t. x and centers.
+    """
+    _check_tensor("x", x, 4)
+    _check_tensor("centers", centers, 3)
+    _check_device("x", x, "centers", centers)
+    N, C = x.shape[:2]
+    if centers.shape[0] != N or centers.shape[2] != C:
+        raise ValueError(f"centers must have shape (N, K, C) = ({N}, K, {C}) to match x {tuple(x.shape)}, "
+                         f"got {tuple(centers.shape)}")
+    be = resolve_backend(backend, x.device)
+    if x.numel() == 0 or centers.numel() == 0:
+        be = "torch"
+    return _CenterDistance.apply(x, centers, be)

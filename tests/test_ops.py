@@ -1,0 +1,208 @@
+"""The fused ops (rsg_fast.ops) on both backends against plain fp64 references written here.
+
+Backends: "torch" always; "triton" runs the real kernels on a GPU, or the Triton interpreter on the
+CPU (tests/conftest.py sets TRITON_INTERPRET=1 when CUDA is absent), so keep CPU shapes small.
+Tolerances (fp32 inputs vs the fp64 reference on the same fp32 values): values and gradients
+rtol 1e-5, atol 1e-5 * (scale of the quantity); fp64 gradcheck with torch's defaults.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsg_fast import ops
+from rsg_fast.kernels._common import poisoned_outputs
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BACKENDS = ["torch", "triton"]
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def close(actual, expected, rtol=1e-5, atol=1e-5, scale=None):
+    """Compare in fp64; ``atol`` is relative to ``scale`` (default: max |expected|, at least 1)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    exp = expected.detach().double().cpu()
+    if scale is None:
+        scale = max(1.0, exp.abs().max().item()) if exp.numel() else 1.0
+    torch.testing.assert_close(actual.detach().double().cpu(), exp, rtol=rtol, atol=atol * scale)
+
+
+def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """Same values as ``t`` (4-D) in another memory layout: contiguous, channels_last or a strided slice."""
+    if kind == "contiguous":
+        return t.contiguous()
+    if kind == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced":  # a view with gaps in every dimension and a negative-free odd stride
+        big = torch.zeros(t.shape[0] * 2, t.shape[1] * 2 + 1, t.shape[2] * 3, t.shape[3] * 2,
+                          dtype=t.dtype, device=t.device)
+        view = big[::2, 1::2, ::3, ::2]
+        view.copy_(t)
+        assert not view.is_contiguous()
+        return view
+    raise ValueError(kind)
+
+
+def leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_(True)
+
+
+# ============================================================================ center_distance
+
+def ref_center_distance(x, centers):
+    """Plain Eq. 1 and Eq. 5 in fp64, materialising N x K x C x H x W."""
+    xd, cd = x.double(), centers.double()
+    mean = xd.mean(dim=(2, 3))
+    dist = (xd[:, None] - cd[:, :, :, None, None]).square().sum(dim=(2, 3, 4))
+    return mean, dist
+
+
+CD_SHAPES = [  # N, K, C, H, W
+    (1, 1, 1, 1, 1),
+    (3, 4, 5, 3, 7),
+    (2, 3, 17, 5, 5),
+    (4, 15, 7, 7, 3),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", CD_SHAPES)
+def test_center_distance_values_and_grads(backend, shape):
+    N, K, C, H, W = shape
+    x = torch.randn(N, C, H, W, device=DEVICE)
+    centers = torch.randn(N, K, C, device=DEVICE)
+    xr, cr = leaf(x.double()), leaf(centers.double())
+    rm, rd = ref_center_distance(xr, cr)
+    gm, gd = torch.randn_like(rm), torch.randn_like(rd)
+    ((rm * gm).sum() + (rd * gd).sum()).backward()
+
+    xa, ca = leaf(x), leaf(centers)
+    with poisoned_outputs():
+        mean, dist = ops.center_distance(xa, ca, backend=backend)
+        assert mean.dtype == dist.dtype == torch.float32
+        ((mean * gm.float()).sum() + (dist * gd.float()).sum()).backward()
+    close(mean, rm)
+    close(dist, rd)
+    close(xa.grad, xr.grad)
+    close(ca.grad, cr.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["channels_last", "sliced"])
+def test_center_distance_layouts(backend, kind):
+    N, K, C, H, W = 2, 3, 5, 3, 5
+    x0 = torch.randn(N, C, H, W, device=DEVICE)
+    x = leaf(layout(x0, kind))
+    cbig = torch.randn(N, K, 2 * C, device=DEVICE)
+    centers = leaf(cbig[:, :, ::2])                     # non-contiguous centres too
+    rm, rd = ref_center_distance(x0, centers.detach())
+    with poisoned_outputs():
+        mean, dist = ops.center_distance(x, centers, backend=backend)
+        dist.sum().backward()
+    close(mean, rm)
+    close(dist, rd)
+    xr, cr = leaf(x0.double()), leaf(centers.detach().double())
+    ref_center_distance(xr, cr)[1].sum().backward()
+    close(x.grad, xr.grad)
+    close(centers.grad, cr.grad)
+    assert x.grad.stride() == x.stride() or kind == "sliced"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_distance_cancellation(backend):
+    """x = 100 + noise: E[x^2] - E[x]^2 would lose every digit of V in fp32; the centred form keeps them."""
+    N, K, C, H, W = 2, 3, 7, 5, 5
+    x = 100.0 + torch.randn(N, C, H, W, device=DEVICE)
+    centers = 100.0 + 0.1 * torch.randn(N, K, C, device=DEVICE)
+    mean, dist = ops.center_distance(x, centers, backend=backend)
+    rm, rd = ref_center_distance(x, centers)
+    # dist ~ C*H*W (about 175) while x^2 sums are ~ 1.75e6: fp32 one-pass raw moments would be off by ~1.
+    torch.testing.assert_close(dist.double().cpu(), rd.cpu(), rtol=2e-5, atol=0.0)
+    close(mean, rm)
+
+
+def test_center_distance_triton_blocks_forced():
+    """Several channel blocks (host partial sum) and spatial blocks (Chan merge) in the kernels."""
+    from rsg_fast.kernels.center_distance import center_distance_backward, center_distance_forward
+    N, K, C, H, W = 2, 3, 7, 5, 3
+    x = 50.0 + torch.randn(N, C, H, W, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    centers = 50.0 + torch.randn(N, K, C, device=DEVICE)
+    xr, cr = leaf(x.double()), leaf(centers.double())
+    rm, rd = ref_center_distance(xr, cr)
+    gm, gd = torch.randn_like(rm), torch.randn_like(rd)
+    ((rm * gm).sum() + (rd * gd).sum()).backward()
+    with poisoned_outputs():
+        mean, dist = center_distance_forward(x, centers, block_c=2, block_hw=4)
+        gx, gc = center_distance_backward(x, centers, mean, gm.float(), gd.float(), True, True,
+                                          block_c=2, block_hw=4)
+    close(mean, rm)
+    close(dist, rd, rtol=2e-5)
+    close(gx, xr.grad, rtol=2e-5)
+    close(gc, cr.grad, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_distance_only_some_grads(backend):
+    """Only centres require grad (the module's case: x is detached); grad of dist alone."""
+    x = torch.randn(3, 5, 3, 3, device=DEVICE)
+    centers = leaf(torch.randn(3, 2, 5, device=DEVICE))
+    _, dist = ops.center_distance(x, centers, backend=backend)
+    dist.sum().backward()
+    cr = leaf(centers.detach().double())
+    ref_center_distance(x, cr)[1].sum().backward()
+    close(centers.grad, cr.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_distance_gradcheck(backend):
+    x = leaf(torch.randn(2, 3, 2, 3, dtype=torch.float64, device=DEVICE))
+    centers = leaf(torch.randn(2, 2, 3, dtype=torch.float64, device=DEVICE))
+    assert torch.autograd.gradcheck(lambda a, b: ops.center_distance(a, b, backend=backend), (x, centers))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_distance_empty(backend):
+    x = leaf(torch.randn(0, 5, 3, 3, device=DEVICE))
+    centers = leaf(torch.randn(0, 4, 5, device=DEVICE))
+    mean, dist = ops.center_distance(x, centers, backend=backend)
+    assert mean.shape == (0, 5) and dist.shape == (0, 4)
+    (mean.sum() + dist.sum()).backward()
+    assert x.grad.shape == x.shape and centers.grad.shape == centers.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_distance_fp64_and_mixed(backend):
+    x = torch.randn(2, 3, 3, 5, dtype=torch.float64, device=DEVICE)
+    centers = torch.randn(2, 2, 3, device=DEVICE)  # fp32 centres with fp64 maps: fp64 statistics
+    mean, dist = ops.center_distance(x, centers, backend=backend)
+    assert mean.dtype == dist.dtype == torch.float64
+    rm, rd = ref_center_distance(x, centers)
+    torch.testing.assert_close(dist.cpu(), rd.cpu(), rtol=1e-12, atol=1e-12)
+
+
+def test_center_distance_autocast_gives_fp32():
+    x = torch.randn(2, 3, 3, 3, device=DEVICE)
+    centers = torch.randn(2, 2, 3, device=DEVICE)
+    dt = torch.float16 if DEVICE.type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type=DEVICE.type, dtype=dt):
+        mean, dist = ops.center_distance(x, centers, backend="torch")
+    assert mean.dtype == dist.dtype == torch.float32
+    close(dist, ref_center_distance(x, centers)[1])
+
+
+def test_center_distance_bad_arguments():
+    x = torch.randn(2, 3, 4, 4)
+    c = torch.randn(2, 5, 3)
+    with pytest.raises(TypeError, match="x"):
+        ops.center_distance(x.numpy(), c)
+    with pytest.raises(TypeError, match="x"):
+        ops.center_distance(x.long(), c)
+    with pytest.raises(ValueError, match="x"):
+        ops.center_distance(x[0], c)
+    with pytest.raises(ValueError, match="centers"):
+        ops.center_distance(x, torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match="centers"):
+        ops.center_distance(x, torch.randn(3, 5, 3))
+    with pytest.raises(ValueError, match="backend"):
+        ops.center_distance(x, c, backend="cuda")
