@@ -26,11 +26,16 @@ def poisoned_outputs():
         _POISON = previous
 
 
-def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """``torch.empty`` (contiguous), or NaN-filled inside ``poisoned_outputs()``."""
+def new_empty(shape, dtype: torch.dtype, device, stride=None) -> torch.Tensor:
+    """``torch.empty`` (contiguous, or ``torch.empty_strided`` when ``stride`` is given), NaN-filled
+    inside ``poisoned_outputs()``."""
+    if stride is None:
+        out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    else:
+        out = torch.empty_strided(tuple(shape), tuple(stride), dtype=dtype, device=device)
     if _POISON:
-        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
-    return torch.empty(tuple(shape), dtype=dtype, device=device)
+        out.fill_(float("nan"))
+    return out
 
 
 def new_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -79,6 +79,13 @@ def _check_index(name: str, index, length: int, bound: int, ref: torch.Tensor) -
     return index
 
 
+def _dense_stride(t: torch.Tensor):
+    """t's strides when it is contiguous or channels_last (gradients keep that layout), else None."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t.stride()
+    return None
+
+
 def _kernel_module(name: str):
     """Import a kernel module only when the Triton backend is used (imports triton)."""
     import importlib
@@ -161,3 +168,80 @@ def center_distance(x: torch.Tensor, centers: torch.Tensor, *, backend: str | No
     if x.numel() == 0 or centers.numel() == 0:
         be = "torch"
     return _CenterDistance.apply(x, centers, be)
+
+
+# ----------------------------------------------------------------------------- displacement
+
+def _disp_forward_torch(x, index, centre_rows):
+    acc = _acc(x.dtype, centre_rows.dtype)
+    out = x.index_select(0, index).to(acc) - centre_rows.to(acc)[:, :, None, None]
+    return out.to(x.dtype).contiguous()
+
+
+def _index_add_torch(grad, index, shape, dtype, stride):
+    acc = _acc(grad.dtype, dtype)
+    gx = torch.zeros(shape, dtype=acc, device=grad.device)
+    gx.index_add_(0, index, grad.to(acc))
+    if stride is None:
+        return gx.to(dtype)
+    return torch.empty_strided(shape, stride, dtype=dtype, device=grad.device).copy_(gx)
+
+
+def _disp_backward_torch(grad_out, index, x_meta, cr_dtype, need_x, need_cr):
+    gx = _index_add_torch(grad_out, index, *x_meta) if need_x else None
+    gcr = None
+    if need_cr:
+        acc = _acc(grad_out.dtype, cr_dtype)
+        gcr = (-grad_out.to(acc).sum(dim=(2, 3))).to(cr_dtype)
+    return gx, gcr
+
+
+class _Displacement(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, index, centre_rows, backend):
+        with _no_autocast(x.device):
+            if backend == "triton":
+                out = _kernel_module("displacement").displacement_forward(x, index, centre_rows)
+            else:
+                out = _disp_forward_torch(x, index, centre_rows)
+        ctx.backend = backend
+        ctx.save_for_backward(index)
+        # shapes/dtypes only: the backward never reads x's or centre_rows' values
+        ctx.x_meta = (x.shape, x.dtype, _dense_stride(x))
+        ctx.cr_dtype = centre_rows.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (index,) = ctx.saved_tensors
+        need_x, need_cr = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        with _no_autocast(grad_out.device):
+            if ctx.backend == "triton":
+                gx, gcr = _kernel_module("displacement").displacement_backward(
+                    grad_out, index, ctx.x_meta, ctx.cr_dtype, need_x, need_cr)
+            else:
+                gx, gcr = _disp_backward_torch(grad_out, index, ctx.x_meta, ctx.cr_dtype, need_x, need_cr)
+        return gx, None, gcr, None
+
+
+def displacement(x: torch.Tensor, index: torch.Tensor, centre_rows: torch.Tensor, *,
+                 backend: str | None = "auto") -> torch.Tensor:
+    """Gathered samples minus their centre (contract: displacement, Eq. 3).
+
+    x: (N, C, H, W) floating, any strides; index: (M,) integer in [0, N), may repeat;
+    centre_rows: (M, C) floating. Returns (M, C, H, W), contiguous NCHW, in x's dtype;
+    differentiable w.r.t. x and centre_rows.
+    """
+    _check_tensor("x", x, 4)
+    _check_tensor("centre_rows", centre_rows, 2)
+    _check_device("x", x, "centre_rows", centre_rows)
+    M = centre_rows.shape[0]
+    if centre_rows.shape[1] != x.shape[1]:
+        raise ValueError(f"centre_rows must have shape (M, C) with C = {x.shape[1]} (x's channels), "
+                         f"got {tuple(centre_rows.shape)}")
+    index = _check_index("index", index, M, x.shape[0], x)
+    be = resolve_backend(backend, x.device)
+    if M == 0 or x.numel() == 0:
+        be = "torch"
+    return _Displacement.apply(x, index, centre_rows, be)

@@ -206,3 +206,129 @@ def test_center_distance_bad_arguments():
         ops.center_distance(x, torch.randn(3, 5, 3))
     with pytest.raises(ValueError, match="backend"):
         ops.center_distance(x, c, backend="cuda")
+
+
+# ============================================================================ displacement
+
+def ref_displacement(x, index, centre_rows):
+    return x.double()[index] - centre_rows.double()[:, :, None, None]
+
+
+DISP_SHAPES = [  # N, M, C, H, W
+    (1, 1, 1, 1, 1),
+    (3, 7, 5, 3, 7),
+    (4, 5, 17, 5, 3),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", DISP_SHAPES)
+def test_displacement_values_and_grads(backend, shape):
+    N, M, C, H, W = shape
+    x = torch.randn(N, C, H, W, device=DEVICE)
+    index = torch.randint(0, N, (M,), device=DEVICE)
+    if M > 2:
+        index[1] = index[0]  # repeated indices: grad_x must sum them
+    cr = torch.randn(M, C, device=DEVICE)
+    xr, crr = leaf(x.double()), leaf(cr.double())
+    ref = ref_displacement(xr, index, crr)
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+
+    xa, ca = leaf(x), leaf(cr)
+    with poisoned_outputs():
+        out = ops.displacement(xa, index, ca, backend=backend)
+        assert out.dtype == x.dtype and out.is_contiguous()
+        (out * g.float()).sum().backward()
+    close(out, ref)
+    close(xa.grad, xr.grad)
+    close(ca.grad, crr.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["channels_last", "sliced"])
+def test_displacement_layouts(backend, kind):
+    N, M, C, H, W = 3, 4, 5, 3, 5
+    x0 = torch.randn(N, C, H, W, device=DEVICE)
+    x = leaf(layout(x0, kind))
+    index = torch.tensor([2, 0, 2, 1], device=DEVICE)
+    cr = leaf(torch.randn(C, M, device=DEVICE).t())  # transposed (non-contiguous) centre rows
+    with poisoned_outputs():
+        out = ops.displacement(x, index, cr, backend=backend)
+        g = layout(torch.randn(M, C, H, W, device=DEVICE), kind)  # non-contiguous upstream gradient
+        out.backward(g)
+    close(out, ref_displacement(x0, index, cr.detach()))
+    xr, crr = leaf(x0.double()), leaf(cr.detach().double())
+    ref_displacement(xr, index, crr).backward(g.double())
+    close(x.grad, xr.grad)
+    close(cr.grad, crr.grad)
+    if kind == "channels_last":
+        assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_displacement_triton_blocks_forced():
+    from rsg_fast.kernels.displacement import displacement_backward, displacement_forward
+    N, M, C, H, W = 3, 6, 7, 3, 5
+    x = torch.randn(N, C, H, W, device=DEVICE)
+    index = torch.tensor([1, 1, 0, 1, 0, 1], device=DEVICE)  # row 2 gets no m: grad_x[2] must be 0
+    cr = torch.randn(M, C, device=DEVICE)
+    g = torch.randn(M, C, H, W, device=DEVICE)
+    with poisoned_outputs():
+        out = displacement_forward(x, index, cr, block_c=2, block_hw=4)
+        gx, gcr = displacement_backward(g, index, (x.shape, x.dtype, None), cr.dtype, True, True,
+                                        block_c=2, block_hw=4)
+    close(out, ref_displacement(x, index, cr))
+    xr, crr = leaf(x.double()), leaf(cr.double())
+    ref_displacement(xr, index, crr).backward(g.double())
+    close(gx, xr.grad)
+    assert (gx[2] == 0).all()
+    close(gcr, crr.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_displacement_gradcheck(backend):
+    x = leaf(torch.randn(3, 2, 2, 3, dtype=torch.float64, device=DEVICE))
+    cr = leaf(torch.randn(4, 2, dtype=torch.float64, device=DEVICE))
+    index = torch.tensor([2, 0, 2, 1], device=DEVICE)
+    assert torch.autograd.gradcheck(lambda a, b: ops.displacement(a, index, b, backend=backend), (x, cr))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_displacement_empty(backend):
+    x = leaf(torch.randn(3, 5, 2, 3, device=DEVICE))
+    cr = leaf(torch.randn(0, 5, device=DEVICE))
+    out = ops.displacement(x, torch.zeros(0, dtype=torch.int64, device=DEVICE), cr, backend=backend)
+    assert out.shape == (0, 5, 2, 3)
+    out.sum().backward()
+    assert (x.grad == 0).all() and cr.grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_displacement_mixed_dtypes(backend):
+    """fp64 maps with fp32 centre rows: fp64 output (x's dtype); int32 index accepted."""
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, device=DEVICE)
+    cr = torch.randn(3, 3, device=DEVICE)
+    index = torch.tensor([1, 0, 1], dtype=torch.int32, device=DEVICE)
+    out = ops.displacement(x, index, cr, backend=backend)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref_displacement(x, index.long(), cr))
+
+
+def test_displacement_bad_arguments():
+    x = torch.randn(3, 4, 2, 2)
+    cr = torch.randn(2, 4)
+    idx = torch.tensor([0, 2])
+    with pytest.raises(TypeError, match="index"):
+        ops.displacement(x, idx.float(), cr)
+    with pytest.raises(ValueError, match="index"):
+        ops.displacement(x, torch.tensor([0, 3]), cr)
+    with pytest.raises(ValueError, match="index"):
+        ops.displacement(x, torch.tensor([-1, 0]), cr)
+    with pytest.raises(ValueError, match="index"):
+        ops.displacement(x, torch.tensor([0, 1, 2]), cr)
+    with pytest.raises(ValueError, match="centre_rows"):
+        ops.displacement(x, idx, torch.randn(2, 5))
+    with pytest.raises(TypeError, match="centre_rows"):
+        ops.displacement(x, idx, [[0.0] * 4] * 2)
+    with pytest.raises(ValueError, match="backend"):
+        ops.displacement(x, idx, cr, backend="gpu")
