@@ -1,0 +1,78 @@
+"""What every RSG-carrying model shares: building RSG with an inferred feature-map shape, the
+training forward contract, and RSG-free inference state dicts."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+RSG_PREFIX = "rsg."
+
+# RSG's own options a model passes through (everything but the shape and class count it infers).
+RSG_OPTIONS = ("n_center", "contrastive_module_dim", "transfer_strength", "epoch_thresh", "mv_loss", "backend",
+               "validate", "check_finite")
+
+
+def make_rsg(feature_shape: Sequence[int], num_classes: int, head_classes: Sequence[int],
+             options: dict[str, Any]) -> nn.Module:
+    unknown = set(options) - set(RSG_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown RSG option(s) {sorted(unknown)}; expected some of {RSG_OPTIONS}")
+    import rsg_fast
+
+    return rsg_fast.RSG(feature_maps_shape=[int(s) for s in feature_shape], num_classes=num_classes,
+                        head_class_lists=list(head_classes), **options)
+
+
+class RSGModelMixin:
+    """Models that may carry ``self.rsg`` after one stage.
+
+    ``model(x)`` returns logits (RSG never runs). ``model(x, target, epoch)`` returns
+    ``(logits, target_out, loss_cesc, loss_mv)``: in training mode RSG runs at its stage and may append
+    generated rare-class samples, so ``target_out`` (N + n_new labels) is what the classifier loss must
+    use; in eval mode, or without RSG, ``target_out`` is ``target`` and both losses are zero.
+    """
+
+    rsg: nn.Module | None
+    head_classes: list[int]
+
+    def _rsg_step(self, feats: torch.Tensor, target: torch.Tensor | None, epoch):
+        if target is None:
+            return feats, None
+        if self.rsg is not None and self.training:
+            if epoch is None:
+                raise ValueError("epoch is required when training with RSG: model(x, target, epoch)")
+            feats, cesc, mv, target = self.rsg(feats, self.head_classes, target, epoch)
+            return feats, (target, cesc, mv)
+        zero = feats.new_zeros((), dtype=torch.float32)
+        return feats, (target, zero, zero)
+
+    @staticmethod
+    def _finish(logits: torch.Tensor, extra):
+        if extra is None:
+            return logits
+        target, cesc, mv = extra
+        return logits, target, cesc, mv
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict without RSG's keys: it loads strictly into the same model built without RSG."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(RSG_PREFIX)}
+
+    def set_head_classes(self, head_classes: Sequence[int]) -> None:
+        self.head_classes = [int(c) for c in head_classes]
+
+
+@torch.no_grad()
+def infer_shape(stem: nn.Module, input_size: int, channels: int = 3) -> tuple[int, int, int]:
+    """(C, H, W) that ``stem`` produces for one ``channels x input_size x input_size`` image; run in eval
+    mode on a throw-away copy of the input so no BatchNorm statistic moves."""
+    was_training = stem.training
+    stem.eval()
+    try:
+        param = next(stem.parameters())
+        out = stem(torch.zeros(1, channels, input_size, input_size, device=param.device, dtype=param.dtype))
+    finally:
+        stem.train(was_training)
+    return tuple(int(s) for s in out.shape[1:])
