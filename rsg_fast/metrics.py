@@ -1,0 +1,107 @@
+"""Accuracy per class and per shot group, and the per-epoch metrics files (JSONL, CSV, TensorBoard)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+
+from rsg_fast.checkpoint import atomic_write_text
+
+# Many / medium / few shot: > 100, 20-100, < 20 training images (Liu et al., used by the paper).
+MANY_SHOT, FEW_SHOT = 100, 20
+
+
+def per_class_accuracy(correct: torch.Tensor, total: torch.Tensor) -> list[float | None]:
+    """Accuracy (%) of each class; None for a class with no evaluation sample."""
+    return [None if int(t) == 0 else 100.0 * float(c) / float(t) for c, t in zip(correct.tolist(), total.tolist())]
+
+
+def shot_accuracy(class_acc: Sequence[float | None], train_counts: Sequence[int]) -> dict[str, float | None]:
+    """Mean per-class accuracy over many- (> 100), medium- (20-100) and few-shot (< 20) classes; None
+    for a group without classes (e.g. few-shot on CIFAR-10-LT, whose rarest class has 50 images)."""
+    groups: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
+    for acc, n in zip(class_acc, train_counts):
+        if acc is None:
+            continue
+        key = "many" if n > MANY_SHOT else ("few" if n < FEW_SHOT else "medium")
+        groups[key].append(acc)
+    return {k: (sum(v) / len(v) if v else None) for k, v in groups.items()}
+
+
+def shot_sizes(train_counts: Sequence[int]) -> dict[str, int]:
+    return {"many": sum(n > MANY_SHOT for n in train_counts),
+            "medium": sum(FEW_SHOT <= n <= MANY_SHOT for n in train_counts),
+            "few": sum(n < FEW_SHOT for n in train_counts)}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+class MetricsLog:
+    """All epochs' records, rewritten atomically to ``metrics.jsonl`` and ``metrics.csv`` after each
+    epoch (so a crash never leaves half a line, and a resumed run drops the epochs it re-runs).
+
+    The CSV holds one column per class when there are at most ``max_csv_classes`` classes; the JSONL
+    always holds the full per-class list. TensorBoard scalars are written when tensorboard is installed.
+    """
+
+    SCALARS = ("epoch", "lr", "loss", "loss_cls", "loss_cesc", "loss_mv", "train_acc", "test_acc", "many_acc",
+               "medium_acc", "few_acc", "n_generated", "rsg_phase", "epoch_time_s")
+
+    def __init__(self, out_dir: str, num_classes: int, resume_from_epoch: int | None = None,
+                 max_csv_classes: int = 100, tensorboard: bool = True):
+        self.out_dir = out_dir
+        self.jsonl = os.path.join(out_dir, "metrics.jsonl")
+        self.csv = os.path.join(out_dir, "metrics.csv")
+        self.num_classes = num_classes
+        self.class_columns = num_classes <= max_csv_classes
+        self.records: list[dict] = []
+        if resume_from_epoch is not None and os.path.exists(self.jsonl):
+            with open(self.jsonl, encoding="utf-8") as f:
+                self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["epoch"] < resume_from_epoch]
+        self.tb = None
+        if tensorboard:
+            try:  # optional: only when tensorboard is installed
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_from_epoch)
+            except ImportError:
+                self.tb = None
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        atomic_write_text(self.jsonl, "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records))
+        buf = io.StringIO()
+        header = list(self.SCALARS) + ([f"acc_class_{i}" for i in range(self.num_classes)] if self.class_columns else [])
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        for r in self.records:
+            row = [r.get(k) for k in self.SCALARS] + (list(r["per_class_acc"]) if self.class_columns else [])
+            w.writerow(["" if v is None else v for v in row])
+        atomic_write_text(self.csv, buf.getvalue())
+        if self.tb is not None:
+            for k in self.SCALARS[1:]:
+                v = record.get(k)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+    @staticmethod
+    def summary_line(r: dict, epochs: int) -> str:
+        return (f"epoch {r['epoch'] + 1}/{epochs} lr {r['lr']:.5f} | loss {r['loss']:.4f} (cls {r['loss_cls']:.4f} "
+                f"cesc {r['loss_cesc']:.4g} mv {r['loss_mv']:.4g}) train {r['train_acc']:.2f}% "
+                f"+{r['n_generated']} generated | test top-1 {r['test_acc']:.2f}% many {_fmt(r['many_acc'])} "
+                f"medium {_fmt(r['medium_acc'])} few {_fmt(r['few_acc'])} | {r['epoch_time_s']:.1f}s")
+
+    @staticmethod
+    def per_class_line(r: dict) -> str:
+        return "  per-class acc: " + " ".join(_fmt(a) for a in r["per_class_acc"])
