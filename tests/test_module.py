@@ -401,3 +401,46 @@ def test_cuda_forward_synchronises_at_most_once():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) <= 1, [str(w.message) for w in syncs]
+
+
+@requires_cuda
+@pytest.mark.parametrize("epoch", [0, 9])
+def test_torch_compile_of_a_model_holding_rsg(epoch):
+    """RSG's data-dependent batch growth costs graph breaks, never wrong numbers."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.rsg = RSG(4, [16, 8, 8], 5, 32, [0], 1.0, 3)
+            self.head = torch.nn.Linear(16, 5)
+
+        def forward(self, images, y, ep):
+            maps, cesc, mv, y_out = self.rsg(self.stem(images), [0], y, ep)
+            return self.head(maps.mean(dim=(2, 3))), y_out, cesc, mv
+
+    net = Net().cuda()
+    images = torch.randn(16, 3, 8, 8, device="cuda")
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 0, 1] * 2, device="cuda")
+    eager = net(images, y, epoch)
+    compiled = torch.compile(net)(images, y, epoch)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("H, W", [(1, 1), (1, 4), (2, 3), (5, 3)])
+def test_contrastive_window_sums_equal_pooled_conv_and_gradcheck(H, W):
+    """The algebraic contrastive head: ave(conv3x3(relu(conv1x1(z)))) from 9 window sums per channel."""
+    from rsg_fast.module import _ReluTapWindowSums
+    P, Cin, D = 3, 5, 4
+    z = torch.randn(P, Cin, H, W, dtype=torch.float64)
+    w1 = torch.randn(D, Cin, dtype=torch.float64)
+    b1 = torch.randn(D, dtype=torch.float64)
+    w3 = torch.randn(D, D, 3, 3, dtype=torch.float64)
+    rows = z.permute(0, 2, 3, 1).reshape(P * H * W, Cin)
+    sums = _ReluTapWindowSums.apply(rows, w1, b1, P, H, W)
+    got = torch.einsum("pijd,edij->pe", sums, w3) / (H * W)
+    hidden = torch.relu(torch.nn.functional.conv2d(z, w1[:, :, None, None], b1))
+    expect = torch.nn.functional.conv2d(hidden, w3, padding=1).mean(dim=(2, 3))
+    torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12)
+    inputs = (rows.requires_grad_(), w1.requires_grad_(), b1.requires_grad_())
+    assert torch.autograd.gradcheck(lambda r, w, b: _ReluTapWindowSums.apply(r, w, b, P, H, W), inputs)
