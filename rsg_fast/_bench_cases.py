@@ -263,7 +263,7 @@ def variant_unavailable(variant: str, device: torch.device, *, compile_reference
         if not triton_available():
             return "triton does not import"
     if variant == "reference-compiled" and not compile_reference:
-        return "torch.compile is off on CPU by default (pass --compile)"
+        return "torch.compile is off on CPU by default (bench: --compile; benchmarks/: RSG_BENCH_COMPILE=1)"
     if variant in STEP_VARIANTS and setting is not None and not setting.has_step:
         return f"the ResNet-32 step needs CIFAR maps 32x16x16 at stage 2, not {setting.describe()['maps']}"
     return None

@@ -775,6 +775,10 @@ def write_chart(result: dict, path: Path) -> str | None:
                                              ("peak_mem_mb", "peak memory of one call, MB"))):
             ax = axes[i][j]
             width = 0.38
+            if not any(r.get(metric) is not None for r in rows):
+                ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
+                ax.set_axis_off()
+                continue
             for k, phase in enumerate(("contrastive", "generation", "-")):
                 xs, ys, lo, hi = [], [], [], []
                 for x, v in enumerate(variants):
