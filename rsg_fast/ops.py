@@ -245,3 +245,147 @@ def displacement(x: torch.Tensor, index: torch.Tensor, centre_rows: torch.Tensor
     if M == 0 or x.numel() == 0:
         be = "torch"
     return _Displacement.apply(x, index, centre_rows, be)
+
+
+# ----------------------------------------------------------------------------- mv_terms
+
+def _vectors(t: torch.Tensor, grouping: str) -> torch.Tensor:
+    """(M*HW, C) view/copy of the grouping's vectors (see the contract)."""
+    C = t.shape[1]
+    if grouping == "location":
+        return t.permute(0, 2, 3, 1).reshape(-1, C)
+    return t.reshape(-1, C)  # rows of C consecutive elements of the logical NCHW buffer
+
+
+def _unvectors(g: torch.Tensor, shape, grouping: str) -> torch.Tensor:
+    M, C, H, W = shape
+    if grouping == "location":
+        return g.view(M, H, W, C).permute(0, 3, 1, 2)
+    return g.view(M, C, H, W)
+
+
+def _sign(z: torch.Tensor) -> torch.Tensor:
+    return torch.sign(z)
+
+
+def _mv_forward_torch(tv, v, u, x, tail_index, grouping):
+    acc = _acc(tv.dtype, v.dtype, u.dtype, x.dtype)
+    a, b, w = (_vectors(t.to(acc), grouping) for t in (tv, u, v))
+    na, nb, nw = (torch.linalg.vector_norm(t, dim=1) for t in (a, b, w))
+    ah = a / na.clamp_min(EPS)[:, None]
+    bh = b / nb.clamp_min(EPS)[:, None]
+    norm_sum = (na - nw).abs().sum()
+    if grouping == "rows":
+        ab = ah * bh
+        z = ab - 1.0
+        cos_sum = z.abs().sum()
+        qs = (_sign(z) * ab).sum(1)
+        tsg = torch.zeros_like(qs)
+    else:
+        cos = (ah * bh).sum(1)
+        z = cos - 1.0
+        cos_sum = z.abs().sum()
+        tsg = _sign(z)
+        qs = tsg * cos
+    M, C, H, W = tv.shape
+    stats = torch.stack([na, nb, nw, qs, tsg], dim=1).view(M, H * W, 5)
+    new = (x.index_select(0, tail_index).to(acc) + tv.to(acc)).to(tv.dtype).contiguous()
+    return new, torch.stack([norm_sum, cos_sum]), stats
+
+
+def _mv_backward_torch(tv, v, u, stats, grad_new, grad_terms, grouping, need_tv, need_v, need_u):
+    acc = stats.dtype
+    st = stats.view(-1, 5)
+    na, nb, nw, qs, tsg = st.unbind(1)
+    g0, g1 = grad_terms.to(acc).unbind(0)
+    s0 = _sign(na - nw) * g0
+    one = torch.ones((), dtype=acc, device=st.device)
+    ca = torch.where(na > 0, s0 / torch.where(na > 0, na, one), 0.0)
+    cw = torch.where(nw > 0, -s0 / torch.where(nw > 0, nw, one), 0.0)
+    da, db = na.clamp_min(EPS), nb.clamp_min(EPS)
+    gtv = gv = gu = None
+    if need_tv or need_u:
+        a, b = _vectors(tv.to(acc), grouping), _vectors(u.to(acc), grouping)
+        ah, bh = a / da[:, None], b / db[:, None]
+        t = _sign(ah * bh - 1.0) if grouping == "rows" else tsg[:, None]
+        if need_tv:
+            pa = torch.where(na >= EPS, g1 * qs, 0.0)
+            ga = ca[:, None] * a + (g1 * t * bh - pa[:, None] * ah) / da[:, None]
+            gtv = _unvectors(ga, tv.shape, grouping)
+            if grad_new is not None:
+                gtv = gtv + grad_new.to(acc)
+            gtv = gtv.to(tv.dtype)
+        if need_u:
+            pb = torch.where(nb >= EPS, g1 * qs, 0.0)
+            gb = (g1 * t * ah - pb[:, None] * bh) / db[:, None]
+            gu = _unvectors(gb, u.shape, grouping).to(u.dtype)
+    if need_v:
+        w = _vectors(v.to(acc), grouping)
+        gv = _unvectors(cw[:, None] * w, v.shape, grouping).to(v.dtype)
+    return gtv, gv, gu
+
+
+class _MVTerms(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tv, v, u, x, tail_index, grouping, backend):
+        with _no_autocast(tv.device):
+            if backend == "triton":
+                new, terms, stats = _kernel_module("mv_terms").mv_terms_forward(tv, v, u, x, tail_index, grouping)
+            else:
+                new, terms, stats = _mv_forward_torch(tv, v, u, x, tail_index, grouping)
+        ctx.backend, ctx.grouping = backend, grouping
+        ctx.x_meta = (x.shape, x.dtype, _dense_stride(x))
+        ctx.save_for_backward(tv, v, u, tail_index, stats)
+        return new, terms
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_new, grad_terms):
+        tv, v, u, tail_index, stats = ctx.saved_tensors
+        need_tv, need_v, need_u, need_x = ctx.needs_input_grad[:4]
+        if grad_terms is None:
+            grad_terms = torch.zeros(2, dtype=stats.dtype, device=stats.device)
+        gx = None
+        with _no_autocast(tv.device):
+            if ctx.backend == "triton":
+                k = _kernel_module("mv_terms")
+                gtv, gv, gu = k.mv_terms_backward(tv, v, u, stats, grad_new, grad_terms, ctx.grouping,
+                                                  need_tv, need_v, need_u)
+                if need_x and grad_new is not None:
+                    gx = k.index_add_gather(grad_new, tail_index, *ctx.x_meta)
+            else:
+                gtv, gv, gu = _mv_backward_torch(tv, v, u, stats, grad_new, grad_terms, ctx.grouping,
+                                                 need_tv, need_v, need_u)
+                if need_x and grad_new is not None:
+                    gx = _index_add_torch(grad_new, tail_index, *ctx.x_meta)
+        return gtv, gv, gu, gx, None, None, None
+
+
+def mv_terms(tv: torch.Tensor, v: torch.Tensor, u: torch.Tensor, x: torch.Tensor, tail_index: torch.Tensor,
+             grouping: str, *, backend: str | None = "auto"):
+    """New samples and the MV loss's two sums (contract: mv_terms, Eq. 4 and Eq. 6).
+
+    tv = T(v), v (head displacement), u (tail displacement): (M, C, H, W) floating, any strides;
+    x: (N, C, H, W); tail_index: (M,) integer in [0, N); grouping: "location" (paper) or "rows"
+    (published code). Returns ``new`` (M, C, H, W) contiguous in tv's dtype and ``terms`` (2,) =
+    (norm_sum, cos_sum) in the acc dtype; differentiable w.r.t. tv, v, u and x.
+    """
+    _check_tensor("tv", tv, 4)
+    _check_tensor("v", v, 4)
+    _check_tensor("u", u, 4)
+    _check_tensor("x", x, 4)
+    for name, t in (("v", v), ("u", u)):
+        if t.shape != tv.shape:
+            raise ValueError(f"{name} must have the shape of tv {tuple(tv.shape)}, got {tuple(t.shape)}")
+    if x.shape[1:] != tv.shape[1:]:
+        raise ValueError(f"x must have shape (N, {', '.join(map(str, tv.shape[1:]))}) to match tv, "
+                         f"got {tuple(x.shape)}")
+    for name, t in (("v", v), ("u", u), ("x", x)):
+        _check_device("tv", tv, name, t)
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+    tail_index = _check_index("tail_index", tail_index, tv.shape[0], x.shape[0], tv)
+    be = resolve_backend(backend, tv.device)
+    if tv.numel() == 0:
+        be = "torch"
+    return _MVTerms.apply(tv, v, u, x, tail_index, grouping, be)

@@ -332,3 +332,169 @@ def test_displacement_bad_arguments():
         ops.displacement(x, idx, [[0.0] * 4] * 2)
     with pytest.raises(ValueError, match="backend"):
         ops.displacement(x, idx, cr, backend="gpu")
+
+
+# ============================================================================ mv_terms
+
+def ref_mv_terms(tv, v, u, x, tail_index, grouping):
+    """Plain Eq. 4 and Eq. 6 in fp64 with F.normalize, as the contract states them."""
+    tv, v, u, x = (t.double() for t in (tv, v, u, x))
+    new = x[tail_index] + tv
+    C = tv.shape[1]
+    if grouping == "location":
+        a, b, w = (t.permute(0, 2, 3, 1).reshape(-1, C) for t in (tv, u, v))
+    else:
+        a, b, w = (t.reshape(-1, C) for t in (tv, u, v))
+    norm_sum = (a.norm(dim=1) - w.norm(dim=1)).abs().sum()
+    ah, bh = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    if grouping == "location":
+        cos_sum = ((ah * bh).sum(1) - 1).abs().sum()
+    else:
+        cos_sum = (ah * bh - 1).abs().sum()
+    return new, torch.stack([norm_sum, cos_sum])
+
+
+MV_SHAPES = [  # M, N, C, H, W
+    (1, 1, 1, 1, 1),
+    (3, 2, 5, 3, 7),
+    (4, 3, 17, 3, 5),   # C > HW: "rows" vectors straddle channels
+]
+GROUPING = ["location", "rows"]
+
+
+def _mv_inputs(M, N, C, H, W, dtype=torch.float32):
+    tv, v, u = (torch.randn(M, C, H, W, dtype=dtype, device=DEVICE) for _ in range(3))
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE)
+    tail_index = torch.randint(0, N, (M,), device=DEVICE)
+    if M > 2:
+        tail_index[2] = tail_index[1]
+    return tv, v, u, x, tail_index
+
+
+def _check_mv(backend, grouping, tv, v, u, x, tail_index, rtol=1e-5, atol=1e-5, tweak=None):
+    ins = [leaf(t.double()) for t in (tv, v, u, x)]
+    rnew, rterms = ref_mv_terms(*ins, tail_index, grouping)
+    gnew = torch.randn_like(rnew)
+    gterms = torch.randn(2, dtype=torch.float64, device=DEVICE)
+    ((rnew * gnew).sum() + (rterms * gterms).sum()).backward()
+    ours = [leaf(t) for t in (tv, v, u, x)]
+    if tweak is not None:
+        ours = tweak(ours)
+    with poisoned_outputs():
+        new, terms = ops.mv_terms(*ours, tail_index, grouping, backend=backend)
+        assert new.dtype == tv.dtype and new.is_contiguous() and terms.shape == (2,)
+        ((new * gnew.to(new.dtype)).sum() + (terms * gterms.to(terms.dtype)).sum()).backward()
+    close(new, rnew, rtol, atol)
+    close(terms, rterms, rtol, atol)
+    for name, ours_t, ref_t in zip(("tv", "v", "u", "x"), ours, ins):
+        assert ours_t.grad is not None, name
+        close(ours_t.grad, ref_t.grad, rtol, atol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grouping", GROUPING)
+@pytest.mark.parametrize("shape", MV_SHAPES)
+def test_mv_terms_values_and_grads(backend, grouping, shape):
+    _check_mv(backend, grouping, *_mv_inputs(*shape))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grouping", GROUPING)
+@pytest.mark.parametrize("kind", ["channels_last", "sliced"])
+def test_mv_terms_layouts(backend, grouping, kind):
+    tv, v, u, x, ti = _mv_inputs(3, 2, 5, 3, 5)
+    _check_mv(backend, grouping, layout(tv, kind), layout(v, kind), u, layout(x, kind), ti)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grouping", GROUPING)
+def test_mv_terms_kinks(backend, grouping):
+    """Zero vectors (F.normalize's eps branch, ||a|| = 0) and ||tv|| == ||v|| (d|z|/dz = 0 at 0).
+    (cos = 1 exactly is left out: which side of the kink rounding lands on is not defined.)"""
+    M, N, C, H, W = 2, 2, 3, 2, 3
+    tv, v, u, x, ti = _mv_inputs(M, N, C, H, W)
+    tv[0, :, 0, 0] = 0.0            # a zero "location" vector of tv
+    tv[1].view(-1)[:C] = 0.0        # a zero "rows" vector of tv
+    u[0, :, 1, 1] = 0.0
+    v[1] = tv[1]                    # equal norms in sample 1: sign(0) = 0 in the norm term
+    _check_mv(backend, grouping, tv, v, u, x, ti)
+
+
+def test_mv_terms_triton_blocks_forced():
+    """Several vector blocks (host partial sum) and channel chunks (the loops over C)."""
+    from rsg_fast.kernels.mv_terms import mv_terms_backward, mv_terms_forward
+    tv, v, u, x, ti = _mv_inputs(3, 2, 7, 3, 5)
+    for grouping in GROUPING:
+        rnew, rterms = ref_mv_terms(tv, v, u, x, ti, grouping)
+        with poisoned_outputs():
+            new, terms, stats = mv_terms_forward(tv, v, u, x, ti, grouping, block_q=4, block_j=2)
+            gterms = torch.tensor([0.7, -1.3], device=DEVICE)
+            g = mv_terms_backward(tv, v, u, stats, None, gterms, grouping, True, True, True,
+                                  block_q=4, block_j=2)
+        close(new, rnew)
+        close(terms, rterms)
+        ins = [leaf(t.double()) for t in (tv, v, u)]
+        (ref_mv_terms(*ins, x, ti, grouping)[1] * gterms.double()).sum().backward()
+        for ours_g, ref_t in zip(g, ins):
+            close(ours_g, ref_t.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mv_terms_only_tv_requires_grad(backend):
+    """The module's case: only tv (from the transform) carries gradient, and only the terms are used."""
+    tv, v, u, x, ti = _mv_inputs(3, 2, 5, 2, 3)
+    tvl = leaf(tv)
+    _, terms = ops.mv_terms(tvl, v, u, x, ti, "location", backend=backend)
+    terms.sum().backward()
+    tvr = leaf(tv.double())
+    ref_mv_terms(tvr, v, u, x, ti, "location")[1].sum().backward()
+    close(tvl.grad, tvr.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grouping", GROUPING)
+def test_mv_terms_gradcheck(backend, grouping):
+    ins = [leaf(t) for t in _mv_inputs(2, 2, 3, 1, 2, dtype=torch.float64)[:4]]
+    ti = torch.tensor([1, 1], device=DEVICE)
+    # fast_mode (random projections of the Jacobian) keeps the interpreter run short on the CPU
+    fast = backend == "triton" and DEVICE.type == "cpu"
+    assert torch.autograd.gradcheck(lambda *a: ops.mv_terms(*a, ti, grouping, backend=backend), ins,
+                                    fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mv_terms_empty(backend):
+    tv, v, u = (leaf(torch.randn(0, 5, 2, 3, device=DEVICE)) for _ in range(3))
+    x = leaf(torch.randn(2, 5, 2, 3, device=DEVICE))
+    new, terms = ops.mv_terms(tv, v, u, x, torch.zeros(0, dtype=torch.int64, device=DEVICE), "rows",
+                              backend=backend)
+    assert new.shape == (0, 5, 2, 3) and terms.shape == (2,) and (terms == 0).all()
+    (new.sum() + terms.sum()).backward()
+    assert tv.grad.shape == tv.shape and (x.grad == 0).all()
+
+
+def test_mv_terms_autocast_gives_fp32():
+    tv, v, u, x, ti = _mv_inputs(2, 2, 3, 2, 2)
+    dt = torch.float16 if DEVICE.type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type=DEVICE.type, dtype=dt):
+        new, terms = ops.mv_terms(tv, v, u, x, ti, "location", backend="torch")
+    assert terms.dtype == torch.float32 and new.dtype == torch.float32
+    close(terms, ref_mv_terms(tv, v, u, x, ti, "location")[1])
+
+
+def test_mv_terms_bad_arguments():
+    tv, v, u, x, ti = _mv_inputs(2, 2, 3, 2, 2)
+    with pytest.raises(ValueError, match="grouping"):
+        ops.mv_terms(tv, v, u, x, ti, "channels")
+    with pytest.raises(ValueError, match="u"):
+        ops.mv_terms(tv, v, u[:1], x, ti, "rows")
+    with pytest.raises(ValueError, match="x"):
+        ops.mv_terms(tv, v, u, x[:, :2], ti, "rows")
+    with pytest.raises(TypeError, match="v"):
+        ops.mv_terms(tv, v.int(), u, x, ti, "rows")
+    with pytest.raises(ValueError, match="tail_index"):
+        ops.mv_terms(tv, v, u, x, torch.tensor([0, 2]), "rows")
+    with pytest.raises(TypeError, match="tail_index"):
+        ops.mv_terms(tv, v, u, x, ti.float(), "rows")
+    with pytest.raises(ValueError, match="backend"):
+        ops.mv_terms(tv, v, u, x, ti, "rows", backend="triton-gpu")
