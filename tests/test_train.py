@@ -1,0 +1,173 @@
+"""`rsg-fast train` / `evaluate` end to end on tiny synthetic-lt runs (CPU): learning, metrics files,
+exact resume, RSG-free inference checkpoints, clear errors."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rsg_fast import checkpoint as ckpt
+from rsg_fast.models import build_model
+from rsg_fast.train import build_parser, evaluate_main, head_classes, main, resolve_config
+
+# Small enough for a CPU test, large enough to learn: resnet8 on 16 x 16 images, 10 classes (200 .. 2).
+TINY = ["--device", "cpu", "--no-progress", "--arch", "resnet8", "--synthetic-max", "200", "--synthetic-test", "20",
+        "--batch-size", "64", "--contrastive-dim", "16", "--n-center", "3"]
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("learn"))
+    # CE without re-weighting, so the classification loss is comparable across epochs; RSG on.
+    # 6 epochs: warm-up 4, generation phase from epoch 5 (threshold 4 = round(6 * 160 / 200) - 1).
+    rc = main(TINY + ["--epochs", "6", "--loss-type", "CE", "--train-rule", "None", "--out", out])
+    assert rc == 0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return out, records
+
+
+def test_synthetic_lt_learns(learned_run):
+    _, records = learned_run
+    assert len(records) == 6
+    assert records[-1]["loss_cls"] < 0.5 * records[0]["loss_cls"]
+    best = max(r["test_acc"] for r in records)
+    assert best > 40.0                                    # chance is 10 %
+    assert records[-1]["rsg_phase"] == "generation" and records[-1]["n_generated"] > 0
+    assert records[-1]["loss_mv"] > 0 and records[0]["loss_mv"] == 0
+
+
+def test_metrics_files_complete_and_well_formed(learned_run, capsys):
+    out, records = learned_run
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["epoch_thresh"] == 4 and cfg["lr_milestones"] == [5, 5] and cfg["head_classes"] == [0, 1]
+    assert cfg["cls_num_list"][0] == 200 and cfg["shot_sizes"] == {"many": 2, "medium": 3, "few": 5}
+    for i, r in enumerate(records):
+        assert r["epoch"] == i
+        assert len(r["per_class_acc"]) == 10 and all(0 <= a <= 100 for a in r["per_class_acc"])
+        for k in ("loss", "loss_cls", "loss_cesc", "loss_mv", "train_acc", "test_acc", "many_acc", "medium_acc",
+                  "few_acc", "lr", "epoch_time_s"):
+            assert isinstance(r[k], float), k
+        # the shot groups are means of the per-class accuracies
+        assert r["many_acc"] == pytest.approx(sum(r["per_class_acc"][:2]) / 2)
+        assert r["few_acc"] == pytest.approx(sum(r["per_class_acc"][5:]) / 5)
+        assert r["test_acc"] == pytest.approx(sum(r["per_class_acc"]) / 10)   # balanced test split
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and "acc_class_9" in rows[0] and "few_acc" in rows[0]
+    for row, r in zip(rows, records):
+        assert float(row["test_acc"]) == pytest.approx(r["test_acc"]) and int(row["epoch"]) == r["epoch"]
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]      # atomic writes left nothing behind
+
+
+def test_inference_checkpoint_has_no_rsg_keys_and_loads_into_plain_backbone(learned_run, capsys):
+    out, records = learned_run
+    best = torch.load(os.path.join(out, ckpt.BEST), weights_only=True)
+    assert not any(k.startswith("rsg.") for k in best["model"])
+    plain = build_model("resnet8", 10, use_norm=False)
+    plain.load_state_dict(best["model"], strict=True)
+    full = torch.load(os.path.join(out, ckpt.LAST), weights_only=True)
+    assert any(k.startswith("rsg.") for k in full["model"]) and full["epoch"] == 5
+    capsys.readouterr()
+    result = os.path.join(out, "eval.json")
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0
+    assert "top-1" in capsys.readouterr().out
+    assert json.load(open(result))["top1"] == pytest.approx(max(r["test_acc"] for r in records))
+
+
+def _records(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rs = [json.loads(line) for line in f]
+    for r in rs:
+        del r["epoch_time_s"]
+    return rs
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--train-rule", "DRW"]
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    assert main(args + ["--out", whole]) == 0
+    assert main(args + ["--out", split, "--stop-after-epoch", "2"]) == 0
+    assert len(_records(split)) == 2
+    assert main(args + ["--out", split, "--resume"]) == 0
+    assert _records(split) == _records(whole)           # every loss part and accuracy, bit for bit
+    assert _records(whole)[2]["n_generated"] > 0        # the resumed epoch is in RSG's generation phase
+    a = torch.load(os.path.join(whole, ckpt.LAST), weights_only=True)
+    b = torch.load(os.path.join(split, ckpt.LAST), weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["best"] == b["best"]
+
+
+def test_checkpoint_from_another_architecture_is_refused(learned_run, tmp_path, capsys):
+    out, _ = learned_run
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--arch", "resnet20", "--device", "cpu"]) == 2
+    assert "resnet8" in capsys.readouterr().err
+    # resuming a resnet8 run as resnet20
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    assert main(TINY + ["--arch", "resnet20", "--out", other, "--resume", os.path.join(out, ckpt.LAST)]) == 2
+    assert "arch='resnet8'" in capsys.readouterr().err
+    # a foreign state dict
+    with pytest.raises(ValueError, match="does not fit this model"):
+        ckpt.load_state_strict(build_model("resnet20", 10), torch.load(os.path.join(out, ckpt.BEST))["model"], "x")
+    torch.save({"model": build_model("resnet20", 10).state_dict(), "config": {**json.load(
+        open(os.path.join(out, "config.json")))}}, tmp_path / "mislabelled.pt")
+    assert evaluate_main([str(tmp_path / "mislabelled.pt"), "--device", "cpu"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+    assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
+    missing = str(tmp_path / "no_cifar_here")
+    assert main(["--dataset", "cifar10", "--data-root", missing, "--epochs", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert missing in err and "--download" in err
+    for bad, name in ((["--epochs", "0"], "--epochs"), (["--imb-factor", "100"], "--imb-factor"),
+                      (["--arch", "vgg16"], "--arch"), (["--no-such-flag"], "--no-such-flag")):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2 and name in capsys.readouterr().err
+    assert main(["--lr-milestones", "3", "--out", str(tmp_path)]) == 2      # 1 milestone, 2 factors
+    assert "--lr-factors" in capsys.readouterr().err
+    assert main(["--head-ratio", "0.05", "--out", str(tmp_path)]) == 2       # 0 head classes of 10
+    assert "--head-ratio" in capsys.readouterr().err
+
+
+def test_paper_defaults_and_fractions():
+    cfg = resolve_config(build_parser().parse_args([]))
+    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"], cfg["weight_decay"]) == (200, 128, 0.1, 0.9, 2e-4)
+    assert cfg["lr_milestones"] == [160, 180] and cfg["lr_factors"] == [0.01, 0.0001] and cfg["warmup_epochs"] == 5
+    assert cfg["epoch_thresh"] == 159 and cfg["drw_epoch"] == 160
+    assert (cfg["head_ratio"], cfg["transfer_strength"], cfg["lambda_cesc"], cfg["lambda_mv"], cfg["n_center"]) \
+        == (0.2, 1.0, 0.1, 0.01, 15)
+    step = resolve_config(build_parser().parse_args(["--imb-type", "step", "--epochs", "20"]))
+    assert step["head_ratio"] == 0.5 and step["transfer_strength"] == 0.01
+    assert step["lr_milestones"] == [16, 18] and step["epoch_thresh"] == 15
+    assert head_classes([5, 50, 500, 7], 0.5, "general") == [1, 2]   # top-k by training count
+    assert head_classes([500, 50, 5, 7], 0.5, "cifar") == [0, 1]      # the first ids, as the scripts
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.atomic_save({"rng": state}, str(tmp_path / "s.pt"))
+    ckpt.set_rng_state(ckpt.load_checkpoint(str(tmp_path / "s.pt"))["rng"])
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="weights_only"):
+        ckpt.load_checkpoint(str(tmp_path / "junk.pt"))
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "rsg_fast.train", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--no-rsg" in r.stdout and "--resume" in r.stdout
