@@ -419,7 +419,9 @@ def _train(args, cfg, data, device, model, optimizer, start_epoch, best, state, 
         _all_reduce(sums, world), _all_reduce(steps, world)
         mean = (sums[:3] / steps.clamp_min(1)).tolist()
 
-        correct_c, total_c = evaluate(model, test_loader, data.num_classes, device, world)
+        # The bare module: DDP's forward would broadcast buffers, a collective that processes with
+        # unequal numbers of test batches would not all reach.
+        correct_c, total_c = evaluate(_unwrap(model), test_loader, data.num_classes, device, world)
         class_acc = per_class_accuracy(correct_c, total_c)
         shots = shot_accuracy(class_acc, data.cls_num_list)
         test_acc = 100.0 * float(correct_c.sum()) / max(float(total_c.sum()), 1.0)
