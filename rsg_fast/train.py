@@ -291,10 +291,29 @@ def _setup(args: argparse.Namespace, rank: int, world: int, local_rank: int):
     np.random.seed(args.seed)
     synthetic = dict(num_classes=args.synthetic_classes, n_max=args.synthetic_max,
                      test_per_class=args.synthetic_test, image_size=args.synthetic_size)
-    data = build_datasets(args.dataset, root=args.data_root, download=args.download and rank == 0,
-                          imb_type=args.imb_type, imb_factor=args.imb_factor, subset=args.subset, seed=args.seed,
-                          train_list=args.train_list, test_list=args.test_list, input_size=args.input_size,
-                          synthetic=synthetic)
+    def build(download: bool):
+        return build_datasets(args.dataset, root=args.data_root, download=download, imb_type=args.imb_type,
+                              imb_factor=args.imb_factor, subset=args.subset, seed=args.seed,
+                              train_list=args.train_list, test_list=args.test_list, input_size=args.input_size,
+                              synthetic=synthetic)
+
+    if args.download and world > 1:
+        # One process downloads; the others wait for it (and hear about its failure) before reading.
+        box: list = [None]
+        if rank == 0:
+            try:
+                data = build(True)
+            except Exception as err:
+                box[0] = f"process 0 could not prepare the data: {err}"
+                dist.broadcast_object_list(box, src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        if rank != 0:
+            if box[0] is not None:
+                raise FileNotFoundError(box[0])
+            data = build(False)
+    else:
+        data = build(args.download)
     cfg = resolve_config(args, data.image_size)
     cfg.update(num_classes=data.num_classes, cls_num_list=data.cls_num_list, world_size=world,
                head_classes=head_classes(data.cls_num_list, cfg["head_ratio"], data.family),

@@ -30,8 +30,10 @@ def _load_cifar(num_classes: int, root: str, train: bool, download: bool):
     cls = {10: tvd.CIFAR10, 100: tvd.CIFAR100}[num_classes]
     try:
         return cls(root=root, train=train, download=download)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+    except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found or corrupted"; no network
         path = os.path.join(os.path.abspath(root), _FOLDERS[num_classes])
+        if download:
+            raise FileNotFoundError(f"could not download CIFAR-{num_classes} to {path!r}: {err}") from err
         raise FileNotFoundError(
             f"CIFAR-{num_classes} not found (or corrupted) at {path!r}; point --data-root at the folder "
             f"that holds {_FOLDERS[num_classes]!r}, or pass --download to fetch it there") from err
