@@ -86,3 +86,41 @@ def csr_by_index(index: torch.Tensor, n_rows: int):
     offsets = torch.zeros(n_rows + 1, dtype=torch.int64, device=index.device)
     torch.cumsum(counts, 0, out=offsets[1:])
     return perm, offsets
+
+
+def flat_hw(t: torch.Tensor) -> bool:
+    """Whether (h, w) of a 4-D tensor is one flat axis: offset(h*W + w) = (h*W + w) * stride_w.
+    True for contiguous and channels_last maps; kernels then skip the // and % and, when
+    stride_w == 1 (specialised by Triton), see the contiguity and vectorise."""
+    return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+
+@triton.jit
+def hw_offset(hw, W, sh, sw, FLAT: tl.constexpr):
+    """int64 element offset of flat spatial positions ``hw`` (= h*W + w)."""
+    if FLAT:
+        off = hw.to(tl.int64) * sw
+    else:
+        h = hw // W
+        w = hw - h * W
+        off = h.to(tl.int64) * sh + w.to(tl.int64) * sw
+    return off
+
+
+def layout_code(t: torch.Tensor) -> int:
+    """2: each sample is one linear run, offset(c, hw) = (c*HW + hw) * stride_w (NCHW-contiguous);
+    1: (h, w) flat (channels_last); 0: general strides."""
+    if not flat_hw(t):
+        return 0
+    C, HW = t.shape[1], t.shape[2] * t.shape[3]
+    return 2 if (C == 1 or t.stride(1) == HW * t.stride(3)) else 1
+
+
+@triton.jit
+def chw_offset(c, hw, p, W, sc, sh, sw, LAYOUT: tl.constexpr):
+    """int64 offset inside one sample of element (c, hw); ``p`` = c*HW + hw (used when LAYOUT == 2)."""
+    if LAYOUT == 2:
+        off = p * sw
+    else:
+        off = c * sc + hw_offset(hw, W, sh, sw, LAYOUT == 1)
+    return off

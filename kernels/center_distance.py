@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, new_empty, new_empty_like, pow2, strides4, tl_acc, warps_for
+from ._common import acc_dtype, flat_hw, hw_offset, new_empty, new_empty_like, pow2, strides4, tl_acc, warps_for
 
 
 @triton.jit
@@ -25,6 +25,7 @@ def _center_distance_fwd_kernel(
     C, HW, W, K, n_cblocks,
     sxn, sxc, sxh, sxw,
     scn, sck, scc,
+    FLAT_X: tl.constexpr,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program (n, cb) over channels [cb*BLOCK_C, ...) of sample n.
@@ -48,9 +49,7 @@ def _center_distance_fwd_kernel(
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         hmask = hw < HW
-        h = hw // W
-        w = hw - h * W
-        offs = h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        offs = hw_offset(hw, W, sxh, sxw, FLAT_X)
         m = cmask[:, None] & hmask[None, :]
         xv = tl.load(x_row + offs[None, :], mask=m, other=0.0).to(ACC)
         nb = tl.sum(hmask.to(ACC), axis=0)
@@ -91,6 +90,7 @@ def _center_distance_bwd_kernel(
     sgmn, sgmc, sgdn, sgdk,
     sgxn, sgxc, sgxh, sgxw,
     HAS_GMEAN: tl.constexpr, NEED_GX: tl.constexpr, NEED_GC: tl.constexpr,
+    FLAT_X: tl.constexpr, FLAT_G: tl.constexpr,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program (n, cb): gradients for channels [cb*BLOCK_C, ...) of sample n.
@@ -137,14 +137,11 @@ def _center_distance_bwd_kernel(
         for start in range(0, HW, BLOCK_HW):
             hw = start + tl.arange(0, BLOCK_HW)
             hmask = hw < HW
-            h = hw // W
-            w = hw - h * W
-            h64 = h.to(tl.int64)
-            w64 = w.to(tl.int64)
             m = cmask[:, None] & hmask[None, :]
-            xv = tl.load(x_row + (h64 * sxh + w64 * sxw)[None, :], mask=m, other=0.0).to(ACC)
+            xv = tl.load(x_row + hw_offset(hw, W, sxh, sxw, FLAT_X)[None, :], mask=m, other=0.0).to(ACC)
             g = base[:, None] + two_s[:, None] * (xv - mean[:, None])
-            tl.store(gx_row + (h64 * sgxh + w64 * sgxw)[None, :], g.to(gx_ptr.dtype.element_ty), mask=m)
+            tl.store(gx_row + hw_offset(hw, W, sgxh, sgxw, FLAT_G)[None, :], g.to(gx_ptr.dtype.element_ty),
+                     mask=m)
 
 
 def _blocks(C: int, HW: int, block_c: int | None, block_hw: int | None):
@@ -172,7 +169,8 @@ def center_distance_forward(x: torch.Tensor, centers: torch.Tensor, *, block_c: 
     part = new_empty((N, n_cb, K), acc, x.device)
     _center_distance_fwd_kernel[(N, n_cb)](
         x, centers, mean, part, C, HW, W, K, n_cb, *strides4(x), *centers.stride(),
-        ACC=tl_acc(acc), BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_K=bk, num_warps=warps_for(bc * bhw))
+        FLAT_X=flat_hw(x), ACC=tl_acc(acc), BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_K=bk,
+        num_warps=warps_for(bc * bhw))
     dist = part.view(N, K) if n_cb == 1 else part.sum(1)
     return mean, dist
 
@@ -202,6 +200,6 @@ def center_distance_backward(x: torch.Tensor, centers: torch.Tensor, mean: torch
     _center_distance_bwd_kernel[(N, triton.cdiv(C, bc))](
         x, centers, mean, gm, grad_dist, gx_arg, gc_arg, C, HW, W, K,
         *strides4(x), *centers.stride(), *gm.stride(), *grad_dist.stride(), *strides4(gx_arg),
-        HAS_GMEAN=has_gm, NEED_GX=need_x, NEED_GC=need_centers,
+        HAS_GMEAN=has_gm, NEED_GX=need_x, NEED_GC=need_centers, FLAT_X=flat_hw(x), FLAT_G=flat_hw(gx_arg),
         ACC=tl_acc(acc), BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_K=bk, num_warps=warps_for(bc * bhw))
     return gx, gc

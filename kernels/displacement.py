@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, csr_by_index, new_empty, pow2, strides4, tl_acc, warps_for
+from ._common import acc_dtype, csr_by_index, flat_hw, hw_offset, new_empty, pow2, strides4, tl_acc, warps_for
 
 
 @triton.jit
@@ -23,7 +23,7 @@ def _displacement_fwd_kernel(
     x_ptr, idx_ptr, cr_ptr, out_ptr,
     C, HW, W,
     sxn, sxc, sxh, sxw, scm, scc,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    FLAT_X: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """Program (m, cb): out[m, c, :, :] = x[index[m], c, :, :] - centre_rows[m, c] for its channels.
 
@@ -43,10 +43,8 @@ def _displacement_fwd_kernel(
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         hmask = hw < HW
-        h = hw // W
-        w = hw - h * W
         msk = cmask[:, None] & hmask[None, :]
-        xv = tl.load(x_row + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[None, :], mask=msk, other=0.0)
+        xv = tl.load(x_row + hw_offset(hw, W, sxh, sxw, FLAT_X)[None, :], mask=msk, other=0.0)
         val = xv.to(ACC) - cr[:, None]
         tl.store(o_row + hw.to(tl.int64)[None, :], val.to(out_ptr.dtype.element_ty), mask=msk)
 
@@ -56,7 +54,7 @@ def _index_add_kernel(
     g_ptr, perm_ptr, off_ptr, out_ptr,
     C, HW, W,
     sgm, sgc, sgh, sgw, son, soc, soh, sow,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    FLAT_G: tl.constexpr, FLAT_O: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """Program (n, cb): out[n, c] = sum_{j in [off[n], off[n+1])} g[perm[j], c] for its channels.
 
@@ -74,17 +72,13 @@ def _index_add_kernel(
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         hmask = hw < HW
-        h = hw // W
-        w = hw - h * W
-        h64 = h.to(tl.int64)
-        w64 = w.to(tl.int64)
         msk = cmask[:, None] & hmask[None, :]
-        g_off = offs_c64[:, None] * sgc + (h64 * sgh + w64 * sgw)[None, :]
+        g_off = offs_c64[:, None] * sgc + hw_offset(hw, W, sgh, sgw, FLAT_G)[None, :]
         acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
         for j in range(lo, hi):
             src = tl.load(perm_ptr + j).to(tl.int64)
             acc += tl.load(g_ptr + src * sgm + g_off, mask=msk, other=0.0).to(ACC)
-        o_off = n * son + offs_c64[:, None] * soc + (h64 * soh + w64 * sow)[None, :]
+        o_off = n * son + offs_c64[:, None] * soc + hw_offset(hw, W, soh, sow, FLAT_O)[None, :]
         tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=msk)
 
 
@@ -93,7 +87,7 @@ def _neg_spatial_sum_kernel(
     g_ptr, out_ptr,
     C, HW, W,
     sgm, sgc, sgh, sgw, som, soc,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    FLAT_G: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """Program (m, cb): out[m, c] = -sum_{h,w} g[m, c, h, w] (grad of centre_rows).
 
@@ -110,10 +104,8 @@ def _neg_spatial_sum_kernel(
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         hmask = hw < HW
-        h = hw // W
-        w = hw - h * W
         msk = cmask[:, None] & hmask[None, :]
-        gv = tl.load(g_row + (h.to(tl.int64) * sgh + w.to(tl.int64) * sgw)[None, :], mask=msk, other=0.0)
+        gv = tl.load(g_row + hw_offset(hw, W, sgh, sgw, FLAT_G)[None, :], mask=msk, other=0.0)
         acc += tl.sum(gv.to(ACC), axis=1)
     tl.store(out_ptr + m * som + offs_c64 * soc, (-acc).to(out_ptr.dtype.element_ty), mask=cmask)
 
@@ -134,7 +126,7 @@ def displacement_forward(x: torch.Tensor, index: torch.Tensor, centre_rows: torc
     out = new_empty((M, C, H, W), x.dtype, x.device)
     _displacement_fwd_kernel[(M, triton.cdiv(C, bc))](
         x, index, centre_rows, out, C, HW, W, *strides4(x), *centre_rows.stride(),
-        ACC=tl_acc(acc_dtype(x.dtype, centre_rows.dtype)), BLOCK_C=bc, BLOCK_HW=bhw,
+        FLAT_X=flat_hw(x), ACC=tl_acc(acc_dtype(x.dtype, centre_rows.dtype)), BLOCK_C=bc, BLOCK_HW=bhw,
         num_warps=warps_for(bc * bhw))
     return out
 
@@ -150,7 +142,7 @@ def index_add_gather(grad: torch.Tensor, index: torch.Tensor, shape, dtype: torc
     perm, offsets = csr_by_index(index, N)
     _index_add_kernel[(N, triton.cdiv(C, bc))](
         grad, perm, offsets, out, C, HW, W, *strides4(grad), *strides4(out),
-        ACC=tl_acc(acc_dtype(grad.dtype, dtype)), BLOCK_C=bc, BLOCK_HW=bhw,
+        FLAT_G=flat_hw(grad), FLAT_O=flat_hw(out), ACC=tl_acc(acc_dtype(grad.dtype, dtype)), BLOCK_C=bc, BLOCK_HW=bhw,
         num_warps=warps_for(bc * bhw))
     return out
 
@@ -171,6 +163,6 @@ def displacement_backward(grad_out: torch.Tensor, index: torch.Tensor, x_meta, c
         gcr = new_empty((M, C), cr_dtype, grad_out.device)
         _neg_spatial_sum_kernel[(M, triton.cdiv(C, bc))](
             grad_out, gcr, C, HW, W, *strides4(grad_out), *gcr.stride(),
-            ACC=tl_acc(acc_dtype(grad_out.dtype, cr_dtype)), BLOCK_C=bc, BLOCK_HW=bhw,
+            FLAT_G=flat_hw(grad_out), ACC=tl_acc(acc_dtype(grad_out.dtype, cr_dtype)), BLOCK_C=bc, BLOCK_HW=bhw,
             num_warps=warps_for(bc * bhw))
     return gx, gcr

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, new_empty, new_empty_like, pow2, strides4, tl_acc, warps_for
+from ._common import acc_dtype, chw_offset, layout_code, new_empty, new_empty_like, pow2, strides4, tl_acc, warps_for
 from .displacement import index_add_gather
 
 EPS = 1e-12
@@ -40,8 +40,8 @@ def _sign(z):
 
 
 @triton.jit
-def _coords(q, j, C, HW, W, ROWS: tl.constexpr):
-    """(c, h, w, hw) of component j of vector q, broadcast to [BLOCK_Q, BLOCK_J], int64."""
+def _coords(q, j, C, HW, ROWS: tl.constexpr):
+    """(c, hw, p = c*HW + hw) of component j of vector q, int64, broadcastable to [BLOCK_Q, BLOCK_J]."""
     if ROWS:
         p = q.to(tl.int64)[:, None] * C + j.to(tl.int64)[None, :]
         c = p // HW
@@ -49,9 +49,8 @@ def _coords(q, j, C, HW, W, ROWS: tl.constexpr):
     else:
         c = j.to(tl.int64)[None, :]
         hw = q.to(tl.int64)[:, None]
-    h = hw // W
-    w = hw - h * W
-    return c, h, w, hw
+        p = c * HW + hw
+    return c, hw, p
 
 
 @triton.jit
@@ -60,6 +59,7 @@ def _mv_terms_fwd_kernel(
     C, HW, W, n_qblocks, eps,
     s_tn, s_tc, s_th, s_tw, s_un, s_uc, s_uh, s_uw,
     s_vn, s_vc, s_vh, s_vw, s_xn, s_xc, s_xh, s_xw,
+    L_T: tl.constexpr, L_U: tl.constexpr, L_V: tl.constexpr, L_X: tl.constexpr,
     ROWS: tl.constexpr, ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
     """Program (m, qb): new[m] for its vectors, the per-vector statistics, and
@@ -82,12 +82,12 @@ def _mv_terms_fwd_kernel(
     for j0 in range(0, C, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         msk = qmask[:, None] & (j < C)[None, :]
-        c, h, w, hw = _coords(q, j, C, HW, W, ROWS)
-        a = tl.load(tv_ptr + m * s_tn + c * s_tc + h * s_th + w * s_tw, mask=msk, other=0.0).to(ACC)
-        b = tl.load(u_ptr + m * s_un + c * s_uc + h * s_uh + w * s_uw, mask=msk, other=0.0).to(ACC)
-        wv = tl.load(v_ptr + m * s_vn + c * s_vc + h * s_vh + w * s_vw, mask=msk, other=0.0).to(ACC)
-        xv = tl.load(x_ptr + src * s_xn + c * s_xc + h * s_xh + w * s_xw, mask=msk, other=0.0).to(ACC)
-        tl.store(new_ptr + (m * C + c) * HW + hw, (xv + a).to(new_ptr.dtype.element_ty), mask=msk)
+        c, hw, p = _coords(q, j, C, HW, ROWS)
+        a = tl.load(tv_ptr + m * s_tn + chw_offset(c, hw, p, W, s_tc, s_th, s_tw, L_T), mask=msk, other=0.0).to(ACC)
+        b = tl.load(u_ptr + m * s_un + chw_offset(c, hw, p, W, s_uc, s_uh, s_uw, L_U), mask=msk, other=0.0).to(ACC)
+        wv = tl.load(v_ptr + m * s_vn + chw_offset(c, hw, p, W, s_vc, s_vh, s_vw, L_V), mask=msk, other=0.0).to(ACC)
+        xv = tl.load(x_ptr + src * s_xn + chw_offset(c, hw, p, W, s_xc, s_xh, s_xw, L_X), mask=msk, other=0.0).to(ACC)
+        tl.store(new_ptr + m * C * HW + p, (xv + a).to(new_ptr.dtype.element_ty), mask=msk)
         ssa += tl.sum(a * a, axis=1)
         ssb += tl.sum(b * b, axis=1)
         ssw += tl.sum(wv * wv, axis=1)
@@ -104,9 +104,9 @@ def _mv_terms_fwd_kernel(
         for j0 in range(0, C, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             msk = qmask[:, None] & (j < C)[None, :]
-            c, h, w, hw = _coords(q, j, C, HW, W, ROWS)
-            a = tl.load(tv_ptr + m * s_tn + c * s_tc + h * s_th + w * s_tw, mask=msk, other=0.0).to(ACC)
-            b = tl.load(u_ptr + m * s_un + c * s_uc + h * s_uh + w * s_uw, mask=msk, other=0.0).to(ACC)
+            c, hw, p = _coords(q, j, C, HW, ROWS)
+            a = tl.load(tv_ptr + m * s_tn + chw_offset(c, hw, p, W, s_tc, s_th, s_tw, L_T), mask=msk, other=0.0).to(ACC)
+            b = tl.load(u_ptr + m * s_un + chw_offset(c, hw, p, W, s_uc, s_uh, s_uw, L_U), mask=msk, other=0.0).to(ACC)
             ab = (a / da[:, None]) * (b / db[:, None])
             z = ab - 1.0
             csum += tl.sum(tl.where(msk, tl.abs(z), 0.0), axis=1)
@@ -136,6 +136,8 @@ def _mv_terms_bwd_kernel(
     s_tn, s_tc, s_th, s_tw, s_un, s_uc, s_uh, s_uw, s_vn, s_vc, s_vh, s_vw,
     s_gn, s_gc, s_gh, s_gw,
     s_an, s_ac, s_ah, s_aw, s_bn, s_bc, s_bh, s_bw, s_wn, s_wc, s_wh, s_ww,
+    L_T: tl.constexpr, L_U: tl.constexpr, L_V: tl.constexpr, L_G: tl.constexpr,
+    L_A: tl.constexpr, L_B: tl.constexpr, L_W: tl.constexpr,
     HAS_GNEW: tl.constexpr, NEED_TV: tl.constexpr, NEED_U: tl.constexpr, NEED_V: tl.constexpr,
     ROWS: tl.constexpr, ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
@@ -167,10 +169,10 @@ def _mv_terms_bwd_kernel(
     for j0 in range(0, C, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         msk = qmask[:, None] & (j < C)[None, :]
-        c, h, w, hw = _coords(q, j, C, HW, W, ROWS)
+        c, hw, p = _coords(q, j, C, HW, ROWS)
         if NEED_TV or NEED_U:
-            a = tl.load(tv_ptr + m * s_tn + c * s_tc + h * s_th + w * s_tw, mask=msk, other=0.0).to(ACC)
-            b = tl.load(u_ptr + m * s_un + c * s_uc + h * s_uh + w * s_uw, mask=msk, other=0.0).to(ACC)
+            a = tl.load(tv_ptr + m * s_tn + chw_offset(c, hw, p, W, s_tc, s_th, s_tw, L_T), mask=msk, other=0.0).to(ACC)
+            b = tl.load(u_ptr + m * s_un + chw_offset(c, hw, p, W, s_uc, s_uh, s_uw, L_U), mask=msk, other=0.0).to(ACC)
             ah = a / da[:, None]
             bh = b / db[:, None]
             if ROWS:
@@ -180,17 +182,17 @@ def _mv_terms_bwd_kernel(
             if NEED_TV:
                 ga = ca[:, None] * a + (g1 * t * bh - pa[:, None] * ah) / da[:, None]
                 if HAS_GNEW:
-                    ga += tl.load(gnew_ptr + m * s_gn + c * s_gc + h * s_gh + w * s_gw,
+                    ga += tl.load(gnew_ptr + m * s_gn + chw_offset(c, hw, p, W, s_gc, s_gh, s_gw, L_G),
                                   mask=msk, other=0.0).to(ACC)
-                tl.store(gtv_ptr + m * s_an + c * s_ac + h * s_ah + w * s_aw,
+                tl.store(gtv_ptr + m * s_an + chw_offset(c, hw, p, W, s_ac, s_ah, s_aw, L_A),
                          ga.to(gtv_ptr.dtype.element_ty), mask=msk)
             if NEED_U:
                 gb = (g1 * t * ah - pb[:, None] * bh) / db[:, None]
-                tl.store(gu_ptr + m * s_bn + c * s_bc + h * s_bh + w * s_bw,
+                tl.store(gu_ptr + m * s_bn + chw_offset(c, hw, p, W, s_bc, s_bh, s_bw, L_B),
                          gb.to(gu_ptr.dtype.element_ty), mask=msk)
         if NEED_V:
-            wv = tl.load(v_ptr + m * s_vn + c * s_vc + h * s_vh + w * s_vw, mask=msk, other=0.0).to(ACC)
-            tl.store(gv_ptr + m * s_wn + c * s_wc + h * s_wh + w * s_ww,
+            wv = tl.load(v_ptr + m * s_vn + chw_offset(c, hw, p, W, s_vc, s_vh, s_vw, L_V), mask=msk, other=0.0).to(ACC)
+            tl.store(gv_ptr + m * s_wn + chw_offset(c, hw, p, W, s_wc, s_wh, s_ww, L_W),
                      (cw[:, None] * wv).to(gv_ptr.dtype.element_ty), mask=msk)
 
 
@@ -215,6 +217,7 @@ def mv_terms_forward(tv, v, u, x, tail_index, grouping: str, *, block_q: int | N
     _mv_terms_fwd_kernel[(M, n_qb)](
         tv, u, v, x, tail_index, new, stats, part, C, HW, W, n_qb, EPS,
         *strides4(tv), *strides4(u), *strides4(v), *strides4(x),
+        L_T=layout_code(tv), L_U=layout_code(u), L_V=layout_code(v), L_X=layout_code(x),
         ROWS=(grouping == "rows"), ACC=tl_acc(acc), BLOCK_Q=bq, BLOCK_J=bj,
         num_warps=warps_for(bq * bj))
     terms = part.view(-1, 2).sum(0)
@@ -238,12 +241,14 @@ def mv_terms_backward(tv, v, u, stats, grad_new, grad_terms, grouping: str,
     gv = new_empty_like(v) if need_v else None
     has_gnew = grad_new is not None
     gnew = grad_new if has_gnew else tv
+    a_out, b_out, w_out = gtv if need_tv else tv, gu if need_u else u, gv if need_v else v
     _mv_terms_bwd_kernel[(M, triton.cdiv(HW, bq))](
-        tv, u, v, gnew, stats, grad_terms.to(acc).contiguous(),
-        gtv if need_tv else tv, gu if need_u else u, gv if need_v else v,
+        tv, u, v, gnew, stats, grad_terms.to(acc).contiguous(), a_out, b_out, w_out,
         C, HW, W, EPS,
         *strides4(tv), *strides4(u), *strides4(v), *strides4(gnew),
-        *strides4(gtv if need_tv else tv), *strides4(gu if need_u else u), *strides4(gv if need_v else v),
+        *strides4(a_out), *strides4(b_out), *strides4(w_out),
+        L_T=layout_code(tv), L_U=layout_code(u), L_V=layout_code(v), L_G=layout_code(gnew),
+        L_A=layout_code(a_out), L_B=layout_code(b_out), L_W=layout_code(w_out),
         HAS_GNEW=has_gnew, NEED_TV=need_tv, NEED_U=need_u, NEED_V=need_v,
         ROWS=(grouping == "rows"), ACC=tl_acc(acc), BLOCK_Q=bq, BLOCK_J=bj,
         num_warps=warps_for(bq * bj))

@@ -181,12 +181,13 @@ def test_center_distance_fp64_and_mixed(backend):
     torch.testing.assert_close(dist.cpu(), rd.cpu(), rtol=1e-12, atol=1e-12)
 
 
-def test_center_distance_autocast_gives_fp32():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_distance_autocast_gives_fp32(backend):
     x = torch.randn(2, 3, 3, 3, device=DEVICE)
     centers = torch.randn(2, 2, 3, device=DEVICE)
     dt = torch.float16 if DEVICE.type == "cuda" else torch.bfloat16
     with torch.autocast(device_type=DEVICE.type, dtype=dt):
-        mean, dist = ops.center_distance(x, centers, backend="torch")
+        mean, dist = ops.center_distance(x, centers, backend=backend)
     assert mean.dtype == dist.dtype == torch.float32
     close(dist, ref_center_distance(x, centers)[1])
 
@@ -473,11 +474,12 @@ def test_mv_terms_empty(backend):
     assert tv.grad.shape == tv.shape and (x.grad == 0).all()
 
 
-def test_mv_terms_autocast_gives_fp32():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mv_terms_autocast_gives_fp32(backend):
     tv, v, u, x, ti = _mv_inputs(2, 2, 3, 2, 2)
     dt = torch.float16 if DEVICE.type == "cuda" else torch.bfloat16
     with torch.autocast(device_type=DEVICE.type, dtype=dt):
-        new, terms = ops.mv_terms(tv, v, u, x, ti, "location", backend="torch")
+        new, terms = ops.mv_terms(tv, v, u, x, ti, "location", backend=backend)
     assert terms.dtype == torch.float32 and new.dtype == torch.float32
     close(terms, ref_mv_terms(tv, v, u, x, ti, "location")[1])
 
@@ -498,3 +500,40 @@ def test_mv_terms_bad_arguments():
         ops.mv_terms(tv, v, u, x, ti.float(), "rows")
     with pytest.raises(ValueError, match="backend"):
         ops.mv_terms(tv, v, u, x, ti, "rows", backend="triton-gpu")
+
+
+# ============================================================================ half precision
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_inputs_accumulate_in_fp32(backend):
+    """fp16 maps (the Triton interpreter runs fp16 too): statistics are fp32 and as accurate as an
+    fp32 sum of the exact fp16 values (an fp16 accumulator would be off by ~1e-3 relative);
+    tensor outputs are fp16, within one fp16 rounding (rtol 1e-3) of the fp64 truth."""
+    h = torch.float16
+    x = (3.0 + torch.randn(3, 7, 5, 5, device=DEVICE)).to(h)
+    centers = (3.0 + torch.randn(3, 4, 7, device=DEVICE)).to(h)
+    mean, dist = ops.center_distance(x, centers, backend=backend)
+    assert mean.dtype == dist.dtype == torch.float32
+    rm, rd = ref_center_distance(x, centers)
+    close(mean, rm, rtol=1e-5)
+    close(dist, rd, rtol=1e-5)
+
+    index = torch.tensor([2, 0, 2, 1], device=DEVICE)
+    cr = torch.randn(4, 7, device=DEVICE).to(h)
+    out = ops.displacement(x, index, cr, backend=backend)
+    assert out.dtype == h
+    close(out, ref_displacement(x, index, cr), rtol=1e-3, atol=1e-3)
+
+    tv, v, u = (torch.randn(4, 7, 5, 5, device=DEVICE).to(h) for _ in range(3))
+    for grouping in GROUPING:
+        tvl = leaf(tv)
+        new, terms = ops.mv_terms(tvl, v, u, x, index, grouping, backend=backend)
+        assert new.dtype == h and terms.dtype == torch.float32
+        rnew, rterms = ref_mv_terms(tv, v, u, x, index, grouping)
+        close(new, rnew, rtol=1e-3, atol=1e-3)
+        close(terms, rterms, rtol=1e-5)
+        terms.sum().backward()
+        tvr = leaf(tv.double())
+        ref_mv_terms(tvr, v, u, x, index, grouping)[1].sum().backward()
+        assert tvl.grad.dtype == h
+        close(tvl.grad, tvr.grad, rtol=2e-3, atol=2e-3)
