@@ -59,14 +59,14 @@ def _check_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) 
         raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
 
 
-def _check_index(name: str, index, length: int, bound: int, ref: torch.Tensor) -> torch.Tensor:
+def _check_index(name: str, index, length: int, bound: int, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
     if not isinstance(index, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of int64, got {type(index).__name__}")
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (int64), got dtype {index.dtype}")
     if index.dim() != 1 or index.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {tuple(index.shape)}")
-    _check_device("x", ref, name, index)
+    _check_device(ref_name, ref, name, index)
     index = index.to(torch.int64)
     if length:
         if index.device.type == "cuda":
@@ -114,11 +114,11 @@ def _cd_backward_torch(x, centers, mean, grad_mean, grad_dist, need_x, need_c):
         gc = (-2.0 * HW * gd[:, :, None] * diff).to(centers.dtype)
     if need_x:
         s = gd.sum(1)                                                           # (N,)
-        q = torch.einsum("nk,nkc->nc", gd, diff)                                # (N, C)
+        q = (gd[:, :, None] * diff).sum(1)                                      # (N, C), no TF32 matmul
         base = 2.0 * q
         if grad_mean is not None:
             base = base + grad_mean.to(acc) / HW
-        gx = (base[:, :, None, None] + 2.0 * s[:, None, None, None] * (x.to(acc) - mean[:, :, None, None]))
+        gx = base[:, :, None, None] + 2.0 * s[:, None, None, None] * (x.to(acc) - mean[:, :, None, None])
         gx = gx.to(x.dtype)
     return gx, gc
 
@@ -240,7 +240,7 @@ def displacement(x: torch.Tensor, index: torch.Tensor, centre_rows: torch.Tensor
     if centre_rows.shape[1] != x.shape[1]:
         raise ValueError(f"centre_rows must have shape (M, C) with C = {x.shape[1]} (x's channels), "
                          f"got {tuple(centre_rows.shape)}")
-    index = _check_index("index", index, M, x.shape[0], x)
+    index = _check_index("index", index, M, x.shape[0], "x", x)
     be = resolve_backend(backend, x.device)
     if M == 0 or x.numel() == 0:
         be = "torch"
@@ -384,7 +384,7 @@ def mv_terms(tv: torch.Tensor, v: torch.Tensor, u: torch.Tensor, x: torch.Tensor
         _check_device("tv", tv, name, t)
     if grouping not in GROUPINGS:
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
-    tail_index = _check_index("tail_index", tail_index, tv.shape[0], x.shape[0], tv)
+    tail_index = _check_index("tail_index", tail_index, tv.shape[0], x.shape[0], "tv", tv)
     be = resolve_backend(backend, tv.device)
     if tv.numel() == 0:
         be = "torch"

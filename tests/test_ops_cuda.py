@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from rsg_fast import ops
-from tests.test_ops import close, leaf, ref_center_distance, ref_displacement, ref_mv_terms
+try:  # tests/ on sys.path (pytest's default rootdir-less import) or tests as a package
+    from test_ops import close, leaf, ref_center_distance, ref_displacement, ref_mv_terms
+except ImportError:  # pragma: no cover
+    from tests.test_ops import close, leaf, ref_center_distance, ref_displacement, ref_mv_terms
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
