@@ -3,7 +3,8 @@
 The CPU test run executes the kernels in the Triton interpreter, which accepts some programs the
 compiler rejects (and the reverse). This test runs the launchers in a subprocess WITHOUT
 TRITON_INTERPRET, records each launch instead of running it, and compiles the recorded variants
-(fp32 in the three layout classes, fp16, bf16, fp64; every backward flag combination the ops use)
+(fp32 in the three layout classes, fp16, bf16, fp64; every backward flag combination the ops use;
+integer arguments equal to 1, e.g. unit strides, become constexprs as the JIT launcher makes them)
 down to a cubin with the ptxas shipped in the triton wheel.
 """
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _compile(fn, args, kw, target):
             sig[name] = "*" + _TY[val.dtype]
         elif isinstance(val, bool):
             sig[name] = "i1"
+        elif isinstance(val, int) and val == 1:  # the JIT launcher specialises ints equal to 1
+            sig[name], const[name] = "constexpr", 1
         elif isinstance(val, int):
             sig[name] = "i32" if -2**31 <= val < 2**31 else "i64"
         elif isinstance(val, float):
@@ -87,24 +90,28 @@ def _main():
             else:
                 yield t[:, :, ::2, 1:]
 
+    def run_all(x, K, tv_kind):
+        dt, (N, C, H, W) = x.dtype, x.shape
+        c = torch.randn(N, K, C).to(dt)
+        mean, dist = kcd.center_distance_forward(x, c)
+        kcd.center_distance_backward(x, c, mean, mean, dist, True, True)
+        kcd.center_distance_backward(x, c, mean, None, dist, False, True)
+        idx = torch.tensor([0, N - 1, N - 1, 1 % N])
+        cr = torch.randn(4, C).to(dt)
+        out = kdp.displacement_forward(x, idx, cr)
+        kdp.displacement_backward(out, idx, (x.shape, x.dtype, x.stride()), cr.dtype, True, True)
+        tv, u, v = (next(layouts(torch.randn(4, C, H, W).to(dt), (tv_kind,))) for _ in range(3))
+        for grouping in ("location", "rows"):
+            new, terms, stats = kmv.mv_terms_forward(tv, v, u, x, idx, grouping)
+            kmv.mv_terms_backward(tv, v, u, stats, new, terms, grouping, True, True, True)
+            kmv.mv_terms_backward(tv, v, u, stats, None, terms, grouping, True, False, False)
+
     cases = [(torch.float32, ("contiguous", "channels_last", "sliced"))] + \
             [(dt, ("contiguous",)) for dt in (torch.float16, torch.bfloat16, torch.float64)]
     for dt, kinds in cases:
         for x in layouts(torch.randn(3, 5, 6, 7).to(dt), kinds):
-            H, W = x.shape[2:]
-            c = torch.randn(3, 4, 5).to(dt)
-            mean, dist = kcd.center_distance_forward(x, c)
-            kcd.center_distance_backward(x, c, mean, mean, dist, True, True)
-            kcd.center_distance_backward(x, c, mean, None, dist, False, True)
-            idx = torch.tensor([0, 2, 2, 1])
-            cr = torch.randn(4, 5).to(dt)
-            out = kdp.displacement_forward(x, idx, cr)
-            kdp.displacement_backward(out, idx, (x.shape, x.dtype, x.stride()), cr.dtype, True, True)
-            tv, u, v = (next(layouts(torch.randn(4, 5, H, W).to(dt), kinds[-1:])) for _ in range(3))
-            for grouping in ("location", "rows"):
-                new, terms, stats = kmv.mv_terms_forward(tv, v, u, x, idx, grouping)
-                kmv.mv_terms_backward(tv, v, u, stats, new, terms, grouping, True, True, True)
-                kmv.mv_terms_backward(tv, v, u, stats, None, terms, grouping, True, False, False)
+            run_all(x, 4, kinds[-1])
+    run_all(torch.randn(2, 1, 5, 1), 1, "contiguous")   # C = K = W = 1: more constexpr specialisations
     target = GPUTarget("cuda", 90, 32)
     jobs = {}
     for rec in recorders.values():
