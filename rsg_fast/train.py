@@ -291,6 +291,7 @@ def _setup(args: argparse.Namespace, rank: int, world: int, local_rank: int):
     np.random.seed(args.seed)
     synthetic = dict(num_classes=args.synthetic_classes, n_max=args.synthetic_max,
                      test_per_class=args.synthetic_test, image_size=args.synthetic_size)
+
     def build(download: bool):
         return build_datasets(args.dataset, root=args.data_root, download=download, imb_type=args.imb_type,
                               imb_factor=args.imb_factor, subset=args.subset, seed=args.seed,
@@ -331,6 +332,9 @@ def _setup(args: argparse.Namespace, rank: int, world: int, local_rank: int):
     model = build_model(cfg["arch"], data.num_classes, rsg=rsg_opts, rsg_stage=cfg["rsg_stage"],
                         use_norm=cfg["use_norm"], head_classes=cfg["head_classes"],
                         input_size=cfg["input_size"]).to(device)
+    if world > 1:
+        # Same initial weights everywhere (DDP broadcasts them anyway), different augmentation per process.
+        torch.manual_seed(args.seed + 1_000 * rank)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
 
