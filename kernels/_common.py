@@ -81,10 +81,10 @@ def strides4(t: torch.Tensor):
 def csr_by_index(index: torch.Tensor, n_rows: int):
     """Group positions m by ``index[m]``: returns ``(perm, offsets)`` with the m's of row n in
     ``perm[offsets[n]:offsets[n+1]]``, in increasing m (stable sort), so sums are deterministic."""
-    perm = torch.argsort(index, stable=True)
-    counts = torch.bincount(index, minlength=n_rows)
-    offsets = torch.zeros(n_rows + 1, dtype=torch.int64, device=index.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
+    # sort + searchsorted rather than bincount + cumsum: no atomics, and allowed under
+    # torch.use_deterministic_algorithms(True)
+    sorted_index, perm = torch.sort(index, stable=True)
+    offsets = torch.searchsorted(sorted_index, torch.arange(n_rows + 1, dtype=index.dtype, device=index.device))
     return perm, offsets
 
 

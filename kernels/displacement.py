@@ -5,7 +5,7 @@ index-add that both displacement and mv_terms use in their backward.
     grad_x[n]       = sum_{m : index[m] = n} grad_out[m]                    (N, C, H, W)
     grad_centre_rows[m, c] = -sum_{h,w} grad_out[m, c, h, w]                (M, C)
 
-grad_x is a gather, not a scatter: the m's are grouped by index (stable argsort + bincount, on the
+grad_x is a gather, not a scatter: the m's are grouped by index (stable sort + searchsorted, on the
 device, no host sync) and program (n, channel block) sums its own m's in increasing order. No atomics,
 bit-for-bit reproducible, and every element of grad_x is written (rows with no m get zeros).
 """

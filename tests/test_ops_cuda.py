@@ -82,10 +82,14 @@ def test_cuda_deterministic():
     index = torch.randint(0, 4, (M,), device=DEV)  # heavy repetition: many m per row
     cr = torch.randn(M, C, device=DEV)
     grads = []
-    for _ in range(2):
-        x.grad = None
-        ops.displacement(x, index, cr, backend="triton").backward(torch.ones(M, C, H, W, device=DEV) * 0.1)
-        grads.append(x.grad.clone())
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            x.grad = None
+            ops.displacement(x, index, cr, backend="triton").backward(torch.ones(M, C, H, W, device=DEV) * 0.1)
+            grads.append(x.grad.clone())
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert torch.equal(grads[0], grads[1])
 
 
