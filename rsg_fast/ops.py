@@ -38,11 +38,18 @@ def _acc(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def _no_autocast(device: torch.device):
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except Exception:  # a device type autocast does not know: nothing to switch off
-        return contextlib.nullcontext()
+@contextlib.contextmanager
+def _op_context(device: torch.device):
+    """Autocast off (the ops pick their own acc dtype), and on CUDA the tensors' device made current
+    (Triton launches on the current device; with several GPUs it may not be the tensors')."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+        except Exception:  # a device type autocast does not know: nothing to switch off
+            pass
+        if device.type == "cuda":
+            stack.enter_context(torch.cuda.device(device))
+        yield
 
 
 def _check_tensor(name: str, t, ndim: int, *, floating: bool = True) -> None:
@@ -126,7 +133,7 @@ def _cd_backward_torch(x, centers, mean, grad_mean, grad_dist, need_x, need_c):
 class _CenterDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, centers, backend):
-        with _no_autocast(x.device):
+        with _op_context(x.device):
             if backend == "triton":
                 mean, dist = _kernel_module("center_distance").center_distance_forward(x, centers)
             else:
@@ -142,7 +149,7 @@ class _CenterDistance(torch.autograd.Function):
         need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if grad_dist is None:
             grad_dist = torch.zeros(centers.shape[:2], dtype=mean.dtype, device=mean.device)
-        with _no_autocast(x.device):
+        with _op_context(x.device):
             if ctx.backend == "triton":
                 gx, gc = _kernel_module("center_distance").center_distance_backward(x, centers, mean, grad_mean, grad_dist,
                                                                 need_x, need_c)
@@ -199,7 +206,7 @@ def _disp_backward_torch(grad_out, index, x_meta, cr_dtype, need_x, need_cr):
 class _Displacement(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, index, centre_rows, backend):
-        with _no_autocast(x.device):
+        with _op_context(x.device):
             if backend == "triton":
                 out = _kernel_module("displacement").displacement_forward(x, index, centre_rows)
             else:
@@ -216,7 +223,7 @@ class _Displacement(torch.autograd.Function):
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
         need_x, need_cr = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        with _no_autocast(grad_out.device):
+        with _op_context(grad_out.device):
             if ctx.backend == "triton":
                 gx, gcr = _kernel_module("displacement").displacement_backward(
                     grad_out, index, ctx.x_meta, ctx.cr_dtype, need_x, need_cr)
@@ -328,7 +335,7 @@ def _mv_backward_torch(tv, v, u, stats, grad_new, grad_terms, grouping, need_tv,
 class _MVTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tv, v, u, x, tail_index, grouping, backend):
-        with _no_autocast(tv.device):
+        with _op_context(tv.device):
             if backend == "triton":
                 new, terms, stats = _kernel_module("mv_terms").mv_terms_forward(tv, v, u, x, tail_index, grouping)
             else:
@@ -346,7 +353,7 @@ class _MVTerms(torch.autograd.Function):
         if grad_terms is None:
             grad_terms = torch.zeros(2, dtype=stats.dtype, device=stats.device)
         gx = None
-        with _no_autocast(tv.device):
+        with _op_context(tv.device):
             if ctx.backend == "triton":
                 k = _kernel_module("mv_terms")
                 gtv, gv, gu = k.mv_terms_backward(tv, v, u, stats, grad_new, grad_terms, ctx.grouping,
