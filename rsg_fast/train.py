@@ -239,13 +239,17 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def _setup_device(name: str, world: int, local_rank: int) -> torch.device:
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
         if world > 1:
             device = torch.device("cuda", local_rank)  # torchrun: one GPU per process
-        torch.cuda.set_device(device)
+        if device.index is not None:  # set_device refuses a bare "cuda"
+            torch.cuda.set_device(device)
     return device
 
 

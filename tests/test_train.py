@@ -128,7 +128,8 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     err = capsys.readouterr().err
     assert missing in err and "--download" in err
     for bad, name in ((["--epochs", "0"], "--epochs"), (["--imb-factor", "100"], "--imb-factor"),
-                      (["--arch", "vgg16"], "--arch"), (["--no-such-flag"], "--no-such-flag")):
+                      (["--arch", "vgg16"], "--arch"), (["--no-such-flag"], "--no-such-flag"),
+                      (["--loss-type", "hinge"], "--loss-type")):
         with pytest.raises(SystemExit) as e:
             main(bad)
         assert e.value.code == 2 and name in capsys.readouterr().err
@@ -136,6 +137,8 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     assert "--lr-factors" in capsys.readouterr().err
     assert main(["--head-ratio", "0.05", "--out", str(tmp_path)]) == 2       # 0 head classes of 10
     assert "--head-ratio" in capsys.readouterr().err
+    assert main(["--device", "gpu0", "--out", str(tmp_path)]) == 2
+    assert "--device" in capsys.readouterr().err
 
 
 def test_paper_defaults_and_fractions():
@@ -171,3 +174,14 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "rsg_fast.train", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--no-rsg" in r.stdout and "--resume" in r.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_and_resume(tmp_path):
+    args = [a if a != "cpu" else "cuda" for a in TINY] + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1"]
+    out = str(tmp_path / "cuda")
+    assert main(args + ["--out", out, "--stop-after-epoch", "2"]) == 0
+    assert main(args + ["--out", out, "--resume"]) == 0
+    assert len(_records(out)) == 3 and _records(out)[2]["n_generated"] > 0
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cuda"]) == 0
