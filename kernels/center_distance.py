@@ -35,6 +35,7 @@ def _center_distance_fwd_kernel(
     with M2[c] = sum_{h,w} (x - mean[n, c])^2 from a Chan merge over HW blocks.
     Shapes: x (N, C, H, W) any strides; centers (N, K, C) any strides; part (N, n_cblocks, K).
     Bytes: reads N*C*HW x + N*K*C centres once; writes N*C + N*n_cblocks*K acc values.
+    Saved for backward: mean (N, C) (with x and centers, which the caller already holds).
     """
     n = tl.program_id(0).to(tl.int64)
     cb = tl.program_id(1)

@@ -69,6 +69,7 @@ def _mv_terms_fwd_kernel(
     new (M, C, H, W) contiguous; stats (M, HW, 5); part (M, n_qblocks, 2), acc dtype.
     Bytes: reads 4*M*C*HW (tv, u, v, x rows; "rows" re-reads tv and u, from cache), writes M*C*HW
     + 5*M*HW + 2*M*n_qblocks.
+    Saved for backward: stats (with tv, u, v and tail_index, which the caller already holds).
     """
     m = tl.program_id(0).to(tl.int64)
     qb = tl.program_id(1)
