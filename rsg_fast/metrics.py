@@ -74,6 +74,8 @@ class MetricsLog:
                 self.tb = None
 
     def append(self, record: dict) -> None:
+        # A diverged loss (NaN / inf) is written as null / blank: the files stay valid JSON and CSV.
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.records.append(record)
         atomic_write_text(self.jsonl, "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records))
         buf = io.StringIO()

@@ -185,3 +185,18 @@ def test_cuda_run_and_resume(tmp_path):
     assert main(args + ["--out", out, "--resume"]) == 0
     assert len(_records(out)) == 3 and _records(out)[2]["n_generated"] > 0
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cuda"]) == 0
+
+
+def test_metrics_log_survives_a_diverged_loss(tmp_path):
+    from rsg_fast.metrics import MetricsLog, shot_accuracy
+
+    log = MetricsLog(str(tmp_path), 3)
+    rec = {k: 1.0 for k in MetricsLog.SCALARS} | {"epoch": 0, "loss": float("nan"), "per_class_acc": [50.0, None, 0.0]}
+    log.append(rec)
+    back = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert back["loss"] is None and back["per_class_acc"] == [50.0, None, 0.0]
+    row = next(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert row["loss"] == "" and row["acc_class_1"] == ""
+    # groups: > 100 many, 20..100 medium, < 20 few; a class without test samples is left out
+    assert shot_accuracy([90.0, 60.0, None, 10.0], [101, 100, 20, 19]) == {"many": 90.0, "medium": 60.0, "few": 10.0}
+    assert shot_accuracy([90.0], [5000])["few"] is None
