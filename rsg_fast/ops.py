@@ -74,7 +74,7 @@ def _check_index(name: str, index, length: int, bound: int, ref_name: str, ref: 
     if index.dim() != 1 or index.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {tuple(index.shape)}")
     _check_device(ref_name, ref, name, index)
-    index = index.to(torch.int64)
+    index = index.to(torch.int64).contiguous()  # the kernels index it as a flat array
     if length:
         if index.device.type == "cuda":
             # no host sync: a bad index fails the stream asynchronously instead of reading garbage

@@ -252,7 +252,7 @@ def test_displacement_layouts(backend, kind):
     N, M, C, H, W = 3, 4, 5, 3, 5
     x0 = torch.randn(N, C, H, W, device=DEVICE)
     x = leaf(layout(x0, kind))
-    index = torch.tensor([2, 0, 2, 1], device=DEVICE)
+    index = torch.tensor([2, 7, 0, 7, 2, 7, 1, 7], device=DEVICE)[::2]  # a strided index tensor
     cr = leaf(torch.randn(C, M, device=DEVICE).t())  # transposed (non-contiguous) centre rows
     with poisoned_outputs():
         out = ops.displacement(x, index, cr, backend=backend)
@@ -404,6 +404,7 @@ def test_mv_terms_values_and_grads(backend, grouping, shape):
 @pytest.mark.parametrize("kind", ["channels_last", "sliced"])
 def test_mv_terms_layouts(backend, grouping, kind):
     tv, v, u, x, ti = _mv_inputs(3, 2, 5, 3, 5)
+    ti = torch.stack([ti, torch.full_like(ti, 99)], 1)[:, 0]  # a strided tail_index
     _check_mv(backend, grouping, layout(tv, kind), layout(v, kind), u, layout(x, kind), ti)
 
 
