@@ -27,7 +27,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, tee to $LOG/NAME.tx
     > "$LOG/device.txt" 2>&1
 cat "$LOG/device.txt"
 
-step pytest-ops 170 python -m pytest -q -x tests/test_ops.py tests/test_ops_cuda.py tests/test_backend.py -ra
+step pytest-ops 170 python -m pytest -q --durations=10 tests/test_ops.py tests/test_ops_cuda.py tests/test_backend.py -ra
 step pytest-cuda-marked 60 python -m pytest -q -m cuda tests --ignore=tests/test_ops_cuda.py -ra
 
 step ops-timing 40 python - <<'PY'
