@@ -19,7 +19,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, tee to $LOG/NAME.tx
     timeout "$limit" "$@" > >(tee "$LOG/$name.txt") 2>&1
     local rc=$?
     echo "== $name: rc=$rc" | tee -a "$LOG/summary.txt"
-    [ "$rc" -eq 0 ] || status=1
+    [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=1   # 5: pytest collected no test (nothing marked)
 }
 
 { nvidia-smi || true; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
