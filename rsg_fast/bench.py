@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_positive_int("--classes"), default=None,
                    help="override the class count (head classes become the first 20 %%)")
     p.add_argument("--budget", type=_positive_float("--budget"), default=None, metavar="SECONDS",
-                   help="timing budget per setting after warm-up (default 50 on CPU, 30 on CUDA); "
+                   help="timing budget per setting after warm-up (default 50 on CPU, 20 on CUDA); "
                         "every case still gets the minimum number of rounds")
     p.add_argument("--min-rounds", type=_positive_int("--min-rounds"), default=None,
                    help="fewest timed rounds per case (default 5 on CPU, 20 on CUDA)")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    result = run(plan, argv)
+    result = run(plan, argv, on_setting=lambda partial: write_outputs(partial, plan["out"], plan["tag"], chart=False))
     print(format_report(result))
     paths = write_outputs(result, plan["out"], plan["tag"])
     for kind, path in paths.items():
@@ -212,7 +212,7 @@ def _plan(args) -> dict:
         "compile": compile_reference, "out": out, "tag": tag, "seed": args.seed, "memory": args.memory,
         "progress": args.progress, "quick": quick,
         "warmup": args.warmup or (1 if quick else 2),
-        "budget_s": args.budget or (1.0 if quick else (30.0 if cuda else 50.0)),
+        "budget_s": args.budget or (1.0 if quick else (20.0 if cuda else 50.0)),
         "min_rounds": args.min_rounds or (2 if quick else (20 if cuda else 5)),
         "max_rounds": 3 if quick else (200 if cuda else 40),
     }
@@ -512,7 +512,7 @@ def _loadavg():
         return None
 
 
-def run(plan: dict, argv: list[str]) -> dict:
+def run(plan: dict, argv: list[str], on_setting=None) -> dict:
     """Time and measure every case of every setting; returns the result document (see SCHEMA)."""
     import torch
     from tqdm.auto import tqdm
@@ -526,6 +526,30 @@ def run(plan: dict, argv: list[str]) -> dict:
     rows = []
     bar = tqdm(total=0, desc="rsg-fast bench", unit="call", disable=not plan["progress"], file=sys.stderr,
                dynamic_ncols=True)
+    date = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    def document(complete: bool) -> dict:
+        result = {
+            "schema": SCHEMA, "tool": "rsg-fast bench", "command": "rsg-fast bench " + " ".join(argv),
+            "date": date,
+            **env,
+            "load_average": {"start": load_start, "end": _loadavg()},
+            "settings": [s.describe() | {"pairs_generation": bc.pair_count(s),
+                                         "label_counts": bc.label_counts(s) if s.num_classes <= 100 else None}
+                         for s in plan["settings"]],
+            "timing": {"method": timer.kind, "warmup_calls": plan["warmup"], "budget_s": plan["budget_s"],
+                       "min_rounds": plan["min_rounds"], "max_rounds": plan["max_rounds"],
+                       "rotations": {s.name: bc.default_rotations(s, device) for s in plan["settings"]},
+                       "spread": "p25..p75 (IQR) of the per-call times", "cuda_graphs": False,
+                       "compile_reference": plan["compile"], "quick": plan["quick"]},
+            "copy_bandwidth_gbps": copy_gbps,
+            "rows": rows,
+            "wall_s": round(time.time() - started, 1),
+        }
+        result["complete"] = complete
+        result["targets"] = targets(result)
+        return result
+
     for setting in plan["settings"]:
         pool = bc.InputPool(setting, device, seed=plan["seed"])
         planned = []   # (group, variant, phase, reason-or-None)
@@ -604,26 +628,10 @@ def run(plan: dict, argv: list[str]) -> dict:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if on_setting is not None and setting is not plan["settings"][-1]:
+            on_setting(document(False))   # partial results survive a run killed later on
     bar.close()
-    result = {
-        "schema": SCHEMA, "tool": "rsg-fast bench", "command": "rsg-fast bench " + " ".join(argv),
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        **env,
-        "load_average": {"start": load_start, "end": _loadavg()},
-        "settings": [s.describe() | {"pairs_generation": bc.pair_count(s),
-                                     "label_counts": bc.label_counts(s) if s.num_classes <= 100 else None}
-                     for s in plan["settings"]],
-        "timing": {"method": timer.kind, "warmup_calls": plan["warmup"], "budget_s": plan["budget_s"],
-                   "min_rounds": plan["min_rounds"], "max_rounds": plan["max_rounds"],
-                   "rotations": {s.name: bc.default_rotations(s, device) for s in plan["settings"]},
-                   "spread": "p25..p75 (IQR) of the per-call times", "cuda_graphs": False,
-                   "compile_reference": plan["compile"], "quick": plan["quick"]},
-        "copy_bandwidth_gbps": copy_gbps,
-        "rows": rows,
-        "wall_s": round(time.time() - started, 1),
-    }
-    result["targets"] = targets(result)
-    return result
+    return document(True)
 
 
 def _relative(rows: dict) -> None:
@@ -722,12 +730,12 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: dict, out: Path, tag: str) -> dict:
+def write_outputs(result: dict, out: Path, tag: str, chart: bool = True) -> dict:
     """Write <tag>.json, <tag>.csv and <tag>.png (when matplotlib imports) to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     png = out / f"{tag}.png"
-    note = write_chart(result, png)
+    note = write_chart(result, png) if chart else "chart not drawn yet (partial results)"
     if note is None:
         paths["chart"] = str(png)
         result["chart"] = png.name
