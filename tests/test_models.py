@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from rsg_fast.models import TorchvisionRSG, build_model, resnet32
+from rsg_fast.models import CifarResNet, TorchvisionRSG, build_model, resnet32, resnet56, resnet110
 
 RSG_OPTS = dict(n_center=3, contrastive_module_dim=16, epoch_thresh=1)
 
@@ -15,6 +15,15 @@ def test_plain_resnet32():
     n_params = sum(p.numel() for p in m.parameters())
     assert 460_000 < n_params < 470_000          # ResNet-32 for CIFAR: 0.46M parameters
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("ctor,blocks", [(resnet32, 5), (resnet56, 9), (resnet110, 18)])
+def test_cifar_depths_option_a(ctor, blocks):
+    m = ctor(100)
+    assert len(m.layer1) == len(m.layer2) == len(m.layer3) == blocks
+    # option A: the down-sampling shortcut has no parameters
+    assert not list(m.layer2[0].shortcut.parameters()) and not list(m.layer3[0].shortcut.parameters())
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
 def test_cifar_rsg_after_stage_2_as_in_the_paper():
@@ -87,7 +96,7 @@ def test_model_errors_name_the_argument():
     with pytest.raises(ValueError, match="arch"):
         build_model("vgg16", 10)
     with pytest.raises(ValueError, match="depth"):
-        resnet32.__globals__["CifarResNet"](30, 10)
+        CifarResNet(30, 10)
     with pytest.raises(ValueError, match="rsg_stage"):
         build_model("resnet32", 10, rsg=RSG_OPTS, rsg_stage=4)
     with pytest.raises(TypeError, match="unknown RSG option"):
