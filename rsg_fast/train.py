@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-list", default=None, help="list file (default: the usual name under --data-root)")
     d.add_argument("--test-list", default=None)
     d.add_argument("--input-size", type=_positive_int, default=224, help="crop size for the list-file datasets")
+    d.add_argument("--num-classes", type=_positive_int, default=None, help="class count of a list-file dataset "
+                   "(default: 1000 ImageNet-LT, 365 Places-LT, 8142 iNaturalist 2018)")
     d.add_argument("--synthetic-classes", type=_positive_int, default=10)
     d.add_argument("--synthetic-max", type=_positive_int, default=500, help="images of the largest class")
     d.add_argument("--synthetic-test", type=_positive_int, default=50, help="test images per class")
@@ -300,7 +302,7 @@ def _setup(args: argparse.Namespace, rank: int, world: int, local_rank: int):
         return build_datasets(args.dataset, root=args.data_root, download=download, imb_type=args.imb_type,
                               imb_factor=args.imb_factor, subset=args.subset, seed=args.seed,
                               train_list=args.train_list, test_list=args.test_list, input_size=args.input_size,
-                              synthetic=synthetic)
+                              synthetic=synthetic, num_classes=args.num_classes)
 
     if args.download and world > 1:
         # One process downloads; the others wait for it (and hear about its failure) before reading.
@@ -319,6 +321,11 @@ def _setup(args: argparse.Namespace, rank: int, world: int, local_rank: int):
             data = build(False)
     else:
         data = build(args.download)
+    empty = [c for c, n in enumerate(data.cls_num_list) if n == 0]
+    if empty:  # LDAM margins, class-balanced weights and resampling all need every class present
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise ValueError(f"{len(empty)} of {data.num_classes} classes have no training image (ids {shown}); "
+                         f"check the training list or set --num-classes")
     cfg = resolve_config(args, data.image_size)
     cfg.update(num_classes=data.num_classes, cls_num_list=data.cls_num_list, world_size=world,
                head_classes=head_classes(data.cls_num_list, cfg["head_ratio"], data.family),
@@ -548,7 +555,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                               imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET),
                               seed=cfg["seed"], test_list=args.test_list, input_size=cfg["input_size"],
                               synthetic=dict(num_classes=cfg["synthetic_classes"], n_max=cfg["synthetic_max"],
-                                             test_per_class=cfg["synthetic_test"], image_size=cfg["synthetic_size"]))
+                                             test_per_class=cfg["synthetic_test"], image_size=cfg["synthetic_size"]),
+                              num_classes=cfg.get("num_classes") if dataset == cfg["dataset"] else None)
         if data.num_classes != cfg["num_classes"]:
             raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {data.num_classes}")
         device = _setup_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), 1, 0)

@@ -139,6 +139,11 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     assert "--head-ratio" in capsys.readouterr().err
     assert main(["--device", "gpu0", "--out", str(tmp_path)]) == 2
     assert "--device" in capsys.readouterr().err
+    # a list-file dataset whose list leaves most of the 365 Places-LT classes empty
+    (tmp_path / "Places_LT_train.txt").write_text("a.jpg 0\nb.jpg 1\n")
+    (tmp_path / "Places_LT_test.txt").write_text("c.jpg 0\n")
+    assert main(["--dataset", "places-lt", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "363 of 365 classes have no training image" in capsys.readouterr().err
 
 
 def test_paper_defaults_and_fractions():

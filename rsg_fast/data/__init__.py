@@ -37,8 +37,10 @@ class LTData:
 def build_datasets(name: str, *, root: str | None = None, download: bool = False, imb_type: str = "exp",
                    imb_factor: float = 0.01, subset: str = DEFAULT_SUBSET, seed: int = 0,
                    train_list: str | None = None, test_list: str | None = None, input_size: int = 224,
-                   augment: bool = True, synthetic: dict[str, Any] | None = None) -> LTData:
-    """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts."""
+                   augment: bool = True, synthetic: dict[str, Any] | None = None,
+                   num_classes: int | None = None) -> LTData:
+    """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts.
+    ``num_classes`` overrides the class count of the list-file datasets (e.g. for a subset of a list)."""
     if name == "synthetic-lt":
         kw = dict(synthetic or {})
         train = SyntheticLT(True, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
@@ -54,6 +56,6 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
     if name in LIST_DATASETS:
         if root is None:
             raise ValueError(f"--data-root is required for {name} (the image root of the list files)")
-        train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment)
+        train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment, num_classes)
         return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size, "general")
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")

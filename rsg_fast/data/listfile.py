@@ -75,11 +75,13 @@ class ListFileDataset(Dataset):
 
 
 def list_datasets(name: str, root: str, train_list: str | None = None, test_list: str | None = None,
-                  size: int = 224, augment: bool = True):
-    """(train, test, num_classes) for one of LIST_DATASETS; list files default to ``root/<usual name>``."""
+                  size: int = 224, augment: bool = True, num_classes: int | None = None):
+    """(train, test, num_classes) for one of LIST_DATASETS; list files default to ``root/<usual name>``;
+    ``num_classes`` defaults to the dataset's (1000, 365, 8142)."""
     if name not in LIST_DATASETS:
         raise ValueError(f"dataset must be one of {sorted(LIST_DATASETS)}, got {name!r}")
-    num_classes, default_train, default_test = LIST_DATASETS[name]
+    default_classes, default_train, default_test = LIST_DATASETS[name]
+    num_classes = num_classes or default_classes
     train_list = train_list or os.path.join(root, default_train)
     test_list = test_list or os.path.join(root, default_test)
     train = ListFileDataset(root, train_list, imagenet_transforms(augment, size), num_classes)
