@@ -395,7 +395,8 @@ def _train(args, cfg, data, device, model, optimizer, start_epoch, best, state, 
         ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg, indent=2) + "\n")
         _print("configuration:\n" + json.dumps(cfg, indent=2), main=is_main)
         if state is not None:
-            _print(f"resuming from epoch {start_epoch} (best so far {best['acc']:.2f}% at epoch {best['epoch']})")
+            _print(f"resuming at epoch {start_epoch + 1}/{cfg['epochs']} (best so far {best['acc']:.2f}% at epoch "
+                   f"{best['epoch'] + 1})")
 
     if world > 1:
         # Which RSG parameters get gradients depends on the phase (T only after epoch_thresh; the
@@ -448,7 +449,7 @@ def _train(args, cfg, data, device, model, optimizer, start_epoch, best, state, 
                                      correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64),
                                      torch.tensor(float(y_out.shape[0] - n), device=device, dtype=torch.float64)])
                 steps += 1
-            if is_main and not args.no_progress:
+            if is_main and not args.no_progress and int(steps) % 10 == 1:  # .item() syncs the GPU: not every step
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         _all_reduce(sums, world), _all_reduce(steps, world)
         mean = (sums[:3] / steps.clamp_min(1)).tolist()
