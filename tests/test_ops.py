@@ -207,6 +207,8 @@ def test_center_distance_bad_arguments():
         ops.center_distance(x, torch.randn(3, 5, 3))
     with pytest.raises(ValueError, match="backend"):
         ops.center_distance(x, c, backend="cuda")
+    with pytest.raises(ValueError, match="centers must be on the same device as x"):
+        ops.center_distance(x, c.to("meta"))
 
 
 # ============================================================================ displacement
@@ -333,6 +335,8 @@ def test_displacement_bad_arguments():
         ops.displacement(x, idx, [[0.0] * 4] * 2)
     with pytest.raises(ValueError, match="backend"):
         ops.displacement(x, idx, cr, backend="gpu")
+    with pytest.raises(ValueError, match="index must be on the same device as x"):
+        ops.displacement(x, idx.to("meta"), cr)
 
 
 # ============================================================================ mv_terms
@@ -499,6 +503,8 @@ def test_mv_terms_bad_arguments():
         ops.mv_terms(tv, v, u, x, ti.float(), "rows")
     with pytest.raises(ValueError, match="backend"):
         ops.mv_terms(tv, v, u, x, ti, "rows", backend="triton-gpu")
+    with pytest.raises(ValueError, match="x must be on the same device as tv"):
+        ops.mv_terms(tv, v, u, x.to("meta"), ti, "rows")
 
 
 # ============================================================================ half precision
