@@ -1,10 +1,12 @@
 """rsg_fast: the Rare-class Sample Generator (Wang et al., CVPR 2021), exact and fast.
 
 ``RSG`` is the drop-in module (published constructor, forward and state_dict keys);
-``ReferenceRSG`` is the plain PyTorch oracle it is tested against.
+``ReferenceRSG`` is the plain PyTorch oracle it is tested against. The fused functional ops
+(``center_distance``, ``displacement``, ``mv_terms``; see ``rsg_fast.ops``) are exported too.
 """
 __version__ = "0.1.0"
-__all__ = ["RSG", "ReferenceRSG", "__version__"]
+__all__ = ["RSG", "ReferenceRSG", "center_distance", "displacement", "mv_terms", "__version__"]
+_OPS = ("center_distance", "displacement", "mv_terms")
 
 
 def __getattr__(name):
@@ -16,4 +18,7 @@ def __getattr__(name):
     if name == "ReferenceRSG":
         from rsg_fast.reference import ReferenceRSG
         return ReferenceRSG
+    if name in _OPS:
+        from rsg_fast import ops
+        return getattr(ops, name)
     raise AttributeError(f"module 'rsg_fast' has no attribute {name!r}")
