@@ -500,7 +500,8 @@ def _git_commit() -> dict:
             return {"sha": None, "dirty": None}
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
-        return {"sha": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        changed = [ln[3:] for ln in dirty.stdout.splitlines() if ln.strip()]
+        return {"sha": head.stdout.strip(), "dirty": bool(changed), "changed_files": changed[:50]}
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
 
@@ -811,7 +812,7 @@ def write_chart(result: dict, path: Path) -> str | None:
             ax.legend(fontsize=8)
             ax.grid(axis="y", alpha=0.3)
     dev = result["device"]
-    fig.suptitle(f"rsg-fast bench, {dev['type']} ({dev['name']}, {dev['threads']} threads), {result['date']}",
+    fig.suptitle(f"rsg-fast bench, {dev['type']} ({dev['name']}, torch threads={dev['threads']}), {result['date']}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
