@@ -32,3 +32,13 @@ def _seed_everything():
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     """A buffer shaped like ``t`` filled with NaN: kernels that forget to write an output show it."""
     return torch.full_like(t, float("nan"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test skipped for want of a GPU also carries the `cuda` marker, so `pytest -m cuda`
+    (benchmarks/gpu_check.sh) selects all of them."""
+    for item in items:
+        for mark in item.iter_markers("skipif"):
+            if "CUDA" in str(mark.kwargs.get("reason", "")):
+                item.add_marker(pytest.mark.cuda)
+                break
