@@ -242,6 +242,9 @@ class Case:
     fn: Callable[[], None]
     bytes_moved: int | None = None      # compulsory bytes (see ``module_bytes``) for GB/s, if meaningful
     meta: dict = field(default_factory=dict)
+    # Frees what a call leaves alive until the next one (gradients): memory is measured from there,
+    # so a call's peak includes the gradients it allocates.
+    reset: Callable[[], None] = lambda: None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -347,8 +350,13 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
             grads.append(_scalar(LAMBDA_MV, mv, mv_w))
         torch.autograd.backward(roots, grads)
 
+    def reset() -> None:
+        module.zero_grad(set_to_none=True)
+        for x in pool.maps:
+            x.grad = None
+
     return Case("module", variant, phase, fn, module_bytes(setting, phase),
-                {"pairs": pair_count(setting) if phase == "generation" else 0, "module": module})
+                {"pairs": pair_count(setting) if phase == "generation" else 0, "module": module}, reset)
 
 
 # ----------------------------------------------------------------------------- training-step cases
@@ -406,7 +414,7 @@ def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed:
         loss.backward()
         opt.step()
 
-    return Case("step", variant, phase, fn, None, {"model": model})
+    return Case("step", variant, phase, fn, None, {"model": model}, lambda: opt.zero_grad(set_to_none=True))
 
 
 # ----------------------------------------------------------------------------- op cases (benchmarks/)

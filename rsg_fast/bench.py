@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_positive_int("--classes"), default=None,
                    help="override the class count (head classes become the first 20 %%)")
     p.add_argument("--budget", type=_positive_float("--budget"), default=None, metavar="SECONDS",
-                   help="timing budget per setting after warm-up (default 50 on CPU, 20 on CUDA); "
+                   help="timing budget per setting after warm-up (default 40 on CPU, 20 on CUDA); "
                         "every case still gets the minimum number of rounds")
     p.add_argument("--min-rounds", type=_positive_int("--min-rounds"), default=None,
                    help="fewest timed rounds per case (default 5 on CPU, 20 on CUDA)")
@@ -212,7 +212,7 @@ def _plan(args) -> dict:
         "compile": compile_reference, "out": out, "tag": tag, "seed": args.seed, "memory": args.memory,
         "progress": args.progress, "quick": quick,
         "warmup": args.warmup or (1 if quick else 2),
-        "budget_s": args.budget or (1.0 if quick else (20.0 if cuda else 50.0)),
+        "budget_s": args.budget or (1.0 if quick else (20.0 if cuda else 40.0)),
         "min_rounds": args.min_rounds or (2 if quick else (20 if cuda else 5)),
         "max_rounds": 3 if quick else (200 if cuda else 40),
     }
@@ -350,6 +350,7 @@ def copy_bandwidth(device, reps: int = 5) -> float:
 def _cuda_peak(case, device) -> int:
     import torch
 
+    case.reset()
     gc.collect()
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -396,6 +397,7 @@ def _memory_probe_main(spec_text: str) -> int:
             case = _make_case(group, variant, phase, setting, pool, spec["seed"])
             for _ in range(spec.get("warmup", 1)):
                 case.fn()
+            case.reset()
             gc.collect()
             if _reset_peak_rss():
                 base = _proc_status_kib("VmRSS")

@@ -144,3 +144,15 @@ def test_override_renames_setting():
     s = bc.SETTINGS["cifar100"].override(batch=64, maps=(256, 14, 14))
     assert s.name == "cifar100-n64-256x14x14" and s.batch == 64 and s.maps == (256, 14, 14)
     assert not s.has_step and s.centers == 15 and s.num_classes == 100
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc is Linux-only")
+def test_cpu_memory_probe_counts_the_gradients_a_call_allocates():
+    # 4000 classes: RSG's dense gradients of `linear` and `centers` are 2 x 4000*3*32 floats (3 MB), far
+    # above the tiny maps; a probe that let the previous call's gradients sit in its baseline missed them.
+    s = bc.SETTINGS["tiny"].override(num_classes=4000)
+    pool = bc.InputPool(s, "cpu", rotations=1)
+    case = bc.module_case("rsg-torch", s, "contrastive", pool)
+    peak, method = bench.cpu_memory(s, [case], seed=0, compile_reference=False)[("rsg-torch", "contrastive")]
+    assert peak is not None, method
+    assert peak >= 2 * 4000 * 3 * 32 * 4, (peak, method)
