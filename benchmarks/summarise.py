@@ -43,8 +43,25 @@ def commands(paths):
                f"load average {load.get('start')} -> {load.get('end')}, wall {doc.get('wall_s')} s")
 
 
+def pytest_benchmark_rows(path):
+    """The op table from a ``--benchmark-json`` file of ``pytest benchmarks/``."""
+    doc = json.loads(Path(path).read_text())
+    cpu = doc["machine_info"].get("cpu", {}).get("brand_raw", "?")
+    yield "| group | benchmark | median ms | IQR ms | rounds | setting, device, threads | date (UTC) |"
+    yield "|---|---|---|---|---|---|---|"
+    for b in sorted(doc["benchmarks"], key=lambda b: (b["group"] or "", b["stats"]["median"])):
+        st, info = b["stats"], b.get("extra_info", {})
+        yield (f"| {b['group']} | {b['name']} | {st['median'] * 1e3:.3f} | {st['iqr'] * 1e3:.3f} | {st['rounds']} | "
+               f"{info.get('setting')}, {info.get('device')} ({cpu}), {info.get('threads')} | {doc['datetime'][:19]}Z |")
+
+
 if __name__ == "__main__":
     files = sys.argv[1:] or sorted(str(p) for p in (Path(__file__).parent / "results").glob("*.json"))
-    print("\n".join(rows(files)))
+    bench_files = [f for f in files if "machine_info" not in json.loads(Path(f).read_text())]
+    pytest_files = [f for f in files if f not in bench_files]
+    print("\n".join(rows(bench_files)))
     print()
-    print("\n".join(commands(files)))
+    print("\n".join(commands(bench_files)))
+    for f in pytest_files:
+        print(f"\n`{Path(f).name}`:\n")
+        print("\n".join(pytest_benchmark_rows(f)))

@@ -198,6 +198,10 @@ def _plan(args) -> dict:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BenchArgumentError(f"--out {str(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchArgumentError(f"--out {str(out)!r} cannot be created: {exc.strerror or exc}") from None
     cuda = device.type == "cuda"
     compile_reference = cuda if args.compile is None else args.compile
     variants = args.variants or list(bc.ALL_VARIANTS)

@@ -105,6 +105,13 @@ def test_bad_arguments_exit_nonzero_with_clear_message(argv, message, capsys):
     assert err.startswith("rsg-fast bench: error:") and message in err, err
 
 
+def test_out_that_is_a_file_is_an_error(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert bench.main(["--out", str(target)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def test_cuda_requested_without_cuda_is_an_error(capsys):
     import torch
     if torch.cuda.is_available():
