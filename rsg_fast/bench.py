@@ -535,7 +535,7 @@ def run(plan: dict, argv: list[str], on_setting=None) -> dict:
                dynamic_ncols=True)
     date = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
-    def document(complete: bool) -> dict:
+    def document(complete: bool, pending=()) -> dict:
         result = {
             "schema": SCHEMA, "tool": "rsg-fast bench", "command": "rsg-fast bench " + " ".join(argv),
             "date": date,
@@ -550,7 +550,7 @@ def run(plan: dict, argv: list[str], on_setting=None) -> dict:
                        "spread": "p25..p75 (IQR) of the per-call times", "cuda_graphs": False,
                        "compile_reference": plan["compile"], "quick": plan["quick"]},
             "copy_bandwidth_gbps": copy_gbps,
-            "rows": rows,
+            "rows": rows + list(pending),
             "wall_s": round(time.time() - started, 1),
         }
         result["complete"] = complete
@@ -624,6 +624,9 @@ def run(plan: dict, argv: list[str], on_setting=None) -> dict:
                         peak, method = measured.get(case.key, (None, "not measured"))
                         setting_rows[case.key].update(peak_mem_bytes=peak, mem_method=method)
             del cases
+            if on_setting is not None:   # partial results survive a run killed later on
+                done = [r for r in setting_rows.values() if r.get("median_ms") is not None or r["status"] != "ok"]
+                on_setting(document(False, done))
             gc.collect()
         _relative(setting_rows)
         for row in setting_rows.values():
@@ -635,8 +638,6 @@ def run(plan: dict, argv: list[str], on_setting=None) -> dict:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if on_setting is not None and setting is not plan["settings"][-1]:
-            on_setting(document(False))   # partial results survive a run killed later on
     bar.close()
     return document(True)
 
