@@ -39,7 +39,7 @@ def test_tiny_run_exits_zero_and_prints_table(tiny_run):
 def test_tiny_run_writes_valid_json(tiny_run):
     out, proc = tiny_run
     doc = json.loads((out / "bench-tiny-cpu.json").read_text())
-    assert doc["schema"] == bench.SCHEMA
+    assert doc["schema"] == bench.SCHEMA and doc["complete"] is True
     for key in ("date", "commit", "device", "versions", "settings", "timing", "rows", "copy_bandwidth_gbps"):
         assert key in doc, key
     assert doc["device"]["type"] == "cpu" and doc["device"]["threads"] == 1
