@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU: under 5 minutes in all (step limits sum to 295 s).
+# One prepared check for a lent GPU: under 5 minutes in all (step limits sum to 285 s).
 #   1. the op tests on CUDA (real Triton compiler; tests/test_ops*.py pick the GPU when present)
 #      plus every test marked `cuda` elsewhere in tests/;
 #   2. a quick Triton-vs-PyTorch timing of the three fused ops (CUDA events, median of 50);
-#   3. `python -m rsg_fast.bench` and `pytest benchmarks/ --benchmark-only` (owned by the bench issue).
+#   3. `python -m rsg_fast.bench` (module variants incl. torch.compile of the reference, ResNet-32 step).
+#      `pytest benchmarks/ --benchmark-only` does not fit the 5 minutes; run it by hand when time allows.
 # Logs go to ${OUT:-benchmarks/results}/gpu-YYYY-MM-DD/. Exit status: non-zero if any step failed.
 # Usage (from anywhere):  bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -27,8 +28,8 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, tee to $LOG/NAME.tx
     > "$LOG/device.txt" 2>&1
 cat "$LOG/device.txt"
 
-step pytest-ops 130 python -m pytest -q --durations=10 tests/test_ops.py tests/test_ops_cuda.py tests/test_backend.py -ra
-step pytest-cuda-marked 40 python -m pytest -q -m cuda tests --ignore=tests/test_ops_cuda.py -ra
+step pytest-ops 110 python -m pytest -q --durations=10 tests/test_ops.py tests/test_ops_cuda.py tests/test_backend.py -ra
+step pytest-cuda-marked 50 python -m pytest -q -m cuda tests --ignore=tests/test_ops_cuda.py -ra
 
 step ops-timing 30 python - <<'PY'
 import torch
@@ -66,8 +67,7 @@ for (N, K, C, H, W, M, dt) in [(128, 15, 32, 16, 16, 100, torch.float32), (128, 
               f"speed-up {t['torch']/t['triton']:5.2f}x   triton ~{nbytes / t['triton'] / 1e6:7.1f} GB/s (min bytes)")
 PY
 
-step bench 60 python -m rsg_fast.bench --out "$LOG"
-step pytest-benchmarks 35 python -m pytest -q benchmarks/ --benchmark-only
+step bench 100 python -m rsg_fast.bench --budget 10 --no-progress --out "$LOG"
 
 echo "gpu_check: status=$status, logs in $LOG" | tee -a "$LOG/summary.txt"
 exit $status
