@@ -98,12 +98,14 @@ class RSG(RSGParameters):
         closest_centre = self.centers.detach()[target, center_logits.detach().argmax(dim=1)]    # (N, C)
         pair_index = torch.cat([head_index, tail_index])
         # Eq. 3: v = x_head - up(C_head) and u = x_tail - up(C_tail), gathered in one pass.
-        displaced = ops.displacement(x, pair_index, closest_centre[pair_index].to(x.dtype), backend=backend)
+        # (the indices come from the sort above, in range by construction: no range check)
+        displaced = ops.displacement(x, pair_index, closest_centre[pair_index].to(x.dtype), backend=backend,
+                                     check_index=False)
         v, u = displaced[:n_new], displaced[n_new:]
         tv = self.vec_transformation_module(v)                                         # T(x_fd-freq)
         # Eq. 4 (new = x_tail + Tv) and Eq. 6 (norm and cosine terms, summed), in one pass.
         grouping = "location" if self.mv_loss == "paper" else "rows"
-        new_maps, terms = ops.mv_terms(tv, v, u, x, tail_index, grouping, backend=backend)
+        new_maps, terms = ops.mv_terms(tv, v, u, x, tail_index, grouping, backend=backend, check_index=False)
         # Eq. 6 (third term): the frozen contrastive module must call (head, Tv) "not the same class".
         not_same = torch.zeros(n_new, dtype=torch.long, device=x.device)
         loss_contrast = F.cross_entropy(_at_least_fp32(self._contrastive_logits(x[head_index], tv, frozen=True)), not_same)

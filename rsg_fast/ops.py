@@ -66,7 +66,8 @@ def _check_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) 
         raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
 
 
-def _check_index(name: str, index, length: int, bound: int, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
+def _check_index(name: str, index, length: int, bound: int, ref_name: str, ref: torch.Tensor,
+                 check_values: bool = True) -> torch.Tensor:
     if not isinstance(index, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of int64, got {type(index).__name__}")
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
@@ -75,7 +76,7 @@ def _check_index(name: str, index, length: int, bound: int, ref_name: str, ref: 
         raise ValueError(f"{name} must have shape ({length},), got {tuple(index.shape)}")
     _check_device(ref_name, ref, name, index)
     index = index.to(torch.int64).contiguous()  # the kernels index it as a flat array
-    if length:
+    if length and check_values:
         if index.device.type == "cuda":
             # no host sync: a bad index fails the stream asynchronously instead of reading garbage
             torch._assert_async(((index >= 0) & (index < bound)).all(),
@@ -233,12 +234,13 @@ class _Displacement(torch.autograd.Function):
 
 
 def displacement(x: torch.Tensor, index: torch.Tensor, centre_rows: torch.Tensor, *,
-                 backend: str | None = "auto") -> torch.Tensor:
+                 backend: str | None = "auto", check_index: bool = True) -> torch.Tensor:
     """Gathered samples minus their centre (contract: displacement, Eq. 3).
 
     x: (N, C, H, W) floating, any strides; index: (M,) integer in [0, N), may repeat;
     centre_rows: (M, C) floating. Returns (M, C, H, W), contiguous NCHW, in x's dtype;
-    differentiable w.r.t. x and centre_rows.
+    differentiable w.r.t. x and centre_rows. ``check_index=False`` skips the range check of
+    ``index`` (on CUDA a few tiny launches; on the CPU a pass): for callers that built it in range.
     """
     _check_tensor("x", x, 4)
     _check_tensor("centre_rows", centre_rows, 2)
@@ -247,7 +249,7 @@ def displacement(x: torch.Tensor, index: torch.Tensor, centre_rows: torch.Tensor
     if centre_rows.shape[1] != x.shape[1]:
         raise ValueError(f"centre_rows must have shape (M, C) with C = {x.shape[1]} (x's channels), "
                          f"got {tuple(centre_rows.shape)}")
-    index = _check_index("index", index, M, x.shape[0], "x", x)
+    index = _check_index("index", index, M, x.shape[0], "x", x, check_index)
     be = resolve_backend(backend, x.device)
     if M == 0 or x.numel() == 0:
         be = "torch"
@@ -369,13 +371,14 @@ class _MVTerms(torch.autograd.Function):
 
 
 def mv_terms(tv: torch.Tensor, v: torch.Tensor, u: torch.Tensor, x: torch.Tensor, tail_index: torch.Tensor,
-             grouping: str, *, backend: str | None = "auto"):
+             grouping: str, *, backend: str | None = "auto", check_index: bool = True):
     """New samples and the MV loss's two sums (contract: mv_terms, Eq. 4 and Eq. 6).
 
     tv = T(v), v (head displacement), u (tail displacement): (M, C, H, W) floating, any strides;
     x: (N, C, H, W); tail_index: (M,) integer in [0, N); grouping: "location" (paper) or "rows"
     (published code). Returns ``new`` (M, C, H, W) contiguous in tv's dtype and ``terms`` (2,) =
     (norm_sum, cos_sum) in the acc dtype; differentiable w.r.t. tv, v, u and x.
+    ``check_index=False`` skips the range check of ``tail_index`` (see ``displacement``).
     """
     _check_tensor("tv", tv, 4)
     _check_tensor("v", v, 4)
@@ -391,7 +394,7 @@ def mv_terms(tv: torch.Tensor, v: torch.Tensor, u: torch.Tensor, x: torch.Tensor
         _check_device("tv", tv, name, t)
     if grouping not in GROUPINGS:
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
-    tail_index = _check_index("tail_index", tail_index, tv.shape[0], x.shape[0], "tv", tv)
+    tail_index = _check_index("tail_index", tail_index, tv.shape[0], x.shape[0], "tv", tv, check_index)
     be = resolve_backend(backend, tv.device)
     if tv.numel() == 0:
         be = "torch"

@@ -601,3 +601,21 @@ def test_empty_batches_launch_no_kernel(monkeypatch):
     (out.sum() + new.sum() + terms.sum()).backward()
     assert new.shape == (0, 3, 2, 2) and terms.tolist() == [0.0, 0.0] and terms.dtype == torch.float32
     assert x.grad.shape == x.shape and (x.grad == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check_index_false_skips_only_the_range_check(backend):
+    """Callers that build indices in range (RSG) may skip the range check; results are unchanged,
+    and the shape/dtype checks of the index still run."""
+    x = torch.randn(4, 3, 2, 5, device=DEVICE)
+    idx = torch.tensor([3, 0, 3], device=DEVICE)
+    cr = torch.randn(3, 3, device=DEVICE)
+    torch.testing.assert_close(ops.displacement(x, idx, cr, backend=backend, check_index=False),
+                               ops.displacement(x, idx, cr, backend=backend), rtol=0, atol=0)
+    tv, v, u = (torch.randn(3, 3, 2, 5, device=DEVICE) for _ in range(3))
+    a = ops.mv_terms(tv, v, u, x, idx, "location", backend=backend, check_index=False)
+    b = ops.mv_terms(tv, v, u, x, idx, "location", backend=backend)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="index"):
+        ops.displacement(x, idx.float(), cr, backend=backend, check_index=False)
