@@ -1,6 +1,6 @@
 """Eq. 4 (new samples) and Eq. 6 (the MV loss's norm and cosine terms), fused.
 
-    new[m] = x[tail_index[m]] + tv[m]                                     (M, C, H, W), tv's dtype
+    new[m] = x[tail_index[m]] + tv[m]                                     (M, C, H, W), dtype of x + tv
     terms[0] = sum_vectors | ||a|| - ||w|| |
     terms[1] = "location": sum_vectors | a_hat . b_hat - 1 |
                "rows":     sum_vectors sum_i | a_hat_i b_hat_i - 1 |
@@ -205,14 +205,14 @@ def _blocks(C: int, HW: int, block_q: int | None, block_j: int | None):
 
 def mv_terms_forward(tv, v, u, x, tail_index, grouping: str, *, block_q: int | None = None,
                      block_j: int | None = None):
-    """Returns ``(new, terms, stats)``: new (M, C, H, W) contiguous in tv's dtype, terms (2,) and
+    """Returns ``(new, terms, stats)``: new (M, C, H, W) contiguous in the dtype of x + tv, terms (2,) and
     stats (M, HW, 5) in the acc dtype (float64 if any input is float64, else float32). M >= 1."""
     M, C, H, W = tv.shape
     HW = H * W
     acc = acc_dtype(tv.dtype, v.dtype, u.dtype, x.dtype)
     bq, bj = _blocks(C, HW, block_q, block_j)
     n_qb = triton.cdiv(HW, bq)
-    new = new_empty((M, C, H, W), tv.dtype, tv.device)
+    new = new_empty((M, C, H, W), torch.promote_types(tv.dtype, x.dtype), tv.device)   # as x + tv
     stats = new_empty((M, HW, N_STATS), acc, tv.device)
     part = new_empty((M, n_qb, 2), acc, tv.device)
     _mv_terms_fwd_kernel[(M, n_qb)](

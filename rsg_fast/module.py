@@ -169,9 +169,18 @@ class RSG(RSGParameters):
         if frozen:  # generation phase: the classifier does not train, gradients still reach `second`
             w1, b1, w3, b3, wf, bf = (p.detach() for p in (w1, b1, w3, b3, wf, bf))
         P, _, H, W = first.shape
+        # One compute dtype for the hand-written Function: autocast's where it is on (the 1x1 conv
+        # would run there), else the inputs' promoted dtype; autocast stays off inside it.
+        device_type = first.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        else:
+            dtype = torch.promote_types(first.dtype, second.dtype)
         # channels-last rows of cat[first, second]: the 1x1 conv is one matrix product on them
-        rows = torch.cat([first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)], dim=3).reshape(P * H * W, -1)
-        window_sums = _ReluTapWindowSums.apply(rows, w1.flatten(1).to(rows.dtype), b1.to(rows.dtype), P, H, W)
+        rows = torch.cat([first.permute(0, 2, 3, 1).to(dtype), second.permute(0, 2, 3, 1).to(dtype)],
+                         dim=3).reshape(P * H * W, -1)
+        with torch.autocast(device_type, enabled=False):
+            window_sums = _ReluTapWindowSums.apply(rows, w1.flatten(1).to(dtype), b1.to(dtype), P, H, W)
         pooled = torch.einsum("pijd,edij->pe", window_sums, w3.to(window_sums.dtype)) / (H * W) + b3
         return F.linear(pooled, wf, bf)
 
@@ -217,6 +226,7 @@ class _ReluTapWindowSums(torch.autograd.Function):
         rows, w1, hidden = ctx.saved_tensors
         rmask, cmask = ctx.masks
         P, H, W, D = hidden.shape
+        grad_sums = grad_sums.to(hidden.dtype)
         grad_cols = torch.einsum("pijd,jw->piwd", grad_sums, cmask)          # (P, 3, W, D)
         grad_hidden = torch.matmul(rmask.t(), grad_cols.reshape(P, 3, W * D))     # (P, H, W*D)
         grad_hidden = grad_hidden.view(P * H * W, D).masked_fill_(hidden.view(P * H * W, D) == 0, 0)   # ReLU

@@ -12,7 +12,7 @@ needs) or the Triton launchers in ``rsg_fast.kernels``. ``backend`` is resolved 
 ``rsg_fast.backend.resolve_backend`` ("auto", "torch", "triton"; env ``RSG_FAST_BACKEND``).
 
 Dtypes: statistics (mean, dist, terms) are in the acc dtype (float64 if an input is float64, else
-float32); tensor outputs keep the input's dtype (x's for displacement, tv's for new samples).
+float32); tensor outputs keep the input's dtype (x's for displacement; for new samples, that of x + tv).
 Autocast is switched off inside the ops (forward and backward): they cast to the acc dtype
 themselves, so under ``torch.autocast`` the statistics are still fp32.
 Empty batches (N = 0 or M = 0, or any zero-size map) take the PyTorch path: no kernel launch.
@@ -298,7 +298,7 @@ def _mv_forward_torch(tv, v, u, x, tail_index, grouping):
         qs = tsg * cos
     M, C, H, W = tv.shape
     stats = torch.stack([na, nb, nw, qs, tsg], dim=1).view(M, H * W, 5)
-    new = (x.index_select(0, tail_index).to(acc) + tv.to(acc)).to(tv.dtype).contiguous()
+    new = (x.index_select(0, tail_index).to(acc) + tv.to(acc)).to(torch.promote_types(tv.dtype, x.dtype)).contiguous()
     return new, torch.stack([norm_sum, cos_sum]), stats
 
 
@@ -376,7 +376,8 @@ def mv_terms(tv: torch.Tensor, v: torch.Tensor, u: torch.Tensor, x: torch.Tensor
 
     tv = T(v), v (head displacement), u (tail displacement): (M, C, H, W) floating, any strides;
     x: (N, C, H, W); tail_index: (M,) integer in [0, N); grouping: "location" (paper) or "rows"
-    (published code). Returns ``new`` (M, C, H, W) contiguous in tv's dtype and ``terms`` (2,) =
+    (published code). Returns ``new`` (M, C, H, W) contiguous in the promoted dtype of tv and x (as
+``x + tv`` would be: under autocast an fp32 x keeps fp32 new samples) and ``terms`` (2,) =
     (norm_sum, cos_sum) in the acc dtype; differentiable w.r.t. tv, v, u and x.
     ``check_index=False`` skips the range check of ``tail_index`` (see ``displacement``).
     """

@@ -4,6 +4,7 @@ Tolerances: fp64 runs compare at rtol=1e-9 (same math, different association); f
 rtol=2e-4 with an absolute floor scaled by the quantity's magnitude (the CESC loss is a raw sum over
 C*H*W elements, thousands).
 """
+import contextlib
 import copy
 import random
 
@@ -45,11 +46,13 @@ def make_pair(C, H, W, K, D, L, heads, beta=1.0, thresh=3, mv_loss="paper", back
     return ref, fast
 
 
-def run(module, x, heads, y, epoch, seed=1):
-    """Forward, then backward of a random linear function of all four outputs."""
+def run(module, x, heads, y, epoch, seed=1, forward_context=None):
+    """Forward (inside ``forward_context`` if given, e.g. autocast), then backward of a random linear
+    function of all four outputs, outside it, as training loops do."""
     x = x.detach().clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
-    out, cesc, mv, y_out = module(x, heads, y, epoch)
+    with forward_context if forward_context is not None else contextlib.nullcontext():
+        out, cesc, mv, y_out = module(x, heads, y, epoch)
     g = torch.Generator(device="cpu").manual_seed(seed)
     weight = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
     objective = (out * weight).sum() + 0.37 * cesc + 1.3 * mv
@@ -284,6 +287,28 @@ def test_autocast_bf16_losses_accumulate_in_fp32():
     torch.testing.assert_close(got[1], expect[1], rtol=2e-2, atol=1e-2)
     torch.testing.assert_close(got[2], expect[2], rtol=5e-2, atol=5e-2)
     assert got[0].dtype == torch.bfloat16 and torch.equal(got[3], expect[3])
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("epoch", [0, 10])
+def test_autocast_forward_and_backward_with_fp32_or_bf16_maps(input_dtype, epoch):
+    """Under autocast the maps may arrive in fp32 (after a GroupNorm, say) or bf16: both run forward
+    and backward, the losses are fp32, and fp32 maps keep fp32 new samples (x_tail + Tv)."""
+    ref, fast = make_pair(6, 4, 5, 3, 8, 4, [0])
+    y = torch.tensor([0, 1, 0, 2, 3, 0, 1, 2])
+    x = torch.randn(8, 6, 4, 5)
+    expect = run(ref, x, [0], y, epoch)
+    got = run(fast, x.to(input_dtype), [0], y, epoch, forward_context=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert got["cesc"].dtype == torch.float32 and got["mv"].dtype == torch.float32
+    assert got["out"].dtype == input_dtype and torch.equal(got["y"], expect["y"])
+    torch.testing.assert_close(got["cesc"], expect["cesc"], rtol=2e-2, atol=1e-2)
+    torch.testing.assert_close(got["mv"], expect["mv"], rtol=5e-2, atol=5e-2)
+    new_rows = slice(8, None)
+    tol = dict(rtol=0, atol=0.1) if input_dtype == torch.float32 else dict(rtol=2e-2, atol=0.1)
+    torch.testing.assert_close(got["out"][new_rows].float(), expect["out"][new_rows], **tol)
+    for name, g in expect["grads"].items():
+        if g is not None:
+            assert got["grads"][name] is not None and torch.isfinite(got["grads"][name]).all(), name
 
 
 def test_validate_false_gives_same_results():

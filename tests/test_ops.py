@@ -619,3 +619,16 @@ def test_check_index_false_skips_only_the_range_check(backend):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     with pytest.raises(TypeError, match="index"):
         ops.displacement(x, idx.float(), cr, backend=backend, check_index=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_samples_take_the_dtype_of_x_plus_tv(backend):
+    """Under autocast T(v) may be half precision while x is fp32: the new samples stay fp32, as
+    ``x[tail] + tv`` would, instead of being rounded to tv's dtype."""
+    x = torch.randn(3, 5, 2, 3, device=DEVICE) * 100
+    tv = torch.randn(4, 5, 2, 3, device=DEVICE).half()
+    v, u = torch.randn_like(tv), torch.randn_like(tv)
+    ti = torch.tensor([2, 0, 1, 2], device=DEVICE)
+    new, _ = ops.mv_terms(tv, v, u, x, ti, "location", backend=backend)
+    assert new.dtype == torch.float32
+    torch.testing.assert_close(new, x[ti] + tv.float(), rtol=1e-6, atol=1e-5)
