@@ -92,7 +92,8 @@ def _mv_terms_fwd_kernel(
         ssa += tl.sum(a * a, axis=1)
         ssb += tl.sum(b * b, axis=1)
         ssw += tl.sum(wv * wv, axis=1)
-        dot += tl.sum(a * b, axis=1)
+        if not ROWS:  # "rows" needs the elementwise products, recomputed in its second loop
+            dot += tl.sum(a * b, axis=1)
     na = tl.sqrt(ssa)
     nb = tl.sqrt(ssb)
     nw = tl.sqrt(ssw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 MV_LOSS_CHOICES = ("paper", "original")
@@ -46,6 +47,11 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
             raise TypeError("head_class_lists must be a sequence or 1-D integer tensor of class ids, "
                             f"got a {head_class_lists.dim()}-D {head_class_lists.dtype} tensor")
         head_class_lists = head_class_lists.reshape(-1).tolist()
+    elif isinstance(head_class_lists, np.ndarray):   # e.g. a top-k of training counts
+        if head_class_lists.ndim > 1 or head_class_lists.dtype.kind not in "iu":
+            raise TypeError("head_class_lists must be a sequence or 1-D integer array of class ids, "
+                            f"got a {head_class_lists.ndim}-D {head_class_lists.dtype} array")
+        head_class_lists = head_class_lists.tolist()
     if isinstance(head_class_lists, (str, bytes)) or not isinstance(head_class_lists, (Sequence, range)):
         raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
     heads = []

@@ -274,8 +274,9 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         pred = model(x).argmax(dim=1)
-        total += torch.bincount(y, minlength=num_classes).double()
-        correct += torch.bincount(y[pred == y], minlength=num_classes).double()
+        # index_add_ instead of bincount/boolean indexing: neither syncs the GPU each batch
+        total.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        correct.index_add_(0, y, (pred == y).double())
     return _all_reduce(correct, world).cpu(), _all_reduce(total, world).cpu()
 
 
@@ -433,6 +434,7 @@ def _train(args, cfg, data, device, model, optimizer, start_epoch, best, state, 
         model.train()
         sums = torch.zeros(6, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated
         steps = torch.zeros(1, dtype=torch.float64, device=device)
+        seen = generated = step_count = 0   # host-side counts: no device copy per step
         bar = _progress(train_loader, epoch, cfg["epochs"], enabled=is_main and not args.no_progress)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -445,12 +447,12 @@ def _train(args, cfg, data, device, model, optimizer, start_epoch, best, state, 
             n = y.shape[0]
             with torch.no_grad():
                 correct = (logits[:n].argmax(dim=1) == y).sum()
-                sums += torch.stack([loss_cls.detach().double(), cesc.detach().double(), mv.detach().double(),
-                                     correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64),
-                                     torch.tensor(float(y_out.shape[0] - n), device=device, dtype=torch.float64)])
-                steps += 1
-            if is_main and not args.no_progress and int(steps) % 10 == 1:  # .item() syncs the GPU: not every step
+                sums[:4] += torch.stack([loss_cls.detach().double(), cesc.detach().double(), mv.detach().double(),
+                                         correct.double()])
+            seen, generated, step_count = seen + n, generated + y_out.shape[0] - n, step_count + 1
+            if is_main and not args.no_progress and step_count % 10 == 1:  # .item() syncs the GPU: not every step
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        sums[4], sums[5], steps[0] = seen, generated, step_count
         _all_reduce(sums, world), _all_reduce(steps, world)
         mean = (sums[:3] / steps.clamp_min(1)).tolist()
 

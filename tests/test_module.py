@@ -270,6 +270,19 @@ def test_head_class_lists_none_uses_constructor_list():
     assert torch.equal(a[3], b[3]) and torch.allclose(a[2], b[2])
 
 
+def test_head_classes_as_tensor_or_numpy_array():
+    """The published code only tests `label in head_class_lists`, so arrays worked there too."""
+    import numpy as np
+    ref, fast = make_pair(4, 3, 3, 2, 5, 4, [0, 1])
+    y, x = torch.tensor([0, 2, 1, 3, 0]), torch.randn(5, 4, 3, 3)
+    expect = fast(x, [0, 1], y, 10)
+    for heads in (np.array([0, 1]), torch.tensor([0, 1]), (0, 1), range(2)):
+        got = fast(x, heads, y, 10)
+        assert torch.equal(got[3], expect[3]) and torch.equal(got[2], expect[2])
+    with pytest.raises(TypeError, match="head_class_lists"):
+        fast(x, np.array([0.0, 1.0]), y, 10)
+
+
 def test_non_square_maps_and_fp32_default():
     m = RSG(3, [6, 3, 8], 5, 7, [0], 1.0, 1)
     out, cesc, mv, y = m(torch.randn(4, 6, 3, 8), [0], torch.tensor([0, 1, 2, 0]), 2)
