@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rsg_fast.reference import segment_plan
+
 PHASES = ("contrastive", "generation")
 MODULE_VARIANTS = ("reference", "rsg-torch", "rsg-triton", "reference-compiled")
 STEP_VARIANTS = ("resnet32", "resnet32+reference", "resnet32+rsg")
@@ -160,10 +162,8 @@ def pair_count(setting: Setting) -> int:
     nt = setting.batch - nh
     if nh == 0 or nt == 0:
         return 0
-    beta = setting.transfer_strength
-    if nh >= nt:
-        return max(1, int(nh * beta / nt)) * nt
-    return max(1, int(nt * beta / nh)) * nh
+    segments, pairs = segment_plan(nh, nt, setting.transfer_strength)
+    return segments * pairs
 
 
 def default_rotations(setting: Setting, device: torch.device) -> int:

@@ -31,6 +31,19 @@ from rsg_fast._validation import (
 )
 
 
+def segment_plan(n_head: int, n_tail: int, transfer_strength: float) -> tuple[int, int]:
+    """The published pairing rule: (number of segments, pairs per segment), for nh, nt >= 1.
+
+    With nh >= nt each segment pairs nt consecutive heads with all tails, else all heads with
+    nh consecutive tails; segment = max(1, int(beta * larger / smaller)), so
+    s_new = segment * min(nh, nt) (the paper's s_new = max(floor(beta s_freq / s_rare), 1) s_rare
+    when heads outnumber tails).
+    """
+    if n_head >= n_tail:
+        return max(1, int(n_head * transfer_strength / n_tail)), n_tail
+    return max(1, int(n_tail * transfer_strength / n_head)), n_head
+
+
 class RSGParameters(nn.Module):
     """The published RSG's constructor and parameters (names, shapes, initialisation).
 
@@ -88,17 +101,7 @@ class RSGParameters(nn.Module):
         return check_head_classes(head_class_lists, self.num_classes)
 
     def _segments(self, n_head: int, n_tail: int) -> tuple[int, int]:
-        """The published pairing rule: (number of segments, pairs per segment).
-
-        With nh >= nt each segment pairs nt consecutive heads with all tails, else all heads with
-        nh consecutive tails; segment = max(1, int(beta * larger / smaller)), so
-        s_new = segment * min(nh, nt) (the paper's s_new = max(floor(beta s_freq / s_rare), 1) s_rare
-        when heads outnumber tails).
-        """
-        beta = self.transfer_strength
-        if n_head >= n_tail:
-            return max(1, int(n_head * beta / n_tail)), n_tail
-        return max(1, int(n_tail * beta / n_head)), n_head
+        return segment_plan(n_head, n_tail, self.transfer_strength)
 
     def extra_repr(self) -> str:
         C, H, W = self.feature_maps_shape
