@@ -27,10 +27,11 @@ import torch
 import triton
 import triton.language as tl
 
+from rsg_fast.ops import EPS  # F.normalize's eps: one definition for both backends
+
 from ._common import acc_dtype, chw_offset, layout_code, new_empty, new_empty_like, pow2, strides4, tl_acc, warps_for
 from .displacement import index_add_gather
 
-EPS = 1e-12
 N_STATS = 5
 
 

@@ -455,7 +455,7 @@ def cpu_memory(setting, cases, *, seed, compile_reference, timeout_s=900) -> dic
 
 # ----------------------------------------------------------------------------- the run
 
-def _make_case(group, variant, phase, setting, pool, seed, compile_reference=False):
+def _make_case(group, variant, phase, setting, pool, seed):
     if group == "module":
         return bc.module_case(variant, setting, phase, pool, seed)
     return bc.step_case(variant, setting, phase, pool, seed)

@@ -2,6 +2,7 @@
 through both RSG phases (different parameters unused in each)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,8 +19,16 @@ def test_two_process_gloo_run(tmp_path):
            "--synthetic-max", "60", "--imb-factor", "0.1", "--synthetic-test", "10", "--batch-size", "32",
            "--contrastive-dim", "16", "--n-center", "3", "--epochs", "3", "--out", out]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # One retry, for the launcher only: a full local run once saw torchrun exit non-zero where every
+    # rerun passed (a rendezvous/port race is the suspect). The first failure is printed, so CI logs
+    # keep it; a deterministic bug fails both attempts and the assertions below are unchanged.
+    for attempt in (1, 2):
+        shutil.rmtree(out, ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        if r.returncode == 0:
+            break
+        print(f"torchrun attempt {attempt} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert r.stdout.count("epoch 1/3 ") == 1                 # only rank 0 reports
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["world_size"] == 2

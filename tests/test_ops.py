@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import requires_cuda
 from rsg_fast import ops
 from rsg_fast.kernels._common import poisoned_outputs
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ["torch", "triton"]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def close(actual, expected, rtol=1e-5, atol=1e-5, scale=None):
