@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rsg_fast.ops import acc_dtype  # noqa: F401  one rule for both backends; the launchers import it here
+
 _POISON = False
 
 
@@ -44,11 +46,6 @@ def new_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.T
     if _POISON:
         out.fill_(float("nan"))
     return out
-
-
-def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 if any input is float64, else float32."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def tl_acc(dtype: torch.dtype):

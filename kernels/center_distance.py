@@ -152,6 +152,14 @@ def _blocks(C: int, HW: int, block_c: int | None, block_hw: int | None):
     return bc, bhw
 
 
+def _launch_config(x, centers, block_c, block_hw):
+    """Sizes shared by the forward and backward launches: N, C, W, HW, K, acc dtype and block sizes."""
+    N, C, H, W = x.shape
+    K = centers.shape[1]
+    bc, bhw = _blocks(C, H * W, block_c, block_hw)
+    return N, C, W, H * W, K, acc_dtype(x.dtype, centers.dtype), bc, bhw, pow2(K, hi=max(1, 4096 // bc))
+
+
 def center_distance_forward(x: torch.Tensor, centers: torch.Tensor, *, block_c: int | None = None,
                             block_hw: int | None = None):
     """Launch the forward kernel. x (N, C, H, W), centers (N, K, C), any strides, N >= 1.
@@ -160,12 +168,7 @@ def center_distance_forward(x: torch.Tensor, centers: torch.Tensor, *, block_c: 
     float32). ``block_c`` / ``block_hw`` override the block sizes (tests use them to force several
     channel and spatial blocks). Save ``mean`` for the backward.
     """
-    N, C, H, W = x.shape
-    K = centers.shape[1]
-    HW = H * W
-    acc = acc_dtype(x.dtype, centers.dtype)
-    bc, bhw = _blocks(C, HW, block_c, block_hw)
-    bk = pow2(K, hi=max(1, 4096 // bc))
+    N, C, W, HW, K, acc, bc, bhw, bk = _launch_config(x, centers, block_c, block_hw)
     n_cb = triton.cdiv(C, bc)
     mean = new_empty((N, C), acc, x.device)
     part = new_empty((N, n_cb, K), acc, x.device)
@@ -187,12 +190,7 @@ def center_distance_backward(x: torch.Tensor, centers: torch.Tensor, mean: torch
     """
     if not (need_x or need_centers):
         return None, None
-    N, C, H, W = x.shape
-    K = centers.shape[1]
-    HW = H * W
-    acc = acc_dtype(x.dtype, centers.dtype)
-    bc, bhw = _blocks(C, HW, block_c, block_hw)
-    bk = pow2(K, hi=max(1, 4096 // bc))
+    N, C, W, HW, K, acc, bc, bhw, bk = _launch_config(x, centers, block_c, block_hw)
     gx = new_empty_like(x) if need_x else None
     gc = new_empty((N, K, C), centers.dtype, x.device) if need_centers else None
     has_gm = grad_mean is not None

@@ -64,28 +64,25 @@ class _Parser(argparse.ArgumentParser):
         raise BenchArgumentError(message)
 
 
-def _positive_int(name):
+def _positive(name, convert, what):
+    """An argparse type: ``convert(text)`` must give a finite number > 0, else an error naming ``name``."""
     def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+            value = None
+        if value is None or not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive {what}, got {text!r}")
         return value
     return parse
+
+
+def _positive_int(name):
+    return _positive(name, int, "integer")
 
 
 def _positive_float(name):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}") from None
-        if not value > 0 or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        return value
-    return parse
+    return _positive(name, float, "number")
 
 
 def _maps(text):

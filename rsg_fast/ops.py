@@ -34,7 +34,8 @@ EPS = 1e-12  # F.normalize's eps
 
 # ----------------------------------------------------------------------------- helpers
 
-def _acc(*dtypes: torch.dtype) -> torch.dtype:
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 if any input is float64, else float32 (shared with the kernels)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
@@ -103,7 +104,7 @@ def _kernel_module(name: str):
 # ----------------------------------------------------------------------------- center_distance
 
 def _cd_forward_torch(x: torch.Tensor, centers: torch.Tensor):
-    acc = _acc(x.dtype, centers.dtype)
+    acc = acc_dtype(x.dtype, centers.dtype)
     HW = x.shape[2] * x.shape[3]
     xf = x.to(acc)
     mean = xf.mean(dim=(2, 3))
@@ -181,13 +182,13 @@ def center_distance(x: torch.Tensor, centers: torch.Tensor, *, backend: str | No
 # ----------------------------------------------------------------------------- displacement
 
 def _disp_forward_torch(x, index, centre_rows):
-    acc = _acc(x.dtype, centre_rows.dtype)
+    acc = acc_dtype(x.dtype, centre_rows.dtype)
     out = x.index_select(0, index).to(acc) - centre_rows.to(acc)[:, :, None, None]
     return out.to(x.dtype).contiguous()
 
 
 def _index_add_torch(grad, index, shape, dtype, stride):
-    acc = _acc(grad.dtype, dtype)
+    acc = acc_dtype(grad.dtype, dtype)
     gx = torch.zeros(shape, dtype=acc, device=grad.device)
     gx.index_add_(0, index, grad.to(acc))
     if stride is None:
@@ -199,7 +200,7 @@ def _disp_backward_torch(grad_out, index, x_meta, cr_dtype, need_x, need_cr):
     gx = _index_add_torch(grad_out, index, *x_meta) if need_x else None
     gcr = None
     if need_cr:
-        acc = _acc(grad_out.dtype, cr_dtype)
+        acc = acc_dtype(grad_out.dtype, cr_dtype)
         gcr = (-grad_out.to(acc).sum(dim=(2, 3))).to(cr_dtype)
     return gx, gcr
 
@@ -278,7 +279,7 @@ def _sign(z: torch.Tensor) -> torch.Tensor:
 
 
 def _mv_forward_torch(tv, v, u, x, tail_index, grouping):
-    acc = _acc(tv.dtype, v.dtype, u.dtype, x.dtype)
+    acc = acc_dtype(tv.dtype, v.dtype, u.dtype, x.dtype)
     a, b, w = (_vectors(t.to(acc), grouping) for t in (tv, u, v))
     na, nb, nw = (torch.linalg.vector_norm(t, dim=1) for t in (a, b, w))
     ah = a / na.clamp_min(EPS)[:, None]
