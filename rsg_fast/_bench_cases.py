@@ -425,6 +425,7 @@ def op_case(op: str, impl: str, setting: Setting, phase: str, pool: InputPool, s
     inputs requiring grad exactly where the module's do. ``phase`` matters for contrastive_head only
     (trained before the threshold, frozen with gradients to its input after)."""
     from rsg_fast import ops
+    from rsg_fast.ops import naive
 
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
@@ -448,7 +449,7 @@ def op_case(op: str, impl: str, setting: Setting, phase: str, pool: InputPool, s
             x = x.detach()
             centers.grad = None
             if impl == "reference":
-                dist = (x.unsqueeze(1) - centers[:, :, :, None, None]).pow(2).sum(dim=(2, 3, 4))
+                _, dist = naive.center_distance(x, centers)
             else:
                 _, dist = ops.center_distance(x, centers, backend=impl)
             dist.backward(g_dist)
@@ -463,7 +464,7 @@ def op_case(op: str, impl: str, setting: Setting, phase: str, pool: InputPool, s
             x, _ = pool.next()
             x = x.detach()
             if impl == "reference":
-                x[index] - rows[:, :, None, None]
+                naive.displacement(x, index, rows)
             else:
                 ops.displacement(x, index, rows, backend=impl)
         return Case("op", f"{op}:{impl}", phase, fn, 2 * 2 * M * plane, {"M": M})
@@ -480,11 +481,7 @@ def op_case(op: str, impl: str, setting: Setting, phase: str, pool: InputPool, s
             x = x.detach()
             tv.grad = None
             if impl == "reference":
-                new = x[tail_index] + tv
-                a, b, w = (z.permute(0, 2, 3, 1).reshape(-1, C) for z in (tv, u, v))
-                norm_term = (a.norm(dim=1) - w.norm(dim=1)).abs().sum()
-                cos_term = ((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1) - 1).abs().sum()
-                terms = torch.stack([norm_term, cos_term])
+                new, terms = naive.mv_terms(tv, v, u, x, tail_index, "location")
             else:
                 new, terms = ops.mv_terms(tv, v, u, x, tail_index, "location", backend=impl)
             torch.autograd.backward([new, terms], [g_new, g_terms])

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from conftest import requires_cuda
 from rsg_fast import ops
+from rsg_fast.ops import naive
 from rsg_fast.kernels._common import poisoned_outputs
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,11 +52,7 @@ def leaf(t: torch.Tensor) -> torch.Tensor:
 # ============================================================================ center_distance
 
 def ref_center_distance(x, centers):
-    """Plain Eq. 1 and Eq. 5 in fp64, materialising N x K x C x H x W."""
-    xd, cd = x.double(), centers.double()
-    mean = xd.mean(dim=(2, 3))
-    dist = (xd[:, None] - cd[:, :, :, None, None]).square().sum(dim=(2, 3, 4))
-    return mean, dist
+    return naive.center_distance(*naive.upcast(x, centers))
 
 
 CD_SHAPES = [  # N, K, C, H, W
@@ -214,7 +211,7 @@ def test_center_distance_bad_arguments():
 # ============================================================================ displacement
 
 def ref_displacement(x, index, centre_rows):
-    return x.double()[index] - centre_rows.double()[:, :, None, None]
+    return naive.displacement(*naive.upcast(x, index, centre_rows))
 
 
 DISP_SHAPES = [  # N, M, C, H, W
@@ -342,21 +339,7 @@ def test_displacement_bad_arguments():
 # ============================================================================ mv_terms
 
 def ref_mv_terms(tv, v, u, x, tail_index, grouping):
-    """Plain Eq. 4 and Eq. 6 in fp64 with F.normalize, as the contract states them."""
-    tv, v, u, x = (t.double() for t in (tv, v, u, x))
-    new = x[tail_index] + tv
-    C = tv.shape[1]
-    if grouping == "location":
-        a, b, w = (t.permute(0, 2, 3, 1).reshape(-1, C) for t in (tv, u, v))
-    else:
-        a, b, w = (t.reshape(-1, C) for t in (tv, u, v))
-    norm_sum = (a.norm(dim=1) - w.norm(dim=1)).abs().sum()
-    ah, bh = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    if grouping == "location":
-        cos_sum = ((ah * bh).sum(1) - 1).abs().sum()
-    else:
-        cos_sum = (ah * bh - 1).abs().sum()
-    return new, torch.stack([norm_sum, cos_sum])
+    return naive.mv_terms(*naive.upcast(tv, v, u, x), tail_index, grouping)
 
 
 MV_SHAPES = [  # M, N, C, H, W
