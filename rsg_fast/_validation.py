@@ -2,10 +2,12 @@
 
 Every check raises ``TypeError``/``ValueError`` naming the argument, what was expected and what came.
 Shape, dtype and device checks are host-side and free; the value checks on tensors (label range,
-finiteness) need one host synchronisation, which ``RSG`` folds into the one it needs anyway.
+finiteness) need one host synchronisation, which ``RSG`` folds into the one it needs anyway (under
+torch.compile they become asynchronous device asserts).
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -34,6 +36,8 @@ def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_mod
         raise ValueError(f"transfer_strength must be a number in (0, 1], got {transfer_strength!r}")
     if isinstance(epoch_thresh, bool) or not isinstance(epoch_thresh, numbers.Real):
         raise TypeError(f"epoch_thresh must be a number, got {type(epoch_thresh).__name__}")
+    if math.isnan(epoch_thresh):   # every comparison with NaN is False: generation would never start
+        raise ValueError("epoch_thresh must be a number (inf: never generate), got nan")
     if mv_loss not in MV_LOSS_CHOICES:
         raise ValueError(f"mv_loss must be one of {MV_LOSS_CHOICES}, got {mv_loss!r}")
     heads = check_head_classes(head_class_lists, num_classes)
@@ -67,8 +71,9 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
     return tuple(heads)
 
 
-def check_forward_shapes(module, feature_maps, target, epoch) -> None:
-    """Host-side checks of forward's arguments (always on, even with ``validate=False``)."""
+def check_forward_arguments(module, feature_maps, target, epoch) -> None:
+    """Host-side checks of forward's arguments (always on, even with ``validate=False``): shapes,
+    dtypes, devices and the epoch. Free: nothing here reads a tensor's values."""
     if not isinstance(feature_maps, torch.Tensor):
         raise TypeError(f"feature_maps must be a torch.Tensor, got {type(feature_maps).__name__}")
     if feature_maps.dim() != 4:
@@ -89,24 +94,32 @@ def check_forward_shapes(module, feature_maps, target, epoch) -> None:
     if target.device != feature_maps.device:
         raise ValueError(f"target is on {target.device} but feature_maps is on {feature_maps.device}; "
                          "put them on the same device")
-    param_device = module.centers.device
-    if feature_maps.device != param_device:
-        raise ValueError(f"feature_maps is on {feature_maps.device} but the RSG parameters are on {param_device}; "
+    param = module.centers
+    if feature_maps.device != param.device:
+        raise ValueError(f"feature_maps is on {feature_maps.device} but the RSG parameters are on {param.device}; "
                          "move the module with .to(device)")
+    if feature_maps.dtype != param.dtype and not torch.is_autocast_enabled(feature_maps.device.type):
+        # the transformation T and the contrastive module are convolutions with the parameters' dtype
+        raise TypeError(f"feature_maps is {feature_maps.dtype} but the RSG parameters are {param.dtype}; outside "
+                        f"torch.autocast they must match: convert the module (rsg.to({feature_maps.dtype})) or "
+                        "run the network under torch.autocast")
     if isinstance(epoch, torch.Tensor):
         if epoch.numel() != 1:
             raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")
         epoch = epoch.item()
+    elif isinstance(epoch, np.generic):   # numpy scalars: as Python numbers (np.float32('nan') included)
+        epoch = epoch.item()
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
         raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if (isinstance(epoch, float) and not math.isfinite(epoch)) or epoch < 0:
+        raise ValueError(f"epoch must be a finite number >= 0, got {epoch}")
 
 
-def raise_for_values(label_min: int, label_max: int, num_classes: int, all_finite: bool | None) -> None:
-    """Raise for the value checks once their statistics are on the host."""
+def raise_for_labels(label_min: int, label_max: int, num_classes: int) -> None:
+    """Raise for labels outside [0, num_classes) once their range is on the host."""
     if label_min < 0 or label_max >= num_classes:
         bad = label_min if label_min < 0 else label_max
         raise ValueError(f"target holds label {bad}, outside [0, num_classes={num_classes})")
-    if all_finite is False:
-        raise ValueError("feature_maps holds NaN or Inf values (check_finite=True)")
+
+
+NON_FINITE_MESSAGE = "feature_maps holds NaN or Inf values (check_finite=True)"

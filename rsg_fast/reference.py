@@ -11,14 +11,14 @@ Eq. 6 of the paper compares, at every spatial location (j, k), the channel vecto
 frequent-class displacement ``Tv[:, j, k]`` with that of the rare-class displacement ``u[:, j, k]``
 (cosine term) and with the length of the untransformed displacement ``v[:, j, k]`` (norm term).
 
-- ``mv_loss="paper"`` (default): exactly that, per location over the C channels.
-- ``mv_loss="original"``: what the published code computes, which produced the published numbers.
-  It views each NCHW tensor as rows of C consecutive memory elements (``view(-1, C)``), which are
-  not channel vectors, and its cosine term sums ``|a_i * b_i - 1|`` over the elements of each
-  normalised row (equal to ``C - cos(row)``: same gradient as ``|cos - 1|`` on those rows).
+- ``mv_loss="original"`` (default, so that the drop-in gives the published numbers): what the
+  published code computes. It views each NCHW tensor as rows of C consecutive memory elements
+  (``view(-1, C)``), which are not channel vectors, and its cosine term sums ``|a_i * b_i - 1|``
+  over the elements of each normalised row (equal to ``C - cos(row)``: same gradient as
+  ``|cos - 1|`` on those rows).
+- ``mv_loss="paper"``: Eq. 6 as written, per location over the C channels.
 
-Pick "original" to reproduce published results or checkpoints bit-for-bit in behaviour; pick
-"paper" for the method as described. Nothing else differs between the two.
+Nothing else differs between the two.
 """
 from __future__ import annotations
 
@@ -26,88 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rsg_fast._validation import (
-    check_constructor, check_forward_shapes, check_head_classes, raise_for_values,
-)
-
-
-def segment_plan(n_head: int, n_tail: int, transfer_strength: float) -> tuple[int, int]:
-    """The published pairing rule: (number of segments, pairs per segment), for nh, nt >= 1.
-
-    With nh >= nt each segment pairs nt consecutive heads with all tails, else all heads with
-    nh consecutive tails; segment = max(1, int(beta * larger / smaller)), so
-    s_new = segment * min(nh, nt) (the paper's s_new = max(floor(beta s_freq / s_rare), 1) s_rare
-    when heads outnumber tails).
-    """
-    if n_head >= n_tail:
-        return max(1, int(n_head * transfer_strength / n_tail)), n_tail
-    return max(1, int(n_tail * transfer_strength / n_head)), n_head
-
-
-class RSGParameters(nn.Module):
-    """The published RSG's constructor and parameters (names, shapes, initialisation).
-
-    Shared by ``ReferenceRSG`` and ``RSG`` so that a published state_dict loads into either with
-    ``strict=True``. ``head_class_lists`` given here is stored but, as in the published code, the
-    one passed to ``forward`` is used (``forward`` falls back to it when given ``None``).
-    """
-
-    def __init__(self, n_center=3, feature_maps_shape=[32, 16, 16], num_classes=10,  # noqa: B006 (published API)
-                 contrastive_module_dim=128, head_class_lists=[], transfer_strength=1.0,  # noqa: B006
-                 epoch_thresh=100, *, mv_loss="paper", validate=True, check_finite=False):
-        super().__init__()
-        (C, H, W), heads = check_constructor(n_center, feature_maps_shape, num_classes, contrastive_module_dim,
-                                             head_class_lists, transfer_strength, epoch_thresh, mv_loss)
-        self.n_center = int(n_center)
-        self.feature_maps_shape = [C, H, W]
-        self.num_classes = int(num_classes)
-        self.contrastive_module_dim = D = int(contrastive_module_dim)
-        self.head_class_lists = list(heads)
-        self.transfer_strength = float(transfer_strength)
-        self.epoch_thresh = epoch_thresh
-        self.mv_loss = mv_loss
-        self.validate = bool(validate)
-        self.check_finite = bool(check_finite)
-
-        # Centre estimation module (Eq. 1): A_l = linear[l] (C x K), b_l = bias[l]; centres C_l^i.
-        self.linear = nn.Parameter(torch.randn(num_classes, C, n_center))
-        self.bias = nn.Parameter(torch.ones(num_classes, n_center))
-        self.centers = nn.Parameter(torch.zeros(num_classes, n_center, C))
-        # Vector transformation module T (Eq. 4): one 3x3 convolution, C -> C.
-        self.vec_transformation_module = nn.Sequential(nn.Conv2d(C, C, kernel_size=3, padding=1, bias=True))
-        # Contrastive module h (Eq. 2), as in the published code: 1x1 conv, ReLU, 3x3 conv, then
-        # average pooling and the linear layer A*, b* (contrastive_fc).
-        self.contrastive_module = nn.Sequential(
-            nn.Conv2d(2 * C, D, kernel_size=1, bias=True),
-            nn.ReLU(),
-            nn.Conv2d(D, D, kernel_size=3, padding=1, bias=True),
-        )
-        self.contrastive_fc = nn.Linear(D, 2)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.contrastive_fc.weight)
-        nn.init.zeros_(self.contrastive_fc.bias)
-
-    # -- helpers shared by both modules -------------------------------------------------------
-    def _phase_is_generation(self, epoch) -> bool:
-        """Algorithm 1: contrastive training while epoch <= epoch_thresh, generation after it."""
-        return float(epoch) > self.epoch_thresh
-
-    def _head_classes(self, head_class_lists) -> tuple[int, ...]:
-        if head_class_lists is None:
-            return tuple(self.head_class_lists)
-        return check_head_classes(head_class_lists, self.num_classes)
-
-    def _segments(self, n_head: int, n_tail: int) -> tuple[int, int]:
-        return segment_plan(n_head, n_tail, self.transfer_strength)
-
-    def extra_repr(self) -> str:
-        C, H, W = self.feature_maps_shape
-        return (f"n_center={self.n_center}, feature_maps_shape=({C}, {H}, {W}), num_classes={self.num_classes}, "
-                f"contrastive_module_dim={self.contrastive_module_dim}, transfer_strength={self.transfer_strength}, "
-                f"epoch_thresh={self.epoch_thresh}, mv_loss={self.mv_loss!r}")
+from rsg_fast._validation import NON_FINITE_MESSAGE, check_forward_arguments, raise_for_labels
+from rsg_fast.parameters import RSGParameters
 
 
 class ReferenceRSG(RSGParameters):
@@ -119,11 +39,13 @@ class ReferenceRSG(RSGParameters):
     """
 
     def forward(self, feature_maps, head_class_lists, target, epoch):
-        check_forward_shapes(self, feature_maps, target, epoch)
+        check_forward_arguments(self, feature_maps, target, epoch)
         heads = self._head_classes(head_class_lists)
         if self.validate and target.numel() > 0:
-            finite = bool(torch.isfinite(feature_maps).all()) if self.check_finite else None
-            raise_for_values(int(target.min()), int(target.max()), self.num_classes, finite)
+            raise_for_labels(int(target.min()), int(target.max()), self.num_classes)
+        if self.check_finite and not bool(torch.isfinite(feature_maps).all()):
+            raise ValueError(NON_FINITE_MESSAGE)
+        labels = target.long()             # any integer dtype (a uint8 index would act as a mask)
 
         x = feature_maps.detach()          # RSG's losses do not move the backbone's features
         N, C, H, W = x.shape
@@ -131,11 +53,11 @@ class ReferenceRSG(RSGParameters):
 
         # Eq. 1: gamma_l = softmax(A_l ave(x_l) + b_l), one distribution over the K centres of class l.
         pooled = x.mean(dim=(2, 3))                                                   # (N, C)
-        center_logits = torch.bmm(pooled.unsqueeze(1), self.linear[target]).squeeze(1) + self.bias[target]
+        center_logits = torch.bmm(pooled.unsqueeze(1), self.linear[labels]).squeeze(1) + self.bias[labels]
         gamma = F.softmax(center_logits, dim=1)                                        # (N, K)
 
         # Eq. 5, first term: <sum_i gamma_i sum_{d,j,k} ||x - up(C_l^i)||^2>_s, a raw sum over C*H*W.
-        centres = self.centers[target]                                                 # (N, K, C)
+        centres = self.centers[labels]                                                 # (N, K, C)
         diff = x.unsqueeze(1) - centres[:, :, :, None, None]                           # (N, K, C, H, W)
         distance = diff.pow(2).sum(dim=(2, 3, 4))                                      # (N, K)
         loss_cesc = (gamma * distance).sum() / max(N, 1)
@@ -145,13 +67,13 @@ class ReferenceRSG(RSGParameters):
             # label 1 when the two samples share a class; Eq. 2 gives the 2-way probabilities.
             m = N // 2
             if m > 0:
-                same_class = (target[:m] == target[m:2 * m]).long()
+                same_class = (labels[:m] == labels[m:2 * m]).long()
                 logits = self._contrastive(torch.cat([x[:m], x[m:2 * m]], dim=1), frozen=False)
                 loss_cesc = loss_cesc + F.cross_entropy(logits, same_class)
             return feature_maps, loss_cesc, zero, target
 
         # Generation phase (Algorithm 1, after the threshold).
-        is_head = torch.isin(target, torch.tensor(heads, dtype=target.dtype, device=target.device))
+        is_head = torch.isin(labels, torch.tensor(heads, dtype=labels.dtype, device=labels.device))
         head_ids = torch.nonzero(is_head).flatten()                                    # batch order
         tail_ids = torch.nonzero(~is_head).flatten()
         nh, nt = len(head_ids), len(tail_ids)
@@ -160,7 +82,7 @@ class ReferenceRSG(RSGParameters):
 
         # Each sample's closest centre: argmax of its own gamma (gamma and centres detached).
         closest = gamma.detach().argmax(dim=1)                                         # (N,)
-        closest_centre = self.centers.detach()[target, closest]                        # (N, C)
+        closest_centre = self.centers.detach()[labels, closest]                        # (N, C)
 
         segment, pairs = self._segments(nh, nt)
         new_maps, new_labels, loss_mv = [], [], zero

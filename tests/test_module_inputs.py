@@ -1,0 +1,185 @@
+"""Inputs that once gave silent wrong answers or deep crashes (the fuzzing findings of issue 10):
+each is now handled exactly like ReferenceRSG handles it, or rejected up front with a clear error
+that changes nothing."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import BACKENDS, close
+from rsg_fast import RSG, ReferenceRSG
+
+
+def _pair(mv_loss="original", backend="torch", dtype=torch.float32, **kw):
+    ref = ReferenceRSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3, mv_loss=mv_loss, **kw).to(dtype)
+    with torch.no_grad():
+        ref.centers.normal_(0, 0.5)
+    fast = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3, mv_loss=mv_loss, backend=backend, **kw).to(dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_every_integer_label_dtype_gives_the_int64_result(backend, dtype):
+    """A uint8 index would act as a boolean mask (N == num_classes makes it look valid); int8/int16
+    used to fail deep inside an index op. Labels of any integer dtype give the int64 results, and the
+    returned labels keep the caller's dtype."""
+    ref, fast = _pair(backend=backend)
+    x = torch.randn(4, 4, 3, 3)                      # N == num_classes == 4
+    y = torch.tensor([0, 1, 0, 3])
+    for epoch in (0, 9):
+        want = fast(x, [0], y, epoch)
+        got = fast(x, [0], y.to(dtype), epoch)
+        expect = ref(x, [0], y.to(dtype), epoch)
+        assert got[3].dtype == dtype and torch.equal(got[3].long(), want[3])
+        for a, b, c in zip(got[:3], want[:3], expect[:3]):
+            torch.testing.assert_close(a, b)
+            close(a, c, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+def test_maps_of_another_dtype_than_the_module_are_rejected_at_the_first_call(cls):
+    m = cls(3, [4, 3, 3], 4, 6, [0], 1.0, 3)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    y = torch.tensor([0, 1, 0, 3])
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        with pytest.raises(TypeError, match=f"feature_maps is {dtype} but the RSG parameters are torch.float32"):
+            m(torch.randn(4, 4, 3, 3, dtype=dtype), [0], y, 0)      # before the threshold already
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    with torch.autocast("cpu", dtype=torch.bfloat16):                # under autocast they are expected
+        m(torch.randn(4, 4, 3, 3, dtype=torch.bfloat16), [0], y, 9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_large_common_offset_keeps_the_cesc_loss_and_centre_gradients_exact(backend, offset):
+    """fp32 maps at offset +- 0.01 with centres on the data: loss_cesc and the centre gradients
+    within 1e-5 of an fp64 ReferenceRSG (the mean-then-subtract form lost 2e-4 at 1e3, 1.3e-3 at 1e4)."""
+    torch.manual_seed(1)
+    fast = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3, backend=backend)
+    with torch.no_grad():
+        fast.centers.copy_(offset + 0.01 * torch.randn_like(fast.centers))
+    ref = ReferenceRSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3).double()
+    ref.load_state_dict(fast.state_dict())             # the same fp32 values, in fp64
+    x = (offset + 0.01 * torch.randn(6, 4, 3, 3, dtype=torch.float64)).float()
+    y = torch.tensor([0, 1, 0, 2, 3, 1])
+    cesc_ref = ref(x.double(), [0], y, 9)[1]
+    cesc = fast(x, [0], y, 9)[1]
+    cesc_ref.backward()
+    cesc.backward()
+    torch.testing.assert_close(cesc.double(), cesc_ref.detach(), rtol=1e-5, atol=0)
+    close(fast.centers.grad, ref.centers.grad, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+def test_nan_and_infinite_epochs_are_errors(cls):
+    m = cls(3, [4, 3, 3], 4, 6, [0], 1.0, 3)
+    x, y = torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 0, 3])
+    for epoch in (math.nan, math.inf, np.float32("nan"), np.float64("inf")):
+        with pytest.raises(ValueError, match="epoch must be a finite number"):
+            m(x, [0], y, epoch)
+    with pytest.raises(ValueError, match="epoch_thresh must be a number.*got nan"):
+        cls(3, [4, 3, 3], 4, 6, [0], 1.0, math.nan)
+    never = cls(3, [4, 3, 3], 4, 6, [0], 1.0, math.inf)          # inf: never generate, by choice
+    assert never(x, [0], y, 10**6)[0].shape[0] == 4
+
+
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+@pytest.mark.parametrize("epoch", [0, 9])
+def test_check_finite_is_honoured_without_validate(cls, epoch):
+    m = cls(3, [4, 3, 3], 4, 6, [0], 1.0, 3, validate=False, check_finite=True)
+    x = torch.randn(4, 4, 3, 3)
+    x[1, 2, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        m(x, [0], torch.tensor([0, 1, 0, 3]), epoch)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mv_loss", ["original", "paper"])
+def test_near_tied_centre_logits_pick_the_reference_centre(backend, mv_loss):
+    """Two centre logits one float32 ulp apart give equal softmax weights: RSG picks the first, as
+    ReferenceRSG and the published code (argmax of the softmax) do, so loss_mv matches."""
+    ref, fast = _pair(mv_loss=mv_loss, backend=backend)
+    with torch.no_grad():
+        for m in (ref, fast):
+            m.linear.zero_()
+            b = torch.tensor(0.1)
+            m.bias.copy_(torch.stack([b, torch.nextafter(b, torch.tensor(1.0)), b - 1]).expand(4, 3))
+            m.centers.copy_(torch.arange(3.0).view(1, 3, 1).expand(4, 3, 4) * 3)
+    x, y = torch.randn(6, 4, 3, 3), torch.tensor([0, 1, 0, 2, 3, 0])
+    want, got = ref(x, [0], y, 9), fast(x, [0], y, 9)
+    close(got[2], want[2], rtol=2e-5)
+    close(got[0], want[0], rtol=2e-5)
+
+
+def test_a_rejected_call_leaves_the_head_table_cache_alone():
+    m = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3)
+    with pytest.raises(ValueError, match="label 7"):
+        m(torch.randn(4, 4, 3, 3), [0, 2], torch.tensor([0, 1, 7, 3]), 0)
+    assert m._head_tables == {}
+    m(torch.randn(4, 4, 3, 3), [0, 2], torch.tensor([0, 1, 2, 3]), 0)
+    assert len(m._head_tables) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_maps_and_deterministic_mode(backend):
+    """channels_last feature maps give the NCHW results, and under
+    torch.use_deterministic_algorithms(True) two runs give the same bits."""
+    ref, fast = _pair(backend=backend)
+    x = torch.randn(8, 4, 3, 3)
+    y = torch.tensor([0, 1, 0, 2, 3, 0, 1, 0])
+    runs = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for maps in (x, x.contiguous(memory_format=torch.channels_last), x):
+            for epoch in (0, 9):
+                fast.zero_grad(set_to_none=True)
+                leaf = maps.clone().requires_grad_(True)
+                out, cesc, mv, _ = fast(leaf, [0], y, epoch)
+                (out.square().mean() + cesc + mv).backward()
+                runs.append([out.detach(), cesc.detach(), mv.detach(), leaf.grad]
+                            + [p.grad.clone() for p in fast.parameters() if p.grad is not None])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(runs[0] + runs[1], runs[4] + runs[5]):   # the same input twice: the same bits
+        assert torch.equal(a, b)
+    for a, b in zip(runs[0] + runs[1], runs[2] + runs[3]):   # channels_last: the same values
+        close(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_labels_are_the_labels(backend):
+    """A column of a label matrix (stride 2): the kernels read labels as a flat array, so RSG must
+    hand them a contiguous copy; the label check must see the real values too."""
+    _, fast = _pair(backend=backend)
+    x = torch.randn(6, 4, 3, 3)
+    y = torch.tensor([0, 1, 0, 2, 3, 0])
+    both = torch.stack([y, torch.tensor([3, 3, 1, 0, 0, 2])], dim=1)         # (6, 2): both[:, 0] == y
+    for epoch in (0, 9):
+        want, got = fast(x, [0], y, epoch), fast(x, [0], both[:, 0], epoch)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+    bad = torch.stack([torch.tensor([0, 1, 0, 2, 3, 7]), y], dim=1)
+    with pytest.raises(ValueError, match="label 7"):
+        fast(x, [0], bad[:, 0], 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_module_outside_autocast(dtype, backend):
+    """RSG converted to bf16/fp16 (with bf16/fp16 maps) runs in both phases and stays within a few
+    roundings of an fp64 ReferenceRSG holding the same values."""
+    fast = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3, backend=backend).to(dtype)
+    ref = ReferenceRSG(3, [4, 3, 3], 4, 6, [0], 1.0, 3).double()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(6, 4, 3, 3).to(dtype)
+    y = torch.tensor([0, 1, 0, 2, 3, 0])
+    for epoch in (0, 9):
+        got, want = fast(x, [0], y, epoch), ref(x.double(), [0], y, epoch)
+        assert got[0].dtype == dtype and torch.equal(got[3], want[3])
+        for a, b in zip(got[:3], want[:3]):
+            close(a, b, rtol=5e-2)
