@@ -1,8 +1,19 @@
-"""Helpers shared by the kernel launchers: dtypes, block sizes, output allocation.
+"""Helpers shared by the kernel launchers: layouts, block sizes, output allocation, launching.
 
-Every buffer a launcher returns (outputs, per-program partials, gradients) is allocated through
-``new_empty`` / ``new_empty_like``. Inside ``poisoned_outputs()`` those buffers are NaN-filled first,
-so a test that finds no NaN proves the kernels wrote every element.
+Shapes are compile-time constants. RSG's feature maps have one fixed (C, H, W) per model, so the
+kernels take C, H, W (and K) as ``tl.constexpr``: offsets such as ``c * HW + hw`` then carry their
+divisibility (HW = 196 is a multiple of 4), which is what lets the compiler emit 16-byte vector
+loads at sizes that are not multiples of 16 (a runtime stride of 196 would give scalar loads).
+Only the batch stride and the strides of a general (non-dense) layout stay runtime arguments.
+
+Layouts (``layout_code``): 2 = NCHW-dense sample (offset c*HW + hw), 1 = channels_last-dense
+(offset hw*C + c), 0 = anything else (c*sc + h*sh + w*sw, runtime strides). The batch stride is
+free in all three, so slices along N stay on the fast paths.
+
+Every buffer a launcher returns is allocated through ``new_empty``; inside ``poisoned_outputs()``
+it is NaN-filled first, so a test that finds no NaN proves the kernels wrote every element.
+Launches go through ``launch`` (``torch.library.wrap_triton``), so that ``torch.compile`` traces
+them when they run inside one of rsg_fast's ``triton_op``s.
 """
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rsg_fast.ops import acc_dtype  # noqa: F401  one rule for both backends; the launchers import it here
+from rsg_fast.ops._common import acc_dtype  # noqa: F401  one rule for both backends
 
 _POISON = False
 
@@ -29,28 +40,31 @@ def poisoned_outputs():
 
 
 def new_empty(shape, dtype: torch.dtype, device, stride=None) -> torch.Tensor:
-    """``torch.empty`` (contiguous, or ``torch.empty_strided`` when ``stride`` is given), NaN-filled
-    inside ``poisoned_outputs()``."""
+    """``torch.empty`` (contiguous, or ``empty_strided`` when ``stride`` is given), NaN-filled inside
+    ``poisoned_outputs()`` (integer buffers get -1)."""
     if stride is None:
         out = torch.empty(tuple(shape), dtype=dtype, device=device)
     else:
         out = torch.empty_strided(tuple(shape), tuple(stride), dtype=dtype, device=device)
     if _POISON:
-        out.fill_(float("nan"))
+        out.fill_(float("nan") if dtype.is_floating_point else -1)
     return out
 
 
 def new_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``torch.empty_like`` keeping ``t``'s memory format (channels_last stays channels_last)."""
+    """``torch.empty_like`` (keeps channels_last and other dense layouts), NaN-filled when poisoning."""
     out = torch.empty_like(t, dtype=dtype)
     if _POISON:
         out.fill_(float("nan"))
     return out
 
 
-def tl_acc(dtype: torch.dtype):
-    """The ``tl`` dtype matching an accumulation dtype."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def launch(kernel, grid):
+    """``kernel[grid]`` through ``torch.library.wrap_triton`` (traceable by torch.compile). Under the
+    Triton interpreter the kernel is no JITFunction (nothing to trace; older torch refuses to wrap it)."""
+    if not isinstance(kernel, triton.runtime.jit.JITFunction):
+        return kernel[grid]
+    return torch.library.wrap_triton(kernel)[grid]
 
 
 def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
@@ -60,7 +74,7 @@ def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
 
 
 def warps_for(tile_elems: int) -> int:
-    """num_warps from the number of elements one program holds in registers per step."""
+    """num_warps from the number of elements one program holds per step (about 8-16 per thread)."""
     if tile_elems <= 256:
         return 1
     if tile_elems <= 1024:
@@ -70,54 +84,55 @@ def warps_for(tile_elems: int) -> int:
     return 8
 
 
+def spatial_blocks(C: int, HW: int, tile: int = 4096, max_hw: int = 256):
+    """(BLOCK_C, BLOCK_HW) for kernels that walk (channel block, spatial block) tiles of ``tile``
+    elements; BLOCK_HW covers the whole map when it is small."""
+    bhw = pow2(HW, lo=16, hi=max_hw)
+    return pow2(C, hi=max(1, tile // bhw)), bhw
+
+
 def strides4(t: torch.Tensor):
     """(stride_n, stride_c, stride_h, stride_w) of a 4-D tensor, in elements."""
     return tuple(int(s) for s in t.stride())
 
 
+def layout_code(t: torch.Tensor) -> int:
+    """2: every sample is one NCHW-dense run; 1: every sample is channels_last-dense; 0: general.
+    Dimensions of size 1 may carry any stride (as in ``Tensor.is_contiguous``)."""
+    _, C, H, W = t.shape
+    s = t.stride()
+
+    def ok(dims):  # (size, stride, expected) for each dimension that matters
+        return all(size == 1 or stride == want for size, stride, want in dims)
+
+    if ok(((W, s[3], 1), (H, s[2], W), (C, s[1], H * W))):
+        return 2
+    if ok(((C, s[1], 1), (W, s[3], C), (H, s[2], W * C))):
+        return 1
+    return 0
+
+
+@triton.jit
+def sample_offset(c, hw, sc, sh, sw, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                  LAYOUT: tl.constexpr):
+    """int64 offset of element (c, hw = h*W + w) inside one sample (see ``layout_code``).
+    ``c`` and ``hw`` broadcast against each other."""
+    if LAYOUT == 2:
+        off = c.to(tl.int64) * (H * W) + hw
+    elif LAYOUT == 1:
+        off = hw.to(tl.int64) * C + c
+    else:
+        h = hw // W
+        w = hw - h * W
+        off = c.to(tl.int64) * sc + h.to(tl.int64) * sh + w.to(tl.int64) * sw
+    return off
+
+
 def csr_by_index(index: torch.Tensor, n_rows: int):
-    """Group positions m by ``index[m]``: returns ``(perm, offsets)`` with the m's of row n in
+    """Group positions m by ``index[m]``: ``(perm, offsets)`` with the m's of row n in
     ``perm[offsets[n]:offsets[n+1]]``, in increasing m (stable sort), so sums are deterministic."""
     # sort + searchsorted rather than bincount + cumsum: no atomics, and allowed under
     # torch.use_deterministic_algorithms(True)
     sorted_index, perm = torch.sort(index, stable=True)
     offsets = torch.searchsorted(sorted_index, torch.arange(n_rows + 1, dtype=index.dtype, device=index.device))
     return perm, offsets
-
-
-def flat_hw(t: torch.Tensor) -> bool:
-    """Whether (h, w) of a 4-D tensor is one flat axis: offset(h*W + w) = (h*W + w) * stride_w.
-    True for contiguous and channels_last maps; kernels then skip the // and % and, when
-    stride_w == 1 (specialised by Triton), see the contiguity and vectorise."""
-    return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
-
-
-@triton.jit
-def hw_offset(hw, W, sh, sw, FLAT: tl.constexpr):
-    """int64 element offset of flat spatial positions ``hw`` (= h*W + w)."""
-    if FLAT:
-        off = hw.to(tl.int64) * sw
-    else:
-        h = hw // W
-        w = hw - h * W
-        off = h.to(tl.int64) * sh + w.to(tl.int64) * sw
-    return off
-
-
-def layout_code(t: torch.Tensor) -> int:
-    """2: each sample is one linear run, offset(c, hw) = (c*HW + hw) * stride_w (NCHW-contiguous);
-    1: (h, w) flat (channels_last); 0: general strides."""
-    if not flat_hw(t):
-        return 0
-    C, HW = t.shape[1], t.shape[2] * t.shape[3]
-    return 2 if (C == 1 or t.stride(1) == HW * t.stride(3)) else 1
-
-
-@triton.jit
-def chw_offset(c, hw, p, W, sc, sh, sw, LAYOUT: tl.constexpr):
-    """int64 offset inside one sample of element (c, hw); ``p`` = c*HW + hw (used when LAYOUT == 2)."""
-    if LAYOUT == 2:
-        off = p * sw
-    else:
-        off = c * sc + hw_offset(hw, W, sh, sw, LAYOUT == 1)
-    return off

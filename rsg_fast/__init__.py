@@ -2,11 +2,13 @@
 
 ``RSG`` is the drop-in module (published constructor, forward and state_dict keys);
 ``ReferenceRSG`` is the plain PyTorch oracle it is tested against. The fused functional ops
-(``center_distance``, ``displacement``, ``mv_terms``; see ``rsg_fast.ops``) are exported too.
+(``center_assign``, ``displacement``, ``mv_terms``, ``relu_tap_window_means``; see ``rsg_fast.ops``)
+are exported too.
 """
 __version__ = "0.1.0"
-__all__ = ["RSG", "ReferenceRSG", "center_distance", "displacement", "mv_terms", "__version__"]
-_OPS = ("center_distance", "displacement", "mv_terms")
+__all__ = ["RSG", "ReferenceRSG", "center_assign", "displacement", "mv_terms", "relu_tap_window_means",
+           "__version__"]
+_OPS = ("center_assign", "displacement", "mv_terms", "relu_tap_window_means")
 
 
 def __getattr__(name):

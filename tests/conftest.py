@@ -1,4 +1,4 @@
-"""Shared test set-up.
+"""Test set-up only (shared helpers live in tests/helpers.py).
 
 TRITON_INTERPRET=1 must be set before triton is first imported, so that the Triton kernels run on
 the CPU (one Python call per program instance) when no GPU is present. On a GPU machine the real
@@ -19,19 +19,12 @@ if not os.environ.get("RSG_FAST_TEST_ON_GPU"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
     """Every test starts from a fixed seed so a failure reproduces; tests draw fresh inputs from it."""
     torch.manual_seed(0)
     yield
-
-
-def nan_like(t: torch.Tensor) -> torch.Tensor:
-    """A buffer shaped like ``t`` filled with NaN: kernels that forget to write an output show it."""
-    return torch.full_like(t, float("nan"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -92,17 +92,14 @@ def test_bad_env_value(no_env):
 def test_ops_follow_env(no_env):
     """The ops resolve "auto" through the same rules: RSG_FAST_BACKEND=triton reaches the kernels."""
     from rsg_fast import ops
-    from rsg_fast.kernels import _common
-    x = torch.randn(2, 3, 2, 2)
-    c = torch.randn(2, 2, 3)
+    from rsg_fast.kernels import displacement as kdp
+    x, index, row, table = torch.randn(2, 3, 2, 2), torch.tensor([1, 0]), torch.tensor([0, 1]), torch.randn(2, 3)
     calls = []
-    real = _common.new_empty
-    no_env.setattr(_common, "new_empty", lambda *a, **k: calls.append(1) or real(*a, **k))
-    import rsg_fast.kernels.center_distance as kcd
-    no_env.setattr(kcd, "new_empty", _common.new_empty)
-    ops.center_distance(x, c)
+    real = kdp.displacement_forward
+    no_env.setattr(kdp, "displacement_forward", lambda *a: calls.append(1) or real(*a))
+    ops.displacement(x, index, row, table)
     assert not calls  # auto on CPU: torch path
     if B.triton_interpret():
         no_env.setenv(B.ENV_VAR, "triton")
-        ops.center_distance(x, c)
-        assert calls  # the Triton launcher allocated its outputs
+        ops.displacement(x, index, row, table)
+        assert calls  # the Triton launcher ran

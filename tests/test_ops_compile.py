@@ -1,129 +1,224 @@
-"""Compile every Triton kernel variant for a real GPU target (sm_90) without needing a GPU.
+"""Compile every Triton kernel variant for a real GPU target (sm_90) without needing a GPU, and
+check the machine code at the paper's shapes.
 
 The CPU test run executes the kernels in the Triton interpreter, which accepts some programs the
 compiler rejects (and the reverse). This test runs the launchers in a subprocess WITHOUT
-TRITON_INTERPRET, records each launch instead of running it, and compiles the recorded variants
-(fp32 in the three layout classes, fp16, bf16, fp64; every backward flag combination the ops use;
-integer arguments equal to 1, e.g. unit strides, become constexprs as the JIT launcher makes them)
-down to a cubin with the ptxas shipped in the triton wheel.
+TRITON_INTERPRET, records each launch instead of running it, gives each recorded variant the
+signature and alignment attributes Triton's JIT launcher would (``native_specialize_impl``:
+pointers and integers divisible by 16, integers equal to 1 as constants) and compiles it down to a
+cubin with the ptxas shipped in the triton wheel. At the CIFAR (N=128, 32x16x16) and ImageNet-LT
+(N=256, 1024x14x14) shapes it then checks, for fp32 NCHW maps, that the kernels which stream the
+maps load them with 16-byte vector loads (HW = 196 is not a multiple of 16; every variant, at least
+one per map tensor its main loop reads) and that ptxas reports no register spills, there and for the
+pairing kernels at the largest batch they take.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
-import time
+import tempfile
 
 import torch
 
-_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-       torch.int64: "i64", torch.int32: "i32"}
+# The kernels that stream feature maps, and how many map tensors each reads in its main loop: every
+# compiled variant must load them with at least that many 16-byte vector loads.
+STREAMING = {"_center_assign_fwd_kernel": 1, "_center_assign_x_grad_kernel": 1, "_displacement_fwd_kernel": 1,
+             "_index_add_kernel": 1, "_mv_terms_fwd_kernel": 3, "_mv_terms_bwd_kernel": 2,
+             "_relu_tap_window_means_fwd_kernel": 1, "_relu_tap_window_means_bwd_kernel": 1}
 
 
-def test_kernels_compile_for_sm90():
+def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    assert "compiled" in proc.stdout, proc.stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        proc = subprocess.run([sys.executable, __file__, report], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+        with open(report) as f:
+            result = json.load(f)
+    assert result["variants"] > 50, result
+    for shape, kernels in result["paper"].items():
+        for name in (STREAMING if shape != "max-batch" else ("_batch_plan_kernel", "_pair_indices_kernel")):
+            assert name in kernels, (shape, name, sorted(kernels))
+        for name, variants in kernels.items():
+            for info in variants:
+                assert info["spill_bytes"] == 0, (shape, name, info)
+                assert info["registers"] <= 255, (shape, name, info)
+                assert info["vector_loads"] >= STREAMING.get(name, 0), (shape, name, info)
 
+
+# ----------------------------------------------------------------------------- the subprocess
 
 class _Recorder:
-    """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kw)`` records the call."""
+    """Stands in for ``launch(kernel, grid)``: records the call instead of running it."""
 
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
+    def __init__(self):
+        self.calls = []
 
-    def __getitem__(self, grid):
-        return lambda *args, **kw: self.calls.append((args, kw))
+    def __call__(self, kernel, grid):
+        return lambda *args, **kw: self.calls.append((kernel, args, kw))
 
 
-def _compile(fn, args, kw, target):
-    import triton
+def _specializer():
+    """Triton's own argument specialisation (type, alignment attribute), across Triton versions."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    try:
+        from triton.runtime.jit import native_specialize_impl            # triton >= 3.6
+        return lambda value: native_specialize_impl(CUDABackend, value, False, True, True)
+    except ImportError:
+        from triton.runtime.jit import create_specialize_impl            # triton 3.5
+        impl = create_specialize_impl(CUDABackend.get_arg_specialization)
+        return lambda value: impl(value, False, True, True)
+
+
+def _source(fn, args, kw):
+    """(options, ASTSource) for one recorded launch, specialised as Triton's JIT launcher would."""
+    from triton.backends.nvidia.compiler import CUDABackend
     from triton.compiler import ASTSource
 
     opts = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
     values = dict(zip(fn.arg_names, args))
     values.update(kw)
-    sig, const = {}, {}
+    signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         val = values[name]
         if fn.params[i].is_constexpr:
-            sig[name], const[name] = "constexpr", val
-        elif isinstance(val, torch.Tensor):
-            sig[name] = "*" + _TY[val.dtype]
-        elif isinstance(val, bool):
-            sig[name] = "i1"
-        elif isinstance(val, int) and val == 1:  # the JIT launcher specialises ints equal to 1
-            sig[name], const[name] = "constexpr", 1
-        elif isinstance(val, int):
-            sig[name] = "i32" if -2**31 <= val < 2**31 else "i64"
-        elif isinstance(val, float):
-            sig[name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: cannot type argument {name}={val!r}")
-    key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())))
-    return key, (lambda: triton.compile(ASTSource(fn, sig, const), target=target, options=opts))
+            signature[name], constexprs[(i,)] = "constexpr", val
+            continue
+        ty, attr = _specializer()(val)
+        signature[name] = ty
+        if ty == "constexpr":
+            constexprs[(i,)] = attr
+        elif isinstance(attr, str):
+            attrs[(i,)] = CUDABackend.parse_attr(attr)
+    return opts, ASTSource(fn, signature, constexprs, attrs)
 
 
-def _main():
-    assert "TRITON_INTERPRET" not in os.environ
-    from triton.backends.compiler import GPUTarget
+def _ptxas_report(ptx: str) -> dict:
+    from triton.backends.nvidia.compiler import get_ptxas
 
-    from rsg_fast.kernels import center_distance as kcd
+    try:
+        ptxas = get_ptxas(90).path          # triton >= 3.6 takes the architecture
+    except TypeError:
+        ptxas = get_ptxas().path
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        out = subprocess.run([ptxas, "--gpu-name=sm_90a", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    text = out.stdout + out.stderr
+    regs = max(int(r) for r in re.findall(r"Used (\d+) registers", text))
+    spills = sum(int(s) for s in re.findall(r"(\d+) bytes spill (?:stores|loads)", text))
+    return {"registers": regs, "spill_bytes": spills}
+
+
+def _run_launchers(x, K, L, D, kinds):
+    """Every launcher the ops use, on maps like ``x``, through the recorder."""
+    from rsg_fast.kernels import center_assign as kca
     from rsg_fast.kernels import displacement as kdp
     from rsg_fast.kernels import mv_terms as kmv
+    from rsg_fast.kernels import pairs as kpr
+    from rsg_fast.kernels import tap_window_means as ktw
 
-    recorders = {}
-    for mod in (kcd, kdp, kmv):
-        for name in dir(mod):
-            if name.startswith("_") and name.endswith("_kernel"):
-                fn = getattr(mod, name)
-                rec = recorders.setdefault(fn.__name__, _Recorder(fn))
-                setattr(mod, name, rec)
-
-    def layouts(t, kinds):
-        for kind in kinds:
-            if kind == "contiguous":
-                yield t.contiguous()
-            elif kind == "channels_last":
-                yield t.contiguous(memory_format=torch.channels_last)
-            else:
-                yield t[:, :, ::2, 1:]
-
-    def run_all(x, K, tv_kind):
-        dt, (N, C, H, W) = x.dtype, x.shape
-        c = torch.randn(N, K, C).to(dt)
-        mean, dist = kcd.center_distance_forward(x, c)
-        kcd.center_distance_backward(x, c, mean, mean, dist, True, True)
-        kcd.center_distance_backward(x, c, mean, None, dist, False, True)
-        idx = torch.tensor([0, N - 1, N - 1, 1 % N])
-        cr = torch.randn(4, C).to(dt)
-        out = kdp.displacement_forward(x, idx, cr)
-        kdp.displacement_backward(out, idx, (x.shape, x.dtype, x.stride()), cr.dtype, True, True)
-        tv, u, v = (next(layouts(torch.randn(4, C, H, W).to(dt), (tv_kind,))) for _ in range(3))
+    N, C, H, W = x.shape
+    dt = x.dtype
+    target = torch.randint(0, L, (N,))
+    centers, linear, bias = torch.randn(L, K, C), torch.randn(L, C, K), torch.randn(L, K)
+    gamma, dist, row, shift, dmean = (torch.rand(N, K), torch.rand(N, K), torch.zeros(N, dtype=torch.long),
+                                      torch.randn(N, C), torch.randn(N, C))
+    kca.center_assign_forward(x, target, centers, linear, bias)
+    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, dist, gamma, dist, gamma[:, 0], H * W,
+                                  True, True, True, linear.dtype, bias.dtype)
+    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, dist, None, None, gamma[:, 0], H * W,
+                                  True, False, False, linear.dtype, bias.dtype)
+    kca.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, dist, gamma, dist, None)
+    M = max(2, N // 2)
+    index = torch.arange(M) % N
+    table = centers.flatten(0, 1).to(dt)
+    v = kdp.displacement_forward(x, index, row, table)
+    kdp.index_add_gather(v, index, x)
+    for kind in kinds:
+        tv = v if kind == "contiguous" else v.contiguous(memory_format=torch.channels_last)
         for grouping in ("location", "rows"):
-            new, terms, stats = kmv.mv_terms_forward(tv, v, u, x, idx, grouping)
-            kmv.mv_terms_backward(tv, v, u, stats, new, terms, grouping, True, True, True)
-            kmv.mv_terms_backward(tv, v, u, stats, None, terms, grouping, True, False, False)
+            new, terms, stats = kmv.mv_terms_forward(tv, tv, x, index, row, table, grouping, torch.float32
+                                                     if dt != torch.float64 else dt)
+            kmv.mv_terms_backward(tv, tv, x, index, row, table, stats, new, terms, grouping, True, True, True)
+            kmv.mv_terms_backward(tv, tv, x, index, row, table, stats, None, terms, grouping, True, False, False)
+    pre = torch.randn(M, H, W, D).to(dt)
+    s = ktw.relu_tap_window_means_forward(pre, torch.float64 if dt == torch.float64 else torch.float32)
+    ktw.relu_tap_window_means_backward(pre, s)
+    is_head, counts = kpr.batch_plan(target, torch.ones(L, dtype=torch.bool), 0.5)
+    kpr.pair_indices(is_head, counts, M)
 
-    cases = [(torch.float32, ("contiguous", "channels_last", "sliced"))] + \
-            [(dt, ("contiguous",)) for dt in (torch.float16, torch.bfloat16, torch.float64)]
-    for dt, kinds in cases:
-        for x in layouts(torch.randn(3, 5, 6, 7).to(dt), kinds):
-            run_all(x, 4, kinds[-1])
-    run_all(torch.randn(2, 1, 5, 1), 1, "contiguous")   # C = K = W = 1: more constexpr specialisations
+
+def _main(report_path):
+    assert "TRITON_INTERPRET" not in os.environ
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from rsg_fast.kernels import center_assign, displacement, mv_terms, pairs, tap_window_means
+
+    recorder = _Recorder()
+    for mod in (center_assign, displacement, mv_terms, pairs, tap_window_means):
+        mod.launch = recorder
     target = GPUTarget("cuda", 90, 32)
-    jobs = {}
-    for rec in recorders.values():
-        assert rec.calls, f"{rec.fn.__name__} was never launched"
-        for args, kw in rec.calls:
-            key, job = _compile(rec.fn, args, dict(kw), target)
-            jobs.setdefault(key, job)
-    t0 = time.time()
-    for job in jobs.values():
+
+    def compile_all(calls):
+        compiled = {}
+        for fn, args, kw in calls:
+            opts, src = _source(fn, args, dict(kw))
+            compiled.setdefault(src.hash() + repr(sorted(opts.items())),
+                                (fn.__name__, lambda src=src, opts=opts: triton.compile(src, target=target,
+                                                                                        options=opts)))
+        return compiled
+
+    # every dtype and layout class at small odd shapes, plus C = K = W = 1 specialisations
+    variants = {}
+    for dt, layouts in [(torch.float32, ("contiguous", "channels_last", "sliced")), (torch.float16, ("contiguous",)),
+                        (torch.bfloat16, ("contiguous",)), (torch.float64, ("contiguous",))]:
+        base = torch.randn(3, 5, 6, 7).to(dt)
+        for kind in layouts:
+            x = (base if kind == "contiguous" else base.contiguous(memory_format=torch.channels_last)
+                 if kind == "channels_last" else torch.randn(3, 5, 12, 8).to(dt)[:, :, ::2, 1:])
+            _run_launchers(x, 4, 3, 9, ("contiguous", "channels_last"))
+    _run_launchers(torch.randn(2, 1, 5, 1), 1, 1, 1, ("contiguous",))
+    for name, job in compile_all(recorder.calls).values():
         job()
-    print(f"compiled {len(jobs)} kernel variants of {len(recorders)} kernels for sm_90 in {time.time() - t0:.1f}s")
+    result = {"variants": len(compile_all(recorder.calls)), "paper": {}}
+
+    # the pairs kernels at the largest batch they take (one program holds the whole batch)
+    recorder.calls.clear()
+    from rsg_fast.kernels.pairs import MAX_BATCH
+    labels = torch.randint(0, 10, (MAX_BATCH,))
+    is_head, counts = pairs.batch_plan(labels, torch.ones(10, dtype=torch.bool), 0.5)
+    pairs.pair_indices(is_head, counts, MAX_BATCH // 2)
+    result["paper"]["max-batch"] = {}
+    for name, job in compile_all(recorder.calls).values():
+        info = _ptxas_report(job().asm["ptx"])
+        result["paper"]["max-batch"].setdefault(name, []).append(dict(info, vector_loads=0))
+
+    # the paper's insertion points, fp32 NCHW: vector loads and registers
+    for label, (N, C, H, W, L, D) in {"cifar": (128, 32, 16, 16, 10, 256),
+                                      "imagenet-lt": (256, 1024, 14, 14, 1000, 512)}.items():
+        recorder.calls.clear()
+        _run_launchers(torch.randn(N, C, H, W), 15, L, D, ("contiguous",))
+        kernels = {}
+        for name, job in compile_all(recorder.calls).values():
+            ptx = job().asm["ptx"]
+            info = _ptxas_report(ptx)
+            info["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.", ptx))
+            kernels.setdefault(name, []).append(info)
+        result["paper"][label] = kernels
+    with open(report_path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
-    _main()
+    _main(sys.argv[1])

@@ -8,11 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import close, leaf
 from rsg_fast import ops
-try:  # tests/ on sys.path (pytest's default rootdir-less import) or tests as a package
-    from test_ops import close, leaf, ref_center_distance, ref_displacement, ref_mv_terms
-except ImportError:  # pragma: no cover
-    from tests.test_ops import close, leaf, ref_center_distance, ref_displacement, ref_mv_terms
+from rsg_fast.ops import naive
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -21,76 +19,92 @@ DEV = "cuda"
 LOWP = [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)]
 
 
+def _params(L, K, C):
+    return (torch.randn(L, K, C, device=DEV), 0.3 * torch.randn(L, C, K, device=DEV), torch.randn(L, K, device=DEV))
+
+
 @pytest.mark.parametrize("dtype,tol", LOWP)
-def test_cuda_lowp_paper_shapes(dtype, tol):
-    """CIFAR ResNet-32 insertion point: N=128, C=32, 16x16, K=15, M=100."""
-    N, K, C, H, W, M = 128, 15, 32, 16, 16, 100
+@pytest.mark.parametrize("shape", [(128, 10, 15, 32, 16, 16, 100), (64, 100, 15, 1024, 14, 14, 96)])
+def test_cuda_lowp_paper_shapes(dtype, tol, shape):
+    """CIFAR (ResNet-32 stage 2) and ImageNet-LT (ResNet-50 layer 3) insertion points."""
+    N, L, K, C, H, W, M = shape
     x = torch.randn(N, C, H, W, device=DEV).to(dtype)
-    centers = torch.randn(N, K, C, device=DEV)            # fp32 parameters, low-precision maps
-    mean, dist = ops.center_distance(x, centers, backend="triton")
-    assert mean.dtype == dist.dtype == torch.float32
-    rm, rd = ref_center_distance(x, centers)
-    close(mean, rm, rtol=1e-4, atol=1e-5)
-    close(dist, rd, rtol=1e-4, atol=1e-5)
+    target = torch.randint(0, L, (N,), device=DEV)
+    centers, linear, bias = _params(L, K, C)                 # fp32 parameters, low-precision maps
+    gamma, dist, row, cesc = ops.center_assign(x, target, centers, linear, bias, backend="triton")
+    rg, rd, _, rc = naive.center_assign(x.double(), target, centers.double(), linear.double(), bias.double())
+    close(gamma, rg, rtol=1e-4)
+    close(dist, rd, rtol=1e-4)
+    close(cesc, rc, rtol=1e-4)
 
+    table = centers.flatten(0, 1)
     index = torch.randint(0, N, (M,), device=DEV)
-    cr = torch.randn(M, C, device=DEV).to(dtype)
-    out = ops.displacement(x, index, cr, backend="triton")
+    out = ops.displacement(x, index, row, table, backend="triton")
     assert out.dtype == dtype
-    close(out, ref_displacement(x, index, cr), rtol=tol, atol=tol)
+    close(out, naive.displacement(x.double(), index, row, table.double()), rtol=tol)
 
-    tv, v, u = (torch.randn(M, C, H, W, device=DEV).to(dtype) for _ in range(3))
+    tv, v = (torch.randn(M, C, H, W, device=DEV).to(dtype) for _ in range(2))
     for grouping in ("location", "rows"):
         tvl = leaf(tv)
-        new, terms = ops.mv_terms(tvl, v, u, x, index, grouping, backend="triton")
+        new, terms = ops.mv_terms(tvl, v, x, index, row, table, grouping, backend="triton")
         assert new.dtype == dtype and terms.dtype == torch.float32
-        rnew, rterms = ref_mv_terms(tv, v, u, x, index, grouping)
-        close(new, rnew, rtol=tol, atol=tol)
+        rnew, rterms = naive.mv_terms(tv.double(), v.double(), x.double(), index, row, table.double(), grouping)
+        close(new, rnew, rtol=tol)
         close(terms, rterms, rtol=1e-4)
         g = torch.randn(2, device=DEV)
         (terms * g).sum().backward()
         tvr = leaf(tv.double())
-        (ref_mv_terms(tvr, v, u, x, index, grouping)[1] * g.double()).sum().backward()
-        close(tvl.grad, tvr.grad, rtol=tol, atol=tol)
+        (naive.mv_terms(tvr, v.double(), x.double(), index, row, table.double(), grouping)[1] * g.double()).sum().backward()
+        close(tvl.grad, tvr.grad, rtol=tol)
 
 
 @pytest.mark.parametrize("grouping", ["location", "rows"])
 def test_cuda_triton_matches_torch_large_fp32(grouping):
     """ImageNet-like shapes, channels_last, all gradients: Triton vs the PyTorch path on the same card."""
-    N, K, C, H, W, M = 64, 15, 256, 14, 14, 96
+    N, L, K, C, H, W, M = 64, 50, 15, 256, 14, 14, 96
     x = torch.randn(N, C, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
-    centers = torch.randn(N, K, C, device=DEV)
+    target = torch.randint(0, L, (N,), device=DEV)
+    params = _params(L, K, C)
     index = torch.randint(0, N, (M,), device=DEV)
-    tv, v, u = (torch.randn(M, C, H, W, device=DEV) for _ in range(3))
+    tv, v = (torch.randn(M, C, H, W, device=DEV) for _ in range(2))
     res = {}
     for be in ("torch", "triton"):
-        xs, cs, tvs, vs, us = (leaf(t) for t in (x, centers, tv, v, u))
-        mean, dist = ops.center_distance(xs, cs, backend=be)
-        out = ops.displacement(xs, index, cs[index, 0], backend=be)
-        new, terms = ops.mv_terms(tvs, vs, us, xs, index, grouping, backend=be)
-        loss = mean.sum() + 1e-3 * dist.sum() + out.square().mean() + new.square().mean() + terms.sum()
+        xs, tvs, vs = leaf(x), leaf(tv), leaf(v)
+        ps = [leaf(p) for p in params]
+        gamma, dist, row, cesc = ops.center_assign(xs, target, *ps, backend=be)
+        table = ps[0].flatten(0, 1)
+        out = ops.displacement(xs, index, row, table, backend=be)
+        new, terms = ops.mv_terms(tvs, vs, xs, index, row, table, grouping, backend=be)
+        loss = gamma.sum() + 1e-3 * dist.sum() + 1e-3 * cesc.mean() + out.square().mean() + new.square().mean() \
+            + terms.sum()
         loss.backward()
-        res[be] = [mean, dist, out, new, terms, xs.grad, cs.grad, tvs.grad, vs.grad, us.grad]
+        res[be] = [gamma, dist, row, cesc, out, new, terms, xs.grad, tvs.grad, vs.grad] + [p.grad for p in ps]
     for a, b in zip(res["triton"], res["torch"]):
-        close(a, b, rtol=1e-4, atol=1e-5)
+        close(a, b, rtol=1e-4)
 
 
 def test_cuda_deterministic():
-    """Same inputs, same bits: no atomics anywhere (index-add by gather, partials summed by torch)."""
-    N, C, H, W, M = 32, 64, 16, 16, 200
+    """Same inputs, same bits: no atomics anywhere (index-add by gather, segmented parameter sums)."""
+    N, L, K, C, H, W, M = 32, 4, 5, 64, 16, 16, 200
     x = leaf(torch.randn(N, C, H, W, device=DEV))
+    target = torch.randint(0, L, (N,), device=DEV)
+    params = [leaf(p) for p in _params(L, K, C)]
     index = torch.randint(0, 4, (M,), device=DEV)  # heavy repetition: many m per row
-    cr = torch.randn(M, C, device=DEV)
-    grads = []
+    row = torch.randint(0, L * K, (N,), device=DEV)
+    results = []
     torch.use_deterministic_algorithms(True)
     try:
         for _ in range(2):
-            x.grad = None
-            ops.displacement(x, index, cr, backend="triton").backward(torch.ones(M, C, H, W, device=DEV) * 0.1)
-            grads.append(x.grad.clone())
+            for t in [x, *params]:
+                t.grad = None
+            out = ops.displacement(x, index, row, params[0].detach().flatten(0, 1), backend="triton")
+            _, _, _, cesc = ops.center_assign(x, target, *params, backend="triton")
+            (0.1 * out.sum() + cesc.sum()).backward()
+            results.append([t.grad.clone() for t in [x, *params]])
     finally:
         torch.use_deterministic_algorithms(False)
-    assert torch.equal(grads[0], grads[1])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_cuda_int64_offsets():
@@ -100,13 +114,15 @@ def test_cuda_int64_offsets():
     assert x.numel() > 2**31
     x[:-1].zero_()
     x[-1].normal_()
-    centers = torch.zeros(N, 2, C, device=DEV)
-    mean, dist = ops.center_distance(x, centers, backend="triton")
+    target = torch.zeros(N, dtype=torch.long, device=DEV)
+    centers = torch.zeros(1, 2, C, device=DEV)
+    _, dist, _, _ = ops.center_assign(x, target, centers, torch.zeros(1, C, 2, device=DEV),
+                                   torch.zeros(1, 2, device=DEV), backend="triton")
     last = x[-1:].float()
-    torch.testing.assert_close(mean[-1], last.mean(dim=(2, 3))[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(dist[-1, 0], last.square().sum().double().float(), rtol=1e-4, atol=0.0)
     index = torch.tensor([N - 1], device=DEV)
-    out = ops.displacement(x, index, torch.zeros(1, C, device=DEV, dtype=torch.float16), backend="triton")
+    out = ops.displacement(x, index, torch.zeros(N, dtype=torch.long, device=DEV),
+                           torch.zeros(1, C, device=DEV, dtype=torch.float16), backend="triton")
     assert torch.equal(out[0], x[-1])
     del out
     torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["center_distance", "displacement", "mv_terms", "upcast"]
+__all__ = ["center_assign", "displacement", "mv_terms", "tap_window_means", "upcast"]
 
 
 def upcast(*tensors):
@@ -21,24 +21,29 @@ def upcast(*tensors):
     return [t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors]
 
 
-def center_distance(x: torch.Tensor, centers: torch.Tensor):
-    """Eq. 1 (pooled mean) and Eq. 5 (squared distances): ``(mean (N, C), dist (N, K))``."""
-    mean = x.mean(dim=(2, 3))
-    dist = (x[:, None] - centers[:, :, :, None, None]).square().sum(dim=(2, 3, 4))
-    return mean, dist
+def center_assign(x, target, centers, linear, bias):
+    """Eq. 1 and Eq. 5 as ReferenceRSG writes them: ``(gamma (N, K), dist (N, K), row (N,), cesc (N,))``
+    with ``row = target * K + argmax(gamma)`` and ``cesc = sum_k gamma * dist``."""
+    K = centers.shape[1]
+    pooled = x.mean(dim=(2, 3))
+    gamma = F.softmax(torch.bmm(pooled.unsqueeze(1), linear[target]).squeeze(1) + bias[target], dim=1)
+    dist = (x.unsqueeze(1) - centers[target][:, :, :, None, None]).square().sum(dim=(2, 3, 4))
+    return gamma, dist, target * K + gamma.argmax(dim=1), (gamma * dist).sum(dim=1)
 
 
-def displacement(x: torch.Tensor, index: torch.Tensor, centre_rows: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: ``x[index] - centre_rows`` broadcast over (H, W): (M, C, H, W)."""
-    return x[index] - centre_rows[:, :, None, None]
+def displacement(x: torch.Tensor, index: torch.Tensor, row: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: ``x[index] - table[row[index]]`` broadcast over (H, W): (M, C, H, W)."""
+    return x[index] - table[row[index]][:, :, None, None]
 
 
-def mv_terms(tv, v, u, x, tail_index, grouping: str):
-    """Eq. 4 (``new = x[tail_index] + tv``) and Eq. 6's two sums ``terms = (norm_sum, cos_sum)``.
+def mv_terms(tv, v, x, tail_index, row, table, grouping: str):
+    """Eq. 4 (``new = x[t] + tv``) and Eq. 6's two sums ``terms = (norm_sum, cos_sum)``, with the rare
+    displacement ``u = x[t] - table[row[t]]``, t = tail_index.
 
     grouping "location": the vectors are the C-channel vectors at each (m, h, w) (the paper);
     "rows": rows of C consecutive elements of the NCHW buffer (the published code's ``view(-1, C)``).
     """
+    u = displacement(x, tail_index, row, table)
     new = x[tail_index] + tv
     C = tv.shape[1]
     if grouping == "location":
@@ -54,3 +59,12 @@ def mv_terms(tv, v, u, x, tail_index, grouping: str):
     else:
         cos_sum = (ah * bh - 1).abs().sum()
     return new, torch.stack([norm_sum, cos_sum])
+
+
+def tap_window_means(pre: torch.Tensor) -> torch.Tensor:
+    """S[p, d, i, j]: the mean over the H*W output positions of relu(pre) (channels-last (P, H, W, D))
+    as tap (i, j) of a 3x3, padding-1 convolution reads it, from the zero-padded map: (P, D, 3, 3)."""
+    P, H, W, D = pre.shape
+    padded = F.pad(pre.relu(), (0, 0, 1, 1, 1, 1))          # pad W and H by one on each side
+    taps = [[padded[:, i:i + H, j:j + W].mean(dim=(1, 2)) for j in range(3)] for i in range(3)]
+    return torch.stack([torch.stack(row, dim=-1) for row in taps], dim=-2)

@@ -1,0 +1,126 @@
+"""What every fused op shares: dtypes, argument checks, and how an op is registered.
+
+Registration (``define``): each op is a ``torch.library.triton_op`` in the ``rsg_fast`` namespace
+taking a ``backend`` string ("torch" or "triton", resolved before the call). Its body runs either
+the PyTorch path or the Triton launchers of ``rsg_fast.kernels``, which launch through
+``torch.library.wrap_triton``; so in eager mode it is an ordinary op, and under ``torch.compile``
+the compiler traces into it (the PyTorch path's ops, or the Triton kernels themselves) instead of
+treating it as a black box. The body doubles as the op's fake (meta) implementation, so it uses
+only shapes, strides and dtypes on the host: no ``.item()``, no branches on values.
+
+Autocast: the ops pick their own accumulation dtype (below) and must see their inputs unchanged,
+so ``define`` registers an autocast rule that switches autocast off and casts nothing (PyTorch's
+``register_autocast`` would cast every input to one dtype: a full copy of bf16 maps to fp32).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+
+import torch
+
+EPS = 1e-12      # F.normalize's eps; the kernels build it in the accumulation dtype (fp64 stays exact)
+GROUPINGS = ("location", "rows")
+LIB = torch.library.Library("rsg_fast", "FRAGMENT")
+
+
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 if any input is float64, else float32 (fp16/bf16/fp32)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def kernels(name: str):
+    """The Triton launchers of one op (imported on first use: importing them imports triton)."""
+    return importlib.import_module(f"rsg_fast.kernels.{name}")
+
+
+# ----------------------------------------------------------------------------- registration
+
+def define(name: str, mutates_args=()):
+    """Decorator: register ``fn`` as the ``rsg_fast::name`` triton_op with a pass-through autocast rule."""
+    def wrap(fn):
+        op = torch.library.triton_op(f"rsg_fast::{name}", fn, mutates_args=mutates_args)
+        register_passthrough_autocast(name)
+        return op
+    return wrap
+
+
+def register_passthrough_autocast(name: str) -> None:
+    """Under autocast, run ``rsg_fast::name`` on its inputs as given, with autocast off inside."""
+    for device_type in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        LIB.impl(name, functools.partial(_without_autocast, name, key), key, with_keyset=True)
+
+
+def _without_autocast(name, key, _keyset, *args):
+    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))):
+        return getattr(torch.ops.rsg_fast, name).default(*args)
+
+
+def interpreter_guard(*tensors: torch.Tensor) -> None:
+    """The Triton interpreter runs kernels on real CPU memory; it cannot run on fake tensors (the
+    op's meta implementation under torch.compile or opcheck). Say so instead of crashing in it."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(is_fake(t) for t in tensors if isinstance(t, torch.Tensor)) and tensors[0].device.type != "cuda":
+        raise NotImplementedError(
+            "backend='triton' on CPU tensors runs the Triton interpreter, which torch.compile and fake "
+            "tensors cannot trace; use backend='torch' on the CPU (or CUDA tensors)")
+
+
+def double_backward(forward, inputs, needs, grads):
+    """Backward when the graph of the backward is recorded (``create_graph=True``, e.g. a gradient
+    penalty): recompute ``forward(*inputs)`` (plain differentiable PyTorch) and let autograd take
+    the vector-Jacobian product, so gradients of any order are exact. The fast backward kernels are
+    used whenever no graph is recorded (ordinary training and torch.compile)."""
+    with torch.enable_grad():
+        outputs = forward(*inputs)
+        if not isinstance(outputs, (tuple, list)):
+            outputs = (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.is_floating_point()]
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        if not wanted or not pairs:
+            return [None] * len(inputs)
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                       create_graph=True, allow_unused=True))
+    return [next(got) if need else None for need in needs]
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def check_tensor(name: str, t, ndim: int, *, floating: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+
+
+def check_index(name: str, index, length, bound, ref_name: str, ref: torch.Tensor,
+                check_values: bool = True) -> torch.Tensor:
+    """A 1-D integer index of ``length`` values in [0, bound); returned as contiguous int64.
+
+    ``length=None`` accepts any length (and ``bound`` is unused when ``check_values`` is False). The range check costs a pass (a host sync on the CPU, an
+    asynchronous device assert on CUDA); callers that built the index in range skip it."""
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of int64, got {type(index).__name__}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (int64), got dtype {index.dtype}")
+    if index.dim() != 1 or (length is not None and index.shape[0] != length):
+        want = f"({length},)" if length is not None else "a 1-D shape"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(index.shape)}")
+    check_device(ref_name, ref, name, index)
+    index = index.to(torch.int64).contiguous()  # the kernels index it as a flat array
+    if check_values and index.numel():
+        if index.device.type == "cuda" or torch.compiler.is_compiling():
+            torch._assert_async(((index >= 0) & (index < bound)).all(), f"{name} out of range [0, {bound})")
+        elif bool(((index < 0) | (index >= bound)).any()):
+            raise ValueError(f"{name} must hold values in [0, {bound}), got min {int(index.min())} "
+                             f"and max {int(index.max())}")
+    return index

@@ -1,0 +1,195 @@
+"""``mv_terms``: Eq. 4 (the new samples) and the norm and cosine sums of Eq. 6, in one pass.
+
+    new, terms = mv_terms(tv, v, x, tail_index, row, table, grouping)
+
+with u = x[tail_index] - table[row[tail_index]] (the rare samples' displacements) rebuilt inside
+the op from x and the centre table, never stored. The module adds (terms[0] + terms[1]) / M to the
+MV loss. Plain reference: ``rsg_fast.ops.naive.mv_terms``; math: docs/ops-contract.md and
+``rsg_fast/kernels/mv_terms.py`` (the backward's closed form).
+"""
+import torch
+from torch import Tensor
+
+from rsg_fast.backend import resolve_backend
+from rsg_fast.ops._common import EPS, GROUPINGS, acc_dtype, check_device, check_index, check_tensor, define
+from rsg_fast.ops._common import double_backward, interpreter_guard, kernels
+from rsg_fast.ops.displacement import table_grad
+
+__all__ = ["mv_terms"]
+
+
+def _vectors(t: Tensor, grouping: str) -> Tensor:
+    """(M*HW, C) view/copy of the grouping's vectors (see the contract)."""
+    C = t.shape[1]
+    if grouping == "location":
+        return t.permute(0, 2, 3, 1).reshape(-1, C)
+    return t.reshape(-1, C)  # rows of C consecutive elements of the logical NCHW buffer
+
+
+def _unvectors(g: Tensor, shape, grouping: str) -> Tensor:
+    M, C, H, W = shape
+    if grouping == "location":
+        return g.view(M, H, W, C).permute(0, 3, 1, 2)
+    return g.view(M, C, H, W)
+
+
+def _tail_rows(x, tail_index, row, table, acc):
+    """(x[t], u = x[t] - table[row[t]]) in the acc dtype."""
+    xt = x.index_select(0, tail_index).to(acc)
+    return xt, xt - table[row[tail_index]].to(acc)[:, :, None, None]
+
+
+def _forward_torch(tv, v, x, tail_index, row, table, grouping):
+    """The kernels' algebra in plain (differentiable) PyTorch: (new, terms, stats)."""
+    acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
+    xt, u = _tail_rows(x, tail_index, row, table, acc)
+    a, b, w = (_vectors(t, grouping) for t in (tv.to(acc), u, v.to(acc)))
+    na, nb, nw = (torch.linalg.vector_norm(t, dim=1) for t in (a, b, w))
+    ah = a / na.clamp_min(EPS)[:, None]
+    bh = b / nb.clamp_min(EPS)[:, None]
+    norm_sum = (na - nw).abs().sum()
+    if grouping == "rows":
+        ab = ah * bh
+        z = ab - 1.0
+        cos_sum = z.abs().sum()
+        qs = (torch.sign(z) * ab).sum(1)
+        tsg = torch.zeros_like(qs)
+    else:
+        cos = (ah * bh).sum(1)
+        z = cos - 1.0
+        cos_sum = z.abs().sum()
+        tsg = torch.sign(z)
+        qs = tsg * cos
+    M, C, H, W = tv.shape
+    stats = torch.stack([na, nb, nw, qs, tsg], dim=1).view(M, H * W, 5).detach()
+    new = (xt + tv.to(acc)).to(torch.promote_types(tv.dtype, x.dtype)).contiguous()
+    return new, torch.stack([norm_sum, cos_sum]), stats
+
+
+def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_terms, grouping,
+                    need_tv, need_v, need_u):
+    acc = stats.dtype
+    st = stats.view(-1, 5)
+    na, nb, nw, qs, tsg = st.unbind(1)
+    g0, g1 = grad_terms.to(acc).unbind(0)
+    s0 = torch.sign(na - nw) * g0
+    one = torch.ones((), dtype=acc, device=st.device)
+    ca = torch.where(na > 0, s0 / torch.where(na > 0, na, one), 0.0)
+    cw = torch.where(nw > 0, -s0 / torch.where(nw > 0, nw, one), 0.0)
+    da, db = na.clamp_min(EPS), nb.clamp_min(EPS)
+    gtv, gv, gu = tv.new_empty(0), tv.new_empty(0), tv.new_empty(0)
+    if need_tv or need_u:
+        _, u = _tail_rows(x, tail_index, row, table, acc)
+        a, b = _vectors(tv.to(acc), grouping), _vectors(u, grouping)
+        ah, bh = a / da[:, None], b / db[:, None]
+        t = torch.sign(ah * bh - 1.0) if grouping == "rows" else tsg[:, None]
+        if need_tv:
+            pa = torch.where(na >= EPS, g1 * qs, 0.0)
+            ga = _unvectors(ca[:, None] * a + (g1 * t * bh - pa[:, None] * ah) / da[:, None], tv.shape, grouping)
+            if grad_new is not None:
+                ga = ga + grad_new.to(acc)
+            gtv = torch.empty_like(tv).copy_(ga)        # tv's dtype and memory format
+        if need_u:
+            pb = torch.where(nb >= EPS, g1 * qs, 0.0)
+            gu = _unvectors((g1 * t * ah - pb[:, None] * bh) / db[:, None], tv.shape, grouping)
+            gu = gu.to(x.dtype).contiguous()
+    if need_v:
+        gv = torch.empty_like(v).copy_(_unvectors(cw[:, None] * _vectors(v.to(acc), grouping), v.shape, grouping))
+    return gtv, gv, gu
+
+
+@define("mv_terms")
+def _mv_terms(tv: Tensor, v: Tensor, x: Tensor, tail_index: Tensor, row: Tensor, table: Tensor, grouping: str,
+              backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(new, terms, stats); stats (M, HW, 5) is saved for the backward."""
+    if backend == "triton":
+        interpreter_guard(tv)
+        acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
+        return kernels("mv_terms").mv_terms_forward(tv, v, x, tail_index, row, table, grouping, acc)
+    return _forward_torch(tv, v, x, tail_index, row, table, grouping)
+
+
+@define("mv_terms_backward")
+def _mv_terms_backward(tv: Tensor, v: Tensor, x: Tensor, tail_index: Tensor, row: Tensor, table: Tensor,
+                       stats: Tensor, grad_new: Tensor | None, grad_terms: Tensor, grouping: str, need_tv: bool,
+                       need_v: bool, need_x: bool, need_table: bool,
+                       backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_tv, grad_v, grad_x, grad_table); a 0-element tensor for each one not needed."""
+    need_u = need_x or need_table
+    if backend == "triton":
+        interpreter_guard(tv)
+        k = kernels("mv_terms")
+        gtv, gv, gu = k.mv_terms_backward(tv, v, x, tail_index, row, table, stats, grad_new, grad_terms,
+                                          grouping, need_tv, need_v, need_u)
+    else:
+        gtv, gv, gu = _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_terms, grouping,
+                                      need_tv, need_v, need_u)
+    gx, gt = tv.new_empty(0), tv.new_empty(0)
+    if need_x:   # x reaches new directly and u through its tail rows
+        rows = gu if grad_new is None else gu + grad_new.to(gu.dtype)
+        gx = torch.ops.rsg_fast.displacement_backward(rows, x, tail_index, row, table, True, False, backend)[0]
+    if need_table:
+        gt = table_grad(gu, row[tail_index], table)
+    return gtv, gv, gx, gt
+
+
+def _setup_context(ctx, inputs, output):
+    tv, v, x, tail_index, row, table, grouping, backend = inputs
+    ctx.grouping, ctx.backend = grouping, backend
+    ctx.set_materialize_grads(False)           # absent gradients stay None: no zero tensors launched
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(tv, v, x, tail_index, row, table, output[2])
+
+
+def _backward(ctx, grad_new, grad_terms, _grad_stats):
+    tv, v, x, tail_index, row, table, stats = ctx.saved_tensors
+    need_tv, need_v, need_x, _, _, need_table = ctx.needs_input_grad[:6]
+    if torch.is_grad_enabled():   # create_graph=True: differentiable recomputation
+        gtv, gv, gx, _, _, gt = double_backward(
+            lambda *a: _forward_torch(*a, ctx.grouping)[:2], (tv, v, x, tail_index, row, table),
+            (need_tv, need_v, need_x, False, False, need_table), (grad_new, grad_terms))
+    else:
+        if grad_terms is None:
+            grad_terms = torch.zeros(2, dtype=stats.dtype, device=stats.device)
+        gtv, gv, gx, gt = torch.ops.rsg_fast.mv_terms_backward(
+            tv, v, x, tail_index, row, table, stats, grad_new, grad_terms, ctx.grouping,
+            need_tv, need_v, need_x, need_table, ctx.backend)
+    return ((gtv if need_tv else None), (gv if need_v else None), (gx if need_x else None), None, None,
+            (gt if need_table else None), None, None)
+
+
+_mv_terms.register_autograd(_backward, setup_context=_setup_context)
+
+
+def mv_terms(tv: Tensor, v: Tensor, x: Tensor, tail_index: Tensor, row: Tensor, table: Tensor, grouping: str, *,
+             backend: str | None = "auto", check_indices: bool = True):
+    """New samples and the MV loss's two sums (Eq. 4 and Eq. 6).
+
+    tv = T(v) and v (the frequent samples' displacements): (M, C, H, W) floating, any strides;
+    x: (N, C, H, W); tail_index: (M,) integers in [0, N), the rare sample of each pair; row: (N,)
+    integers in [0, R), each sample's centre in table (R, C); grouping: "location" (Eq. 6 per
+    spatial location, the paper) or "rows" (the published code's ``view(-1, C)`` rows).
+    The rare displacement u = x[tail_index] - table[row[tail_index]] is formed inside the op.
+    Returns ``new`` (M, C, H, W), NCHW-contiguous in the dtype of ``x + tv``, and ``terms`` (2,) =
+    (norm_sum, cos_sum) in the acc dtype; differentiable w.r.t. tv, v, x and table.
+    ``check_indices=False`` skips the range checks of ``tail_index`` and ``row``.
+    """
+    for name, t in (("tv", tv), ("v", v), ("x", x)):
+        check_tensor(name, t, 4)
+    check_tensor("table", table, 2)
+    if v.shape != tv.shape:
+        raise ValueError(f"v must have the shape of tv {tuple(tv.shape)}, got {tuple(v.shape)}")
+    if x.shape[1:] != tv.shape[1:]:
+        raise ValueError(f"x must have shape (N, {', '.join(map(str, tv.shape[1:]))}) to match tv, "
+                         f"got {tuple(x.shape)}")
+    if table.shape[1] != tv.shape[1]:
+        raise ValueError(f"table must have shape (R, C) with C = {tv.shape[1]}, got {tuple(table.shape)}")
+    for name, t in (("v", v), ("x", x), ("table", table)):
+        check_device("tv", tv, name, t)
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+    tail_index = check_index("tail_index", tail_index, tv.shape[0], x.shape[0], "tv", tv, check_indices)
+    row = check_index("row", row, x.shape[0], table.shape[0], "tv", tv, check_indices)
+    new, terms, _ = torch.ops.rsg_fast.mv_terms(tv, v, x, tail_index, row, table, grouping,
+                                                resolve_backend(backend, tv.device))
+    return new, terms

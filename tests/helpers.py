@@ -1,0 +1,57 @@
+"""Helpers shared by the tests (tests import this module; no test imports another test file).
+
+Tolerances, per dtype, for fast-path results against a float64 reference computed on the same
+input values: ``rsg_fast.testing`` (shared with ``rsg-fast check``): fp32 rtol 1e-5 with an
+absolute floor of 1e-5 x the quantity's scale (max |expected|, at least 1); fp64 1e-10; fp16
+tensors 2e-3 and bf16 1.6e-2 (about one rounding of the dtype), their statistics (fp32
+accumulation) 1e-4.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsg_fast.testing import assert_close
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BACKENDS = ["torch", "triton"]   # "triton" runs the Triton interpreter on the CPU (conftest.py)
+GROUPINGS = ["location", "rows"]
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def close(actual, expected, rtol=1e-5, scale=None):
+    """``rsg_fast.testing.assert_close``: |actual - expected| <= rtol * (|expected| + scale), scale =
+    max |expected| (at least 1) unless given; the same rule ``rsg-fast check`` applies."""
+    assert_close(actual, expected, rtol, scale)
+
+
+def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """Same values as ``t`` (4-D) in another memory layout: contiguous, channels_last or a strided slice."""
+    if kind == "contiguous":
+        return t.contiguous()
+    if kind == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced":  # a view with gaps in every dimension
+        big = torch.zeros(t.shape[0] * 2, t.shape[1] * 2 + 1, t.shape[2] * 3, t.shape[3] * 2,
+                          dtype=t.dtype, device=t.device)
+        view = big[::2, 1::2, ::3, ::2]
+        view.copy_(t)
+        return view
+    raise ValueError(kind)
+
+
+LAYOUTS = ["contiguous", "channels_last", "sliced"]
+
+
+def leaf(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy that requires grad."""
+    return t.detach().clone().requires_grad_(True)
+
+
+def grads(outputs, inputs, weights):
+    """d(sum_i <outputs[i], weights[i]>)/d(inputs), None for inputs that get no gradient."""
+    total = sum((o.double() * w.double()).sum() for o, w in zip(outputs, weights) if o.numel())
+    if not isinstance(total, torch.Tensor):
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(total, inputs, allow_unused=True))

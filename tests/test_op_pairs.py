@@ -1,0 +1,81 @@
+"""ops.batch_plan / ops.pair_indices (Algorithm 1's bookkeeping) on both backends against the
+published segment loop (as ReferenceRSG writes it) on random batches."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from helpers import BACKENDS, DEVICE
+from rsg_fast import ops
+from rsg_fast.parameters import segment_plan
+
+
+def _published_pairs(is_head, beta):
+    heads, tails = torch.nonzero(is_head).flatten(), torch.nonzero(~is_head).flatten()
+    nh, nt = len(heads), len(tails)
+    if nh == 0 or nt == 0:
+        return 0, heads[:0], tails[:0]
+    segment, _ = segment_plan(nh, nt, beta)
+    h_parts, t_parts = [], []
+    for j in range(segment):
+        if nh >= nt:
+            h_parts.append(heads[j * nt:(j + 1) * nt])
+            t_parts.append(tails)
+        else:
+            h_parts.append(heads)
+            t_parts.append(tails[j * nh:(j + 1) * nh])
+    return sum(len(p) for p in h_parts), torch.cat(h_parts), torch.cat(t_parts)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_batches_match_the_published_segments(backend):
+    rng = random.Random(0)
+    for _ in range(60):
+        N, L = rng.randint(0, 40), rng.randint(1, 7)
+        labels = torch.randint(0, L, (N,), device=DEVICE)
+        table = torch.zeros(L, dtype=torch.bool, device=DEVICE)
+        table[rng.sample(range(L), rng.randint(0, L))] = True
+        beta = rng.choice([1.0, 0.7, 0.5, 0.3, 0.1, 0.01])
+        is_head, counts = ops.batch_plan(labels, table, beta, backend=backend)
+        expect_head = table[labels]
+        n_new, heads, tails = _published_pairs(expect_head, beta)
+        n_head, got_new, low, high = counts.tolist()
+        assert torch.equal(is_head, expect_head) and n_head == int(expect_head.sum()) and got_new == n_new
+        if N:
+            assert (low, high) == (int(labels.min()), int(labels.max()))
+        head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend=backend)
+        assert torch.equal(head_index, heads) and torch.equal(tail_index, tails)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segment_arithmetic_rounds_as_python_floats(backend):
+    """beta = 0.01 (step imbalance): 300 heads and 1 tail give int(300 * 0.01 / 1) = 3 segments in
+    Python's float64; a beta rounded to fp32 (0.0099999998) would give int(2.99999993) = 2."""
+    for n_head, n_tail in ((200, 2), (300, 1), (700, 1)):
+        labels = torch.tensor([0] * n_head + [1] * n_tail, device=DEVICE)
+        table = torch.tensor([True, False], device=DEVICE)
+        counts = ops.batch_plan(labels, table, 0.01, backend=backend)[1].tolist()
+        segment, pairs = segment_plan(n_head, n_tail, 0.01)
+        assert counts[1] == segment * pairs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labels_outside_the_table_are_reported_not_read(backend):
+    labels = torch.tensor([0, 5, -2], device=DEVICE)
+    is_head, counts = ops.batch_plan(labels, torch.tensor([True, False], device=DEVICE), 1.0, backend=backend)
+    assert counts.tolist()[2:] == [-2, 5]
+
+
+def test_arguments_are_checked():
+    labels = torch.tensor([0, 1, 1])
+    table = torch.tensor([True, False])
+    for beta in (0, 3, -1.0, True):
+        with pytest.raises(ValueError, match="beta"):
+            ops.batch_plan(labels, table, beta)
+    with pytest.raises(TypeError, match="head_table"):
+        ops.batch_plan(labels, table.long(), 0.5)
+    is_head, counts = ops.batch_plan(labels, table, 1.0)
+    with pytest.raises(ValueError, match="n_new"):
+        ops.pair_indices(is_head, counts, 4)
