@@ -1,12 +1,13 @@
 """pytest-benchmark set-up shared by the files in benchmarks/ (run: ``pytest benchmarks/ --benchmark-only``).
 
-The settings, inputs and timed functions come from ``rsg_fast._bench_cases``, the same ones
-``rsg-fast bench`` times. Environment variables:
+The settings, inputs and timed functions come from the public ``rsg_fast.bench.cases`` and
+``rsg_fast.bench.op_cases``, the same ones ``rsg-fast bench`` times. Environment variables:
 
 - RSG_BENCH_SHAPES: the setting (default cifar10; also cifar100, imagenet-lt, inat2018, tiny)
 - RSG_BENCH_DEVICE: auto (default: CUDA when present), cpu or cuda
+- RSG_BENCH_DTYPE: the op benchmarks' tensor dtype, fp32 (default), bf16 or fp16
 - RSG_BENCH_ROUNDS: timed rounds per benchmark (default 10 on CPU, 50 on CUDA)
-- RSG_BENCH_COMPILE: 1 to time torch.compile(ReferenceRSG) on CPU too (always on for CUDA)
+- RSG_BENCH_COMPILE: 1 to time the torch.compile variants on CPU too (always on for CUDA)
 - RSG_BENCH_CUDA_GRAPHS: 1 to replay the op benchmarks from CUDA graphs (one per input rotation),
   which removes launch overhead where it dominates; a capture that fails falls back to eager calls.
 
@@ -20,7 +21,8 @@ import os
 import pytest
 import torch
 
-from rsg_fast import _bench_cases as bc
+from rsg_fast.bench import cases as bc
+from rsg_fast.bench import op_cases
 
 
 def _setting() -> bc.Setting:
@@ -51,11 +53,21 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def pool(setting, device) -> bc.InputPool:
+    """fp32 inputs: the module and step benchmarks."""
     return bc.InputPool(setting, device)
 
 
 @pytest.fixture(scope="session")
-def compile_reference(device) -> bool:
+def op_pool(setting, device) -> bc.InputPool:
+    """Inputs in RSG_BENCH_DTYPE: the op benchmarks."""
+    name = os.environ.get("RSG_BENCH_DTYPE", "fp32")
+    if name not in op_cases.DTYPES:
+        raise pytest.UsageError(f"RSG_BENCH_DTYPE={name!r}: choose one of {', '.join(op_cases.DTYPES)}")
+    return bc.InputPool(setting, device, dtype=op_cases.DTYPES[name])
+
+
+@pytest.fixture(scope="session")
+def with_compile(device) -> bool:
     return device.type == "cuda" or os.environ.get("RSG_BENCH_COMPILE", "") == "1"
 
 
@@ -95,10 +107,11 @@ def _graphed(fn, rotations: int, device):
 def run_case(benchmark, setting, device, pool):
     """Time ``case.fn`` with pytest-benchmark (warm-up rounds first) and record the context."""
 
-    def run(case: bc.Case, *, group: str, graphs: bool = False):
+    def run(case: bc.Case, *, group: str, graphs: bool = False, inputs: bc.InputPool | None = None):
+        inputs = inputs or pool
         fn, note = case.fn, None
         if graphs and device.type == "cuda" and os.environ.get("RSG_BENCH_CUDA_GRAPHS", "") == "1":
-            fn, note = _graphed(case.fn, pool.rotations, device)
+            fn, note = _graphed(case.fn, inputs.rotations, device)
         if device.type == "cuda":
             inner = fn
 
@@ -108,7 +121,7 @@ def run_case(benchmark, setting, device, pool):
         benchmark.group = group
         benchmark.extra_info.update(
             setting=setting.name, device=str(device), threads=torch.get_num_threads(), variant=case.variant,
-            phase=case.phase, bytes_moved=case.bytes_moved, rotations=pool.rotations,
+            phase=case.phase, dtype=case.dtype, bytes_moved=case.bytes_moved, rotations=inputs.rotations,
             cuda_graphs=(note is None and fn is not case.fn and device.type == "cuda"
                          and os.environ.get("RSG_BENCH_CUDA_GRAPHS", "") == "1"),
             **({"cuda_graphs_fallback": note} if note else {}))
@@ -119,15 +132,15 @@ def run_case(benchmark, setting, device, pool):
 
 
 @pytest.fixture
-def require(device, compile_reference, setting):
+def require(device, with_compile, setting):
     """``require(variant)`` / ``require(impl="triton")``: skip, with the reason, what cannot run here."""
 
     def check(variant=None, *, impl=None):
-        if impl == "triton":
-            variant = "rsg-triton"
-        if variant is None:
-            return
-        why = bc.variant_unavailable(variant, device, compile_reference=compile_reference, setting=setting)
+        why = None
+        if impl is not None:
+            why = op_cases.op_unavailable(impl, device)
+        if variant is not None:
+            why = bc.variant_unavailable(variant, device, with_compile=with_compile, setting=setting)
         if why:
             pytest.skip(why)
     return check

@@ -3,7 +3,8 @@
     python benchmarks/summarise.py benchmarks/results/*.json
 
 One row per (setting, variant, phase) measured, each naming its device, date and command, so every
-number in the README comes straight from a file written by `rsg-fast bench`.
+number in the README comes straight from a file written by `rsg-fast bench`. Files with fused-op rows
+(`rsg-fast bench --groups op`) get an op table, and files that report targets a targets list.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def rows(paths):
         dev = doc["device"]
         where = f"{dev['type']} {dev['name']}, {dev['threads']} threads"
         for r in doc["rows"]:
-            if r.get("median_ms") is None:
+            if r.get("median_ms") is None or r.get("group") == "op":
                 continue
             yield (f"| {r['setting']} | {r['variant']} | {r['phase']} | {r['median_ms']:.1f} "
                    f"({r['p25_ms']:.1f}..{r['p75_ms']:.1f}) | {_f(r.get('speedup_vs_reference'), '.1f', 'x')} | "
@@ -43,6 +44,33 @@ def commands(paths):
                f"load average {load.get('start')} -> {load.get('end')}, wall {doc.get('wall_s')} s")
 
 
+def op_rows(path):
+    """The fused-op table of one result file (rows of ``--groups op``)."""
+    doc = json.loads(Path(path).read_text())
+    ops = [r for r in doc["rows"] if r.get("group") == "op" and r.get("median_ms") is not None]
+    if not ops:
+        return
+    yield f"`{Path(path).name}` ({doc['device']['type']} {doc['device']['name']}, copy bandwidth " \
+          f"{doc['copy_bandwidth_gbps']:.0f} GB/s, {doc['date']}):"
+    yield ""
+    yield "| setting | op:impl | dtype | mode | median us (p25..p75) | vs reference | vs torch | GB/s | % copy |"
+    yield "|---|---|---|---|---|---|---|---|---|"
+    for r in ops:
+        yield (f"| {r['setting']} | {r['variant']} | {r['dtype']} | {r['mode']} | {r['median_ms'] * 1e3:.1f} "
+               f"({r['p25_ms'] * 1e3:.1f}..{r['p75_ms'] * 1e3:.1f}) | {_f(r.get('speedup_vs_reference'), '.1f', 'x')} | "
+               f"{_f(r.get('speedup_vs_torch'), '.2f', 'x')} | {_f(r.get('gbps'), '.1f')} | {_f(r.get('pct_copy_bw'), '.1f')} |")
+
+
+def target_lines(path):
+    """The targets a result file reports (files written before targets had a status have none)."""
+    doc = json.loads(Path(path).read_text())
+    for t in doc.get("targets", []):
+        if t.get("status") in ("met", "missed"):
+            where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
+            note = f" ({t['note']})" if t.get("note") else ""
+            yield f"- `{Path(path).name}`: {t['target']} {t['status']}: {where}, {t['measured']:.2f}{t['unit']}{note}"
+
+
 def pytest_benchmark_rows(path):
     """The op table from a ``--benchmark-json`` file of ``pytest benchmarks/``."""
     doc = json.loads(Path(path).read_text())
@@ -57,11 +85,19 @@ def pytest_benchmark_rows(path):
 
 if __name__ == "__main__":
     files = sys.argv[1:] or sorted(str(p) for p in (Path(__file__).parent / "results").glob("*.json"))
-    bench_files = [f for f in files if "machine_info" not in json.loads(Path(f).read_text())]
-    pytest_files = [f for f in files if f not in bench_files]
+    docs = {f: json.loads(Path(f).read_text()) for f in files}
+    bench_files = [f for f in files if docs[f].get("schema") == "rsg-fast-bench/1"]
+    pytest_files = [f for f in files if "machine_info" in docs[f]]
     print("\n".join(rows(bench_files)))
     print()
     print("\n".join(commands(bench_files)))
+    for f in bench_files:
+        table = list(op_rows(f))
+        if table:
+            print("\n" + "\n".join(table))
+    targets = [line for f in bench_files for line in target_lines(f)]
+    if targets:
+        print("\n" + "\n".join(targets))
     for f in pytest_files:
         print(f"\n`{Path(f).name}`:\n")
         print("\n".join(pytest_benchmark_rows(f)))

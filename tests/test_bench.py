@@ -1,7 +1,8 @@
-"""`rsg-fast bench` end to end on the hidden tiny setting, its output files, and its argument errors.
+"""`rsg-fast bench` (rsg_fast.bench): end to end on the hidden tiny setting, its output files, its
+argument errors, the memory-probe protocol, the progress total, the targets and the chart.
 
-The timings themselves are not checked (they are what the bench reports); the files and the exit
-status are. One thread: on a loaded 2-core machine two OpenMP threads can be far slower than one.
+The timings themselves are not checked (they are what the bench reports); the files, rows, statuses
+and exit status are. One thread: on a loaded 2-core machine two OpenMP threads can be far slower.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from rsg_fast import _bench_cases as bc
-from rsg_fast import bench
+from rsg_fast.bench import cases as bc
+from rsg_fast.bench import chart, cli, memory_probe, op_cases, report, runner, targets, timers
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -31,44 +33,54 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_exits_zero_and_prints_table(tiny_run):
     _, proc = tiny_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "[tiny]" in proc.stdout
+    assert "[tiny]" in proc.stdout and "targets (reported, never asserted)" in proc.stdout
     for variant in ("reference", "rsg-torch", "resnet32", "resnet32+reference", "resnet32+rsg"):
         assert variant in proc.stdout
 
 
 def test_tiny_run_writes_valid_json(tiny_run):
-    out, proc = tiny_run
+    out, _ = tiny_run
     doc = json.loads((out / "bench-tiny-cpu.json").read_text())
-    assert doc["schema"] == bench.SCHEMA and doc["complete"] is True
+    assert doc["schema"] == report.SCHEMA and doc["complete"] is True
     for key in ("date", "commit", "device", "versions", "settings", "timing", "rows", "copy_bandwidth_gbps"):
         assert key in doc, key
     assert doc["device"]["type"] == "cpu" and doc["device"]["threads"] == 1
-    assert doc["versions"]["torch"]
-    assert doc["settings"][0]["name"] == "tiny"
+    assert doc["versions"]["torch"] and doc["settings"][0]["name"] == "tiny"
     rows = {(r["variant"], r["phase"]): r for r in doc["rows"]}
     for variant in ("reference", "rsg-torch"):
         for phase in bc.PHASES:
             row = rows[(variant, phase)]
             assert row["status"] == "ok", row
             assert row["median_ms"] > 0 and row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
+            assert row["threads"] == 1 and row["reps"] >= 2
             assert row["peak_mem_bytes"] is not None and row["peak_mem_bytes"] >= 0
     assert rows[("rsg-torch", "generation")]["speedup_vs_reference"] > 0
     assert rows[("resnet32", "-")]["status"] == "ok"
     assert "overhead_vs_no_rsg_pct" in rows[("resnet32+rsg", "generation")]
     # CUDA-only / opt-in variants are reported as skipped with the reason, not silently dropped
     assert rows[("rsg-triton", "contrastive")]["status"].startswith("skipped: needs CUDA")
-    assert rows[("reference-compiled", "generation")]["status"].startswith("skipped:")
+    for variant in bc.COMPILED_VARIANTS:
+        assert rows[(variant, "-" if variant == "resnet32-compiled" else "generation")]["status"].startswith("skipped:")
+    assert {t["status"] for t in doc["targets"]} <= {"met", "missed", "not measured"}
 
 
 def test_tiny_run_writes_csv_with_columns(tiny_run):
     out, _ = tiny_run
     with open(out / "bench-tiny-cpu.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == bench.CSV_COLUMNS
+        assert reader.fieldnames == report.CSV_COLUMNS
         rows = list(reader)
     assert {r["variant"] for r in rows} >= {"reference", "rsg-torch", "resnet32+rsg"}
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok and all(float(r["median_ms"]) > 0 and r["device"] == "cpu" and r["date"] for r in ok)
+
+
+def test_csv_keeps_its_first_columns_in_order():
+    first = ["date", "commit", "device", "device_name", "threads", "torch", "triton", "setting", "batch", "maps",
+             "centers", "dim", "classes", "head_classes", "group", "variant", "phase", "status", "median_ms",
+             "p25_ms", "p75_ms", "iqr_ms", "min_ms", "reps", "speedup_vs_reference", "overhead_vs_no_rsg_pct",
+             "peak_mem_mb", "mem_method", "bytes_moved", "gbps", "pct_copy_bw", "pairs"]
+    assert report.CSV_COLUMNS[:len(first)] == first
 
 
 def test_tiny_run_chart_or_skip_message(tiny_run):
@@ -83,24 +95,102 @@ def test_tiny_run_chart_or_skip_message(tiny_run):
 
 def test_chart_skips_cleanly_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
-    note = bench.write_chart({"settings": [], "rows": []}, tmp_path / "x.png")
+    note = chart.write_chart({"settings": [], "rows": [], "device": {"type": "cpu"}}, tmp_path / "x.png")
     assert note is not None and "matplotlib is not installed" in note
     assert not (tmp_path / "x.png").exists()
 
 
+# ----------------------------------------------------------------------------- one run in process
+
+@pytest.fixture(scope="module")
+def small_run():
+    """Module rows (one of them failing to compile), op rows and memory, with a recording progress bar."""
+    seen = {}
+
+    class Bar:
+        def __init__(self, total, enabled):
+            seen.update(total=total, done=0.0)
+
+        def advance(self, units):
+            seen["done"] += units
+
+        def say(self, text):
+            pass
+
+        def close(self):
+            seen["closed"] = True
+
+    plan = runner.Plan(device=torch.device("cpu"), settings=[bc.SETTINGS["tiny"]], groups=["module", "op"],
+                       variants=["reference", "rsg-torch", "rsg-triton", "rsg-compiled"], phases=["contrastive"],
+                       ops=["center_assign", "mv_terms"], op_impls=list(op_cases.OP_IMPLS), compile=True,
+                       compile_backend="no-such-backend", progress=False, quick=True, warmup=1, budget_s=0.5,
+                       min_rounds=2, max_rounds=2)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runner, "_Bar", Bar)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # see the module docstring
+    try:
+        result = runner.run(plan)
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    return result, seen
+
+
+def test_progress_total_is_known_up_front_and_reached(small_run):
+    result, seen = small_run
+    # runnable: reference, rsg-torch, rsg-compiled (contrastive) with memory: 3 x 3; ops: 2 ops x 2 impls x 2
+    assert seen["total"] == 3 * 3 + 2 * 2 * 2
+    assert seen["done"] == pytest.approx(seen["total"]) and seen["closed"]
+
+
+def test_a_variant_that_fails_to_compile_is_an_error_row_and_the_run_goes_on(small_run):
+    result, _ = small_run
+    rows = {(r["variant"], r["phase"]): r for r in result["rows"]}
+    assert rows[("rsg-compiled", "contrastive")]["status"].startswith("error:"), rows[("rsg-compiled", "contrastive")]
+    assert rows[("reference", "contrastive")]["status"] == "ok" and rows[("rsg-torch", "contrastive")]["median_ms"] > 0
+    assert result["complete"] is True
+
+
+def test_op_rows_relate_to_the_plain_reference(small_run):
+    result, _ = small_run
+    ops = [r for r in result["rows"] if r["group"] == "op"]
+    assert {r["variant"] for r in ops} == {f"{op}:{impl}" for op in ("center_assign", "mv_terms")
+                                           for impl in op_cases.OP_IMPLS}
+    for r in ops:
+        assert r["dtype"] == "fp32" and r["mode"] == "eager"   # no cuda-graph rows on the CPU
+        if r["variant"].endswith(":triton"):
+            assert r["status"].startswith("skipped: needs CUDA")
+        else:
+            assert r["median_ms"] > 0 and r["gbps"] > 0 and r["speedup_vs_reference"] > 0
+
+
+def test_report_lists_op_rows_and_skipped_variants(small_run):
+    text = report.format_report(small_run[0])
+    assert "fused ops, one call each" in text and "center_assign:torch" in text
+    assert "rsg-triton" in text and "(contrastive) skipped: needs CUDA" in text
+
+
+# ----------------------------------------------------------------------------- the command line
+
 @pytest.mark.parametrize("argv, message", [
-    (["--shapes", "cifar11"], "unknown shapes 'cifar11'"),
-    (["--shapes", ""], "shapes must name at least one"),
-    (["--variants", "fast"], "unknown variants 'fast'"),
+    (["--shapes", "cifar11"], "--shapes: unknown 'cifar11'"),
+    (["--shapes", ""], "--shapes must name at least one"),
+    (["--shape", "cifar10"], "unrecognized arguments: --shape"),          # no prefix matching
+    (["--variants", "fast"], "--variants: unknown 'fast'"),
     (["--maps", "32x16"], "--maps must be CxHxW"),
     (["--batch", "0"], "--batch must be a positive integer"),
     (["--batch", "1"], "--batch must be at least 2"),
     (["--budget", "-3"], "--budget must be a positive number"),
-    (["--device", "tpu"], "invalid choice"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--ops", "mv_terms"], "--ops applies to the fused ops: add --groups op"),
+    (["--groups", "op", "--variants", "reference"], "includes neither group"),
+    (["--dtypes", "fp64", "--groups", "op"], "--dtypes: unknown 'fp64'"),
+    (["--compile-backend", "tvm"], "invalid choice"),
     (["--frobnicate"], "unrecognized arguments"),
 ])
-def test_bad_arguments_exit_nonzero_with_clear_message(argv, message, capsys):
-    assert bench.main(argv) == 2
+def test_bad_arguments_exit_2_with_a_message_naming_the_flag(argv, message, capsys):
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("rsg-fast bench: error:") and message in err, err
 
@@ -108,31 +198,39 @@ def test_bad_arguments_exit_nonzero_with_clear_message(argv, message, capsys):
 def test_out_that_is_a_file_is_an_error(tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("x")
-    assert bench.main(["--out", str(target)]) == 2
+    assert cli.main(["--out", str(target)]) == 2
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_baseline_that_is_not_a_bench_result_is_an_error(tmp_path, capsys):
+    bad = tmp_path / "other.json"
+    bad.write_text('{"schema": "something-else"}')
+    assert cli.main(["--baseline", str(bad), "--out", str(tmp_path)]) == 2
+    assert "--baseline" in capsys.readouterr().err
+
+
 def test_cuda_requested_without_cuda_is_an_error(capsys):
-    import torch
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert bench.main(["--device", "cuda"]) == 2
+    assert cli.main(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_console_script_reports_bad_arguments(capsys):
     from rsg_fast.cli import main
     assert main(["bench", "--shapes", "nope"]) == 2
-    assert "unknown shapes 'nope'" in capsys.readouterr().err
+    assert "--shapes: unknown 'nope'" in capsys.readouterr().err
 
 
 def test_help_lists_public_shapes_not_tiny(capsys):
-    assert bench.main(["--help"]) == 0
+    assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
     for name in bc.PUBLIC_SHAPES:
         assert name in text
     assert "tiny" not in text
 
+
+# ----------------------------------------------------------------------------- settings and timers
 
 def test_label_counts_are_long_tailed_and_pair():
     s = bc.SETTINGS["cifar10"]
@@ -142,15 +240,53 @@ def test_label_counts_are_long_tailed_and_pair():
     nh = counts[0] + counts[1]
     assert bc.pair_count(s) == max(1, int(nh / (s.batch - nh))) * (s.batch - nh)
     for name, setting in bc.SETTINGS.items():
-        c = bc.label_counts(setting)
-        assert sum(c) == setting.batch, name
+        assert sum(bc.label_counts(setting)) == setting.batch, name
         assert bc.pair_count(setting) > 0, name
 
 
-def test_override_renames_setting():
+def test_override_renames_setting_and_json_round_trips():
     s = bc.SETTINGS["cifar100"].override(batch=64, maps=(256, 14, 14))
     assert s.name == "cifar100-n64-256x14x14" and s.batch == 64 and s.maps == (256, 14, 14)
     assert not s.has_step and s.centers == 15 and s.num_classes == 100
+    assert bc.Setting.from_json(json.loads(json.dumps(s.to_json()))) == s
+
+
+def test_interleaved_timer_reports_errors_and_counts_progress():
+    def boom():
+        raise RuntimeError("broken variant")
+
+    cases = [bc.Case("module", "fine", "-", lambda: None), bc.Case("module", "broken", "-", boom)]
+    done = []
+    measured, errors = timers.time_interleaved(cases, warmup=1, budget_s=0.01, min_rounds=3, max_rounds=3,
+                                               advance=done.append)
+    assert errors[cases[1].key] == "error: RuntimeError: broken variant"
+    stats = timers.summarise(measured[cases[0].key])
+    assert stats["reps"] >= 3 and stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"]
+    assert sum(done) == pytest.approx(2 * len(cases))
+
+
+# ----------------------------------------------------------------------------- memory probe protocol
+
+def _probe(spec) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rsg_fast.bench.memory_probe", spec], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_memory_probe_replies_one_json_line_per_case():
+    s = bc.SETTINGS["tiny"]
+    cases = [bc.Case("module", "rsg-torch", "contrastive", None), bc.Case("module", "nonsense", "generation", None)]
+    spec = memory_probe.make_spec(s, cases, seed=0, threads=1, warmup=1, compile_backend="inductor")
+    proc = _probe(json.dumps(spec))
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["variant"], r["phase"]) for r in replies] == [("rsg-torch", "contrastive"), ("nonsense", "generation")]
+    assert replies[0]["peak_bytes"] >= 0 and replies[0]["method"]
+    assert "error" in replies[1] and "peak_bytes" not in replies[1]
+
+
+def test_memory_probe_rejects_a_bad_spec():
+    proc = _probe('{"setting": {}}')
+    assert proc.returncode == 2 and "the spec lacks" in proc.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc is Linux-only")
@@ -158,8 +294,96 @@ def test_cpu_memory_probe_counts_the_gradients_a_call_allocates():
     # 4000 classes: RSG's dense gradients of `linear` and `centers` are 2 x 4000*3*32 floats (3 MB), far
     # above the tiny maps; a probe that let the previous call's gradients sit in its baseline missed them.
     s = bc.SETTINGS["tiny"].override(num_classes=4000)
-    pool = bc.InputPool(s, "cpu", rotations=1)
-    case = bc.module_case("rsg-torch", s, "contrastive", pool)
-    peak, method = bench.cpu_memory(s, [case], seed=0, compile_reference=False)[("rsg-torch", "contrastive")]
+    case = bc.Case("module", "rsg-torch", "contrastive", None)
+    peak, method = memory_probe.cpu_memory(s, [case], seed=0)[case.key]
     assert peak is not None, method
     assert peak >= 2 * 4000 * 3 * 32 * 4, (peak, method)
+
+
+# ----------------------------------------------------------------------------- targets and chart
+
+def _doc(device, rows, settings=("cifar10",)):
+    return {"device": device, "rows": rows, "settings": [bc.SETTINGS[s].describe() for s in settings]}
+
+
+def _row(variant, phase, median, **extra):
+    group = "op" if ":" in variant else bc.GROUP_OF.get(variant, "module")
+    return {"setting": extra.pop("setting", "cifar10"), "group": group, "variant": variant, "phase": phase,
+            "dtype": "fp32", "mode": "eager", "status": "ok", "median_ms": median, "p25_ms": median,
+            "p75_ms": median * 1.1, **extra}
+
+
+def test_targets_report_met_missed_and_not_measured():
+    h200 = {"type": "cuda", "name": "NVIDIA H200"}
+    rows = [_row("reference", "contrastive", 100.0), _row("reference-compiled", "contrastive", 9.0),
+            _row("rsg-compiled", "contrastive", 1.0),
+            _row("resnet32+rsg", "contrastive", 11.0, overhead_vs_no_rsg_pct=12.0),
+            _row("mv_terms:triton", "-", 1.0, setting="imagenet-lt", pct_copy_bw=85.0)]
+    found = targets.evaluate(_doc(h200, rows, ("cifar10", "imagenet-lt")))
+    status = {e["target"]: e["status"] for e in found}
+    assert status["compiled_vs_compiled_reference"] == "met"        # 9x >= 3x
+    assert status["compiled_vs_reference"] == "met"                 # 100x >= 50x
+    assert status["gpu_step_overhead"] == "missed"                  # +12 % > 10 %
+    assert status["kernel_bandwidth"] == "met"
+    assert status["rsg_speedup"] == "not measured" and status["cpu_no_slower"] == "not measured"
+    assert all("H100" in e["note"] for e in found if e["target"] == "compiled_vs_reference")
+
+
+def test_cpu_baseline_target_compares_each_row_with_its_spread():
+    cpu = {"type": "cpu", "name": "x"}
+    base = _doc(cpu, [_row("rsg-torch", "contrastive", 10.0), _row("reference", "contrastive", 100.0)])
+    now = _doc(cpu, [_row("rsg-torch", "contrastive", 10.5), _row("reference", "contrastive", 120.0)])
+    found = {e["variant"]: e for e in targets.evaluate(now, base) if e["target"] == "cpu_no_slower"}
+    assert found["rsg-torch"]["status"] == "met" and found["reference"]["status"] == "missed"
+    assert found["reference"]["measured"] == pytest.approx(1.2)
+
+
+def test_chart_notes_list_what_was_not_timed_and_why():
+    doc = _doc({"type": "cuda", "name": "gpu"}, [
+        _row("reference", "contrastive", 5.0),
+        {**_row("rsg-compiled", "contrastive", 1.0), "status": "error: InvalidBackend: nope", "median_ms": None},
+        {**_row("rsg-compiled", "generation", 1.0), "status": "error: InvalidBackend: nope", "median_ms": None}])
+    notes = chart._not_timed(doc)
+    assert notes == ["cifar10: rsg-compiled (contrastive, generation): error: InvalidBackend: nope"]
+    fast = _row("resnet32+rsg", "contrastive", 5.0, speedup_vs_reference=2.5, overhead_vs_no_rsg_pct=4.0)
+    assert chart._time_figure(fast) == "2.5x\n+4%"
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
+def test_chart_draws_a_cuda_result_with_op_rows(tmp_path):
+    rows = [_row("reference", "contrastive", 5.0), _row("rsg-triton", "contrastive", 1.0, speedup_vs_reference=5.0),
+            _row("mv_terms:torch", "-", 0.02), _row("mv_terms:triton", "-", 0.01, pct_copy_bw=70.0),
+            {**_row("mv_terms:triton", "-", 0.005, pct_copy_bw=90.0), "mode": "cuda-graph"}]
+    doc = _doc({"type": "cuda", "name": "gpu", "threads": 1}, rows) | {"date": "today"}
+    assert chart.write_chart(doc, tmp_path / "c.png") is None
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
+    """The CUDA schedule without a GPU: triton's timer and the CUDA memory probe are stood in for."""
+    order = []
+
+    def fake_time_cuda(case, **kwargs):
+        order.append(case.variant)
+        if case.variant == "rsg-torch":
+            raise RuntimeError("a kernel failed")
+        return timers._measurement(case, [1e-3, 2e-3, 3e-3])
+
+    monkeypatch.setattr(timers, "time_cuda", fake_time_cuda)
+    monkeypatch.setattr(memory_probe, "cuda_peak", lambda case, device: 1234)
+    plan = runner.Plan(device=torch.device("cpu"), settings=[bc.SETTINGS["tiny"]], groups=["module", "op"],
+                       variants=["reference-compiled", "reference", "rsg-torch"], phases=["contrastive"],
+                       ops=["displacement"], op_impls=["torch"], compile=True, compile_backend="eager")
+    setting = plan.settings[0]
+    planned = runner.plan_rows(plan, setting)
+    rows = {p.key: p.row() for p in planned}
+    partials = []
+    one = runner._SettingRun(plan, setting, planned, rows, runner._Bar(10, False), lambda: partials.append(1))
+    one.run_cuda()
+    one.close()
+    assert order == ["displacement:torch", "reference", "rsg-torch", "reference-compiled"]
+    assert len(partials) == len(order)                         # the file is rewritten after every case
+    got = {k[0]: r for k, r in rows.items()}
+    assert got["reference"]["median_ms"] == pytest.approx(2.0) and got["reference"]["peak_mem_bytes"] == 1234
+    assert got["rsg-torch"]["status"] == "error: RuntimeError: a kernel failed"
+    assert "peak_mem_bytes" not in got["displacement:torch"]   # ops: no memory rows

@@ -1,0 +1,127 @@
+"""The project's performance targets, reported against what a run measured: never asserted.
+
+``evaluate(result, baseline=None)`` returns one entry per measured instance of each target
+(setting, variant, phase, ...) with ``status`` "met" or "missed", and one "not measured" entry for
+each target this run could not measure (with the reason). A target defined on an H100 but
+measured on another GPU says so in its ``note``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    goal: str           # the target in words, with where it is defined
+    unit: str           # "x" (ratio) or "%"
+    threshold: float
+    at_least: bool      # met when measured >= threshold (else when measured <= threshold)
+    needs: str          # what a run must include to measure it (the "not measured" reason)
+
+
+TARGETS = {t.name: t for t in (
+    Target("rsg_speedup", "RSG forward+backward >= 10x faster than ReferenceRSG, both phases (2-core CPU, cifar10)",
+           "x", 10.0, True, "a CPU run of cifar10 with the reference and rsg-torch rows"),
+    Target("step_overhead", "ResNet-32 step with RSG <= 15 % slower than without (2-core CPU, cifar10)",
+           "%", 15.0, False, "a CPU run of cifar10 with the resnet32 and resnet32+rsg rows"),
+    Target("memory_ratio", ">= 4x less peak memory than ReferenceRSG (CPU, 256x14x14 maps, N=64, K=15, 100 classes)",
+           "x", 4.0, True, "a CPU run of --shapes cifar100 --maps 256x14x14 --batch 64 with memory"),
+    Target("cpu_no_slower", "no CPU row slower than the baseline run's: median <= the baseline row's p75",
+           "x", 1.0, False, "a CPU run with --baseline FILE (an earlier result JSON)"),
+    Target("compiled_vs_compiled_reference",
+           "torch.compile(RSG) forward+backward >= 3x faster than torch.compile(ReferenceRSG) (H100, cifar10)",
+           "x", 3.0, True, "a CUDA run of cifar10 with --compile (rsg-compiled and reference-compiled rows)"),
+    Target("compiled_vs_reference",
+           "torch.compile(RSG) forward+backward >= 50x faster than eager ReferenceRSG (H100, cifar10)",
+           "x", 50.0, True, "a CUDA run of cifar10 with --compile (rsg-compiled and reference rows)"),
+    Target("gpu_step_overhead",
+           "ResNet-32 step with RSG <= 10 % slower than without, before the threshold (H100, cifar10)",
+           "%", 10.0, False, "a CUDA run of cifar10 with the resnet32 and resnet32+rsg rows"),
+    Target("kernel_bandwidth", "each fused Triton kernel >= 80 % of the measured copy bandwidth (CUDA, imagenet-lt)",
+           "%", 80.0, True, "a CUDA run of --groups op --shapes imagenet-lt with the triton rows"),
+)}
+H100_TARGETS = ("compiled_vs_compiled_reference", "compiled_vs_reference", "gpu_step_overhead")
+
+
+def _entry(target: Target, row: dict, measured: float | None, **extra) -> dict:
+    t = target
+    if measured is None:
+        status = "not measured"
+    else:
+        status = "met" if (measured >= t.threshold if t.at_least else measured <= t.threshold) else "missed"
+    entry = {"target": t.name, "setting": row.get("setting"), "variant": row.get("variant"),
+             "phase": row.get("phase"), "measured": measured, "unit": t.unit, "status": status, "goal": t.goal}
+    if row.get("group") == "op":
+        entry.update(dtype=row.get("dtype"), mode=row.get("mode"))
+    return entry | extra
+
+
+def _ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
+    """The target entries for ``result`` (a bench result document); see the module docstring."""
+    device, rows = result["device"], [r for r in result["rows"] if r.get("median_ms") is not None]
+    cpu, cuda = device["type"] == "cpu", device["type"] == "cuda"
+    by_key = {(r["setting"], r["variant"], r["phase"]): r for r in rows if r.get("group") != "op"}
+    settings = {s["name"]: s for s in result["settings"]}
+    out = []
+    for r in rows:
+        s, v, p = r["setting"], r["variant"], r["phase"]
+        if cpu and s == "cifar10" and v in ("rsg-torch", "rsg-triton"):
+            out.append(_entry(TARGETS["rsg_speedup"], r, r.get("speedup_vs_reference")))
+        if cpu and s == "cifar10" and v == "resnet32+rsg":
+            out.append(_entry(TARGETS["step_overhead"], r, r.get("overhead_vs_no_rsg_pct")))
+        st = settings.get(s, {})
+        if (cpu and v in ("rsg-torch", "rsg-triton") and st.get("maps") == "256x14x14" and st.get("batch") == 64
+                and st.get("centers") == 15 and st.get("num_classes") == 100):
+            ref = by_key.get((s, "reference", p), {}).get("peak_mem_bytes")
+            if ref and r.get("peak_mem_bytes"):
+                out.append(_entry(TARGETS["memory_ratio"], r, ref / r["peak_mem_bytes"]))
+        if cuda and s == "cifar10" and v == "rsg-compiled":
+            ref_c = by_key.get((s, "reference-compiled", p), {}).get("median_ms")
+            ref = by_key.get((s, "reference", p), {}).get("median_ms")
+            if ref_c is not None:
+                out.append(_entry(TARGETS["compiled_vs_compiled_reference"], r, _ratio(ref_c, r["median_ms"])))
+            if ref is not None:
+                out.append(_entry(TARGETS["compiled_vs_reference"], r, _ratio(ref, r["median_ms"])))
+        if cuda and s == "cifar10" and p == "contrastive" and v in ("resnet32+rsg", "resnet32+rsg-compiled"):
+            out.append(_entry(TARGETS["gpu_step_overhead"], r, r.get("overhead_vs_no_rsg_pct")))
+        if cuda and s == "imagenet-lt" and r.get("group") == "op" and v.endswith(":triton"):
+            out.append(_entry(TARGETS["kernel_bandwidth"], r, r.get("pct_copy_bw")))
+    if cpu and baseline is not None:
+        out.extend(_against_baseline(rows, baseline))
+    gpu_name = device.get("name", "")
+    for e in out:
+        if e["target"] in H100_TARGETS and "H100" not in gpu_name:
+            e["note"] = f"defined on an H100; measured on {gpu_name}"
+    measured = {e["target"] for e in out}
+    for t in TARGETS.values():
+        if t.name not in measured:
+            out.append({"target": t.name, "measured": None, "unit": t.unit, "status": "not measured",
+                        "goal": t.goal, "note": f"needs {t.needs}"})
+    return out
+
+
+def _row_key(r: dict) -> tuple:
+    return (r["setting"], r["variant"], r["phase"], r.get("dtype", "fp32"), r.get("mode", "eager"))
+
+
+def _against_baseline(rows: list[dict], baseline: dict) -> list[dict]:
+    if baseline.get("device", {}).get("type") != "cpu":
+        return []
+    old = {_row_key(r): r for r in baseline.get("rows", []) if r.get("median_ms") is not None}
+    out = []
+    for r in rows:
+        b = old.get(_row_key(r))
+        if b is None:
+            continue
+        # met when this median lies within the baseline's own spread or below it
+        within = r["median_ms"] <= b["p75_ms"]
+        e = _entry(TARGETS["cpu_no_slower"], r, r["median_ms"] / b["median_ms"],
+                   baseline_median_ms=b["median_ms"], baseline_p75_ms=b["p75_ms"])
+        e["status"] = "met" if within else "missed"
+        out.append(e)
+    return out
