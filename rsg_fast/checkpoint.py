@@ -1,5 +1,10 @@
 """Checkpoints that are written atomically and load with ``torch.load(weights_only=True)``: tensors,
-plain dicts / lists / numbers / strings only (RNG states converted to tensors and lists)."""
+plain dicts / lists / numbers / strings only (RNG states converted to tensors and lists).
+
+Every write goes to a temporary file ``.tmp-*<name>`` in the same folder, then is renamed over the
+target: a reader sees the old file or the new one, never half of one. A write that fails (a full disk,
+a read-only folder) removes its temporary file and raises ``WriteError`` with the old file intact; a
+process killed mid-write leaves its temporary file behind, which ``remove_temp_files`` clears."""
 from __future__ import annotations
 
 import os
@@ -12,24 +17,43 @@ import torch
 
 LAST = "checkpoint_last.pt"     # full training state: resume from it
 BEST = "checkpoint_best.pt"     # inference checkpoint of the best epoch: no RSG keys, loads into the plain model
+TMP_PREFIX = ".tmp-"            # temporary files of atomic writes: TMP_PREFIX + random + target name
+
+
+class WriteError(OSError):
+    """A file could not be written (its previous version, if any, is intact); the message names it."""
 
 
 def _atomic(path: str, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=folder)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            kept = "the previous version is intact" if os.path.exists(path) else "nothing was written"
+            raise WriteError(err.errno, f"cannot write {path}: {err.strerror or err} ({kept})") from err
         raise
+
+
+def remove_temp_files(folder: str) -> list[str]:
+    """Delete the temporary files that killed writes left in ``folder``; return their names."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.startswith(TMP_PREFIX))
+    for name in names:
+        os.unlink(os.path.join(folder, name))
+    return names
 
 
 def _umask() -> int:

@@ -15,13 +15,15 @@ functions catch it with ``usage_error_exit``).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
     "Parser", "UsageError", "parse_args", "usage_error_exit", "positive_int", "nonneg_int", "positive_float",
-    "nonneg_float", "fraction", "name_list", "device_name", "resolve_device",
+    "nonneg_float", "fraction", "in_range", "name_list", "device_name", "resolve_device",
 ]
 
 
@@ -36,17 +38,30 @@ class UsageError(Exception):
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` where a default exists and the help text does not state one."""
 
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.help is argparse.SUPPRESS or "default" in text.lower():
-            return text
-        if action.default in (None, argparse.SUPPRESS, False) or isinstance(action, argparse._HelpAction):
-            return text
+    def _default_note(self, action) -> str:
+        """``(default: X)``, or ``""`` where none is shown (no value, a switch, --help, stated in the help)."""
+        if action.help is argparse.SUPPRESS or "default" in (action.help or "").lower():
+            return ""
+        # `is`, not `in`: a default of 0 equals False but is a real default (e.g. --seed 0)
+        if action.default is None or action.default is argparse.SUPPRESS or action.default is False \
+                or isinstance(action, argparse._HelpAction):
+            return ""
         if action.option_strings and action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction):
             default = action.default
-            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-            return f"{text} (default: {shown})" if text else f"(default: {shown})"
-        return text
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            return f"(default: {shown.replace('%', '%%')})"   # help text is %-formatted by argparse
+        return ""
+
+    def _get_help_string(self, action):
+        text, note = action.help or "", self._default_note(action)
+        return f"{text} {note}" if text and note else text or note
+
+    def _format_action(self, action):
+        # argparse leaves the help column empty for an action without help text: give it the default alone
+        if not action.help and self._default_note(action):
+            action = copy.copy(action)
+            action.help = self._default_note(action)
+        return super()._format_action(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,6 +73,10 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # argparse would print the usage block and sys.exit(2)
+        # "argument --epochs: --epochs must be ..." -> "--epochs must be ...": the value parsers name the flag
+        match = re.fullmatch(r"argument ([^:]+): (.*)", message, flags=re.S)
+        if match and any(match.group(2).startswith(flag) for flag in match.group(1).split("/")):
+            message = match.group(2)
         raise UsageError(self.prog, message)
 
 
@@ -106,6 +125,13 @@ def nonneg_float(flag: str):
 
 def fraction(flag: str):
     return _number(flag, float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def in_range(flag: str, low: float, high: float, *, integer: bool = False, high_open: bool = False):
+    """A number with ``low <= value <= high`` (``< high`` when ``high_open``); whole numbers when ``integer``."""
+    what = f"{'an integer' if integer else 'a number'} in [{low}, {high}{')' if high_open else ']'}"
+    return _number(flag, int if integer else float, what,
+                   lambda v: low <= v < high if high_open else low <= v <= high)
 
 
 def name_list(flag: str, choices: Sequence[str], hidden: Sequence[str] = ()):

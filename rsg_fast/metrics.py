@@ -6,7 +6,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,7 +40,8 @@ def shot_sizes(train_counts: Sequence[int]) -> dict[str, int]:
             "few": sum(n < FEW_SHOT for n in train_counts)}
 
 
-def _fmt(v) -> str:
+def format_acc(v: float | None) -> str:
+    """An accuracy for a log line: two decimals, or n/a for an empty group."""
     return "n/a" if v is None else f"{v:.2f}"
 
 
@@ -48,14 +50,16 @@ class MetricsLog:
     epoch (so a crash never leaves half a line, and a resumed run drops the epochs it re-runs).
 
     The CSV holds one column per class when there are at most ``max_csv_classes`` classes; the JSONL
-    always holds the full per-class list. TensorBoard scalars are written when tensorboard is installed.
+    always holds the full per-class list. TensorBoard scalars are written when tensorboard is installed
+    and starts; otherwise ``notify`` (default: print to stderr) is told so, once.
     """
 
     SCALARS = ("epoch", "lr", "loss", "loss_cls", "loss_cesc", "loss_mv", "train_acc", "test_acc", "many_acc",
                "medium_acc", "few_acc", "n_generated", "rsg_phase", "epoch_time_s")
 
     def __init__(self, out_dir: str, num_classes: int, resume_from_epoch: int | None = None,
-                 max_csv_classes: int = 100, tensorboard: bool = True):
+                 max_csv_classes: int = 100, tensorboard: bool = True,
+                 notify: Callable[[str], None] | None = None):
         self.out_dir = out_dir
         self.jsonl = os.path.join(out_dir, "metrics.jsonl")
         self.csv = os.path.join(out_dir, "metrics.csv")
@@ -65,13 +69,14 @@ class MetricsLog:
         if resume_from_epoch is not None and os.path.exists(self.jsonl):
             with open(self.jsonl, encoding="utf-8") as f:
                 self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["epoch"] < resume_from_epoch]
+        self.notify = notify or (lambda line: print(line, file=sys.stderr, flush=True))
         self.tb = None
         if tensorboard:
             try:  # optional: only when tensorboard is installed
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_from_epoch)
-            except ImportError:
-                self.tb = None
+            except Exception as err:  # not installed (ImportError), or it fails to start (e.g. absl missing)
+                self._tensorboard_off(err)
 
     def append(self, record: dict) -> None:
         # A diverged loss (NaN / inf) is written as null / blank: the files stay valid JSON and CSV.
@@ -87,11 +92,19 @@ class MetricsLog:
             w.writerow(["" if v is None else v for v in row])
         atomic_write_text(self.csv, buf.getvalue())
         if self.tb is not None:
-            for k in self.SCALARS[1:]:
-                v = record.get(k)
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, record["epoch"])
-            self.tb.flush()
+            try:
+                for k in self.SCALARS[1:]:
+                    v = record.get(k)
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                        self.tb.add_scalar(k, v, record["epoch"])
+                self.tb.flush()
+            except Exception as err:  # e.g. its folder became unwritable: the run goes on without it
+                self.tb = None
+                self._tensorboard_off(err)
+
+    def _tensorboard_off(self, err: Exception) -> None:
+        self.notify(f"note: no TensorBoard scalars are written ({type(err).__name__}: {err}); metrics.jsonl "
+                    f"and metrics.csv hold every value (`pip install tensorboard` adds the scalars)")
 
     def close(self) -> None:
         if self.tb is not None:
@@ -101,9 +114,9 @@ class MetricsLog:
     def summary_line(r: dict, epochs: int) -> str:
         return (f"epoch {r['epoch'] + 1}/{epochs} lr {r['lr']:.5f} | loss {r['loss']:.4f} (cls {r['loss_cls']:.4f} "
                 f"cesc {r['loss_cesc']:.4g} mv {r['loss_mv']:.4g}) train {r['train_acc']:.2f}% "
-                f"+{r['n_generated']} generated | test top-1 {r['test_acc']:.2f}% many {_fmt(r['many_acc'])} "
-                f"medium {_fmt(r['medium_acc'])} few {_fmt(r['few_acc'])} | {r['epoch_time_s']:.1f}s")
+                f"+{r['n_generated']} generated | test top-1 {r['test_acc']:.2f}% many {format_acc(r['many_acc'])} "
+                f"medium {format_acc(r['medium_acc'])} few {format_acc(r['few_acc'])} | {r['epoch_time_s']:.1f}s")
 
     @staticmethod
     def per_class_line(r: dict) -> str:
-        return "  per-class acc: " + " ".join(_fmt(a) for a in r["per_class_acc"])
+        return "  per-class acc: " + " ".join(format_acc(a) for a in r["per_class_acc"])

@@ -28,3 +28,33 @@ def test_subcommand_help_is_routed(command, capsys):
         code = exc.code
     assert code == 0
     assert f"rsg-fast {command}" in capsys.readouterr().out
+
+
+def test_usage_errors_are_short_and_point_at_help(capsys):
+    assert cli.main(["benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rsg-fast: error: unknown command 'benchmark'; choose from bench, train, evaluate")
+    assert "rsg-fast --help" in err and "usage:" not in err
+    assert cli.main(["ben"]) == 2                      # no prefix matching
+    assert "unknown command 'ben'" in capsys.readouterr().err
+
+
+def test_every_command_loads_and_version(capsys):
+    for name in cli.COMMANDS:
+        assert callable(cli.load_command(name))
+    from rsg_fast import __version__
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rsg-fast {__version__}"
+
+
+def _fake_check(argv):
+    print("check ran with", argv)
+    return 3
+
+
+def test_a_command_is_one_table_entry(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "check", (f"{__name__}:_fake_check", "check the kernels"))
+    assert cli.main(["check", "--quick"]) == 3
+    assert capsys.readouterr().out == "check ran with ['--quick']\n"
+    assert cli.main(["--help"]) == 0
+    assert "check the kernels" in capsys.readouterr().out

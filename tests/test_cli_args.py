@@ -1,5 +1,6 @@
 """The argument parsing every command shares (rsg_fast.cli_args)."""
 import argparse
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ def _parser():
     p.add_argument("--epochs", type=cli_args.positive_int("--epochs"), default=200, help="how many")
     p.add_argument("--lr", type=cli_args.positive_float("--lr"), default=None, help="rate (default: from the recipe)")
     p.add_argument("--flag", action="store_true", help="a switch")
+    p.add_argument("--batch", type=cli_args.positive_int("--batch"), default=128)
     return p
 
 
@@ -26,6 +28,7 @@ def test_help_shows_real_defaults_once():
     assert "which (default: a)" in text
     assert "(default: None)" not in text and "from the recipe) (default" not in text
     assert "a switch (default" not in text
+    assert re.search(r"--batch BATCH +\(default: 128\)", text)      # a flag without help text shows its default too
 
 
 def test_value_errors_name_the_flag_and_exit_2(capsys):
@@ -56,3 +59,14 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cuda but no CUDA device"):
             cli_args.resolve_device("cuda")
+
+
+def test_zero_default_is_shown_and_flag_named_once(capsys):
+    p = cli_args.Parser(prog="rsg-fast demo")
+    p.add_argument("--seed", type=cli_args.in_range("--seed", 0, 2**32 - 1, integer=True), default=0, help="seed")
+    assert "seed (default: 0)" in p.format_help()          # 0 == False, but it is a real default
+    with pytest.raises(cli_args.UsageError) as info:
+        cli_args.parse_args(p, ["--seed", "-1"])
+    assert str(info.value) == "--seed must be an integer in [0, 4294967295], got '-1'"   # no "argument --seed:"
+    with pytest.raises(argparse.ArgumentTypeError, match=r"in \[0, 1\), got '1'"):
+        cli_args.in_range("--x", 0, 1, high_open=True)("1")

@@ -1,8 +1,11 @@
 """`rsg-fast train` / `evaluate` end to end on tiny synthetic-lt runs (CPU): learning, metrics files,
 exact resume, RSG-free inference checkpoints, clear errors."""
 import csv
+import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -130,9 +133,9 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     for bad, name in ((["--epochs", "0"], "--epochs"), (["--imb-factor", "100"], "--imb-factor"),
                       (["--arch", "vgg16"], "--arch"), (["--no-such-flag"], "--no-such-flag"),
                       (["--loss-type", "hinge"], "--loss-type")):
-        with pytest.raises(SystemExit) as e:
-            main(bad)
-        assert e.value.code == 2 and name in capsys.readouterr().err
+        assert main(bad) == 2       # a usage error: a short message, not the usage block
+        err = capsys.readouterr().err
+        assert name in err and "usage:" not in err and "rsg-fast train --help" in err
     assert main(["--lr-milestones", "3", "--out", str(tmp_path)]) == 2      # 1 milestone, 2 factors
     assert "--lr-factors" in capsys.readouterr().err
     assert main(["--head-ratio", "0.05", "--out", str(tmp_path)]) == 2       # 0 head classes of 10
@@ -148,14 +151,15 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
 
 def test_paper_defaults_and_fractions():
     cfg = resolve_config(build_parser().parse_args([]))
-    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"], cfg["weight_decay"]) == (200, 128, 0.1, 0.9, 2e-4)
-    assert cfg["lr_milestones"] == [160, 180] and cfg["lr_factors"] == [0.01, 0.0001] and cfg["warmup_epochs"] == 5
-    assert cfg["epoch_thresh"] == 159 and cfg["drw_epoch"] == 160
-    assert (cfg["head_ratio"], cfg["transfer_strength"], cfg["lambda_cesc"], cfg["lambda_mv"], cfg["n_center"]) \
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (200, 128, 0.1, 0.9, 2e-4)
+    assert cfg.lr_milestones == [160, 180] and cfg.lr_factors == [0.01, 0.0001] and cfg.warmup_epochs == 5
+    assert cfg.epoch_thresh == 159 and cfg.drw_epoch == 160
+    assert (cfg.head_ratio, cfg.transfer_strength, cfg.lambda_cesc, cfg.lambda_mv, cfg.n_center) \
         == (0.2, 1.0, 0.1, 0.01, 15)
+    assert cfg.mv_loss == "original"          # the published code's grouping (issue 10); --mv-loss paper: Eq. 6
     step = resolve_config(build_parser().parse_args(["--imb-type", "step", "--epochs", "20"]))
-    assert step["head_ratio"] == 0.5 and step["transfer_strength"] == 0.01
-    assert step["lr_milestones"] == [16, 18] and step["epoch_thresh"] == 15
+    assert step.head_ratio == 0.5 and step.transfer_strength == 0.01
+    assert step.lr_milestones == [16, 18] and step.epoch_thresh == 15
     assert head_classes([5, 50, 500, 7], 0.5, "general") == [1, 2]   # top-k by training count
     assert head_classes([500, 50, 5, 7], 0.5, "cifar") == [0, 1]      # the first ids, as the scripts
 
@@ -205,3 +209,180 @@ def test_metrics_log_survives_a_diverged_loss(tmp_path):
     # groups: > 100 many, 20..100 medium, < 20 few; a class without test samples is left out
     assert shot_accuracy([90.0, 60.0, None, 10.0], [101, 100, 20, 19]) == {"many": 90.0, "medium": 60.0, "few": 10.0}
     assert shot_accuracy([90.0], [5000])["few"] is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kills, full disks, unusable folders, finished runs (issue 10, 2j) and the command line (issue 10, 3)
+# ----------------------------------------------------------------------------------------------------
+# 3 epochs whose test top-1 is 10, 10, 15 %: epochs 0 and 2 are new bests (checked below, not assumed).
+SHORT = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1"]
+
+# Runs SHORT in a child process that SIGKILLs itself halfway through writing checkpoint_best.pt of epoch 2.
+KILL_WHILE_WRITING_BEST = """
+import os, signal, sys, torch
+from rsg_fast.train import main
+real_save = torch.save
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("format") == "rsg_fast.inference/1" and obj["epoch"] == 2:
+        f.write(b"half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _tmp_files(out):
+    return [f for f in os.listdir(out) if f.startswith(".tmp-")]
+
+
+def test_sigkill_while_writing_best_then_resume_restores_it(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING_BEST, *SHORT, "--out", out], capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == -9, f"not killed (epoch 2 no longer a new best?): {r.stdout[-2000:]}{r.stderr[-2000:]}"
+    assert _tmp_files(out)                                               # the killed write's leftover
+    last = torch.load(os.path.join(out, ckpt.LAST), weights_only=True)
+    assert last["epoch"] == 2 and last["best"]["epoch"] == 2             # written before the best one
+    assert torch.load(os.path.join(out, ckpt.BEST), weights_only=True)["epoch"] == 0
+
+    assert main(SHORT + ["--out", out, "--resume"]) == 0
+    assert _tmp_files(out) == []
+    best = torch.load(os.path.join(out, ckpt.BEST), weights_only=True)
+    assert (best["epoch"], best["acc"]) == (last["best"]["epoch"], last["best"]["acc"])
+    plain = {k: v for k, v in last["model"].items() if not k.startswith("rsg.")}
+    assert best["model"].keys() == plain.keys() and all(torch.equal(best["model"][k], plain[k]) for k in plain)
+    printed = capsys.readouterr().out
+    assert "already complete" in printed and "resuming at epoch 4/3" not in printed
+
+
+def test_resuming_a_finished_run_trains_nothing_and_writes_nothing(learned_run, tmp_path, capsys):
+    out = str(tmp_path / "done")
+    shutil.copytree(learned_run[0], out)
+    before = {f: (tmp_path / "done" / f).read_bytes() for f in os.listdir(out) if os.path.isfile(os.path.join(out, f))}
+    capsys.readouterr()
+    assert main(TINY + ["--epochs", "6", "--loss-type", "CE", "--train-rule", "None", "--out", out, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "already complete (6/6 epochs" in printed and "resuming at" not in printed and "epoch 7" not in printed
+    assert main(TINY + ["--epochs", "8", "--loss-type", "CE", "--train-rule", "None", "--out", out, "--resume",
+                        "--stop-after-epoch", "5"]) == 0               # a job asked to stop before where it is
+    assert "6 of 8 epochs are done" in capsys.readouterr().out
+    assert {f: (tmp_path / "done" / f).read_bytes() for f in before} == before
+
+
+def test_full_disk_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 1:      # epoch 1's checkpoint: half written, then full
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert main(SHORT + ["--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "rsg-fast train: error: cannot write " in err and ckpt.LAST in err
+    assert "No space left on device" in err and "--resume" in err and "Traceback" not in err
+    assert torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["epoch"] == 0      # the previous ones
+    assert torch.load(os.path.join(out, ckpt.BEST), weights_only=True)["epoch"] == 0
+    assert _tmp_files(out) == []
+    monkeypatch.undo()
+    assert main(SHORT + ["--out", out, "--resume"]) == 0 and len(_records(out)) == 3
+
+
+def test_unusable_out_is_an_error_before_any_set_up(tmp_path, capsys, monkeypatch):
+    # cifar10 without its files: had the data been set up first, its error would come instead.
+    no_data = ["--dataset", "cifar10", "--data-root", str(tmp_path / "no_cifar_here"), "--epochs", "1"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for out, expected in ((a_file, "a file of that name exists"), (a_file / "run", "is a file, so no folder")):
+        assert main(no_data + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rsg-fast train: error: --out {out}: ") and expected in err and "cifar" not in err
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes into a 0555 folder anyway: make it refuse as it does for everyone else
+        import tempfile
+
+        from rsg_fast.train import run_folder
+        real_mkstemp = tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if str(dir).startswith(str(read_only)):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real_mkstemp(*args, dir=dir, **kwargs)
+        monkeypatch.setattr(run_folder.tempfile, "mkstemp", mkstemp)
+    for out in (read_only, read_only / "new_run"):
+        assert main(no_data + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {out}: cannot create files" in err and "Permission denied" in err
+    read_only.chmod(0o755)
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "read_only"] and os.listdir(read_only) == []
+
+
+def test_flag_errors_name_the_flag_before_any_work(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    assert main(TINY + ["--seed", "-1", "--out", out]) == 2
+    assert "error: --seed must be an integer in [0, 4294967295], got '-1'" in capsys.readouterr().err
+    assert main(TINY + ["--epoch", "3", "--out", out]) == 2          # no prefix matching (--epochs)
+    assert "unrecognized arguments: --epoch" in capsys.readouterr().err
+    # --rsg-backend triton without CUDA: an error, not a traceback after the configuration
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(TINY + ["--rsg-backend", "triton", "--out", out]) == 2
+    captured = capsys.readouterr()
+    assert "error: --rsg-backend triton needs a CUDA device" in captured.err and captured.out == ""
+    assert main(TINY + ["--out", out, "--resume"]) == 2
+    assert "--resume: checkpoint not found" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+def test_help_shows_real_defaults_grouped_without_rst(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and "(default: None)" not in text
+    for group in ("data:", "network:", "RSG:", "loss:", "optimiser and schedule:", "run:"):
+        assert f"\n{group}\n" in text
+    # every flag that takes a value says its default, once
+    entries = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    for entry in entries[1:]:
+        flag = entry.split()[0]
+        if flag in ("-h,", "--download", "--no-rsg", "--no-progress"):
+            continue
+        assert entry.count("default") == 1, entry
+    flat = " ".join(text.split())
+    for shown in ("--epochs EPOCHS length of the schedule (default: 200)", "--lr LR base learning rate (default: 0.1)",
+                  "(default: resnet32)", "(default: synthetic-lt)", "(default: 0)\n", "(default: original)"):
+        assert shown.rstrip("\n") in flat, shown
+    assert re.search(r"--seed SEED\s+seeds .*?\(default: 0\)", text, flags=re.S)
+
+
+def test_whole_run_progress_bar_and_one_tensorboard_note(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # as if tensorboard were not installed
+    args = [a for a in SHORT if a != "--no-progress"] + ["--epochs", "2", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    steps_per_epoch = -(-json.load(open(tmp_path / "run" / "config.json"))["train_size"] // 64)
+    assert f"{2 * steps_per_epoch}/{2 * steps_per_epoch}" in err          # one bar over both epochs
+    assert err.count("no TensorBoard scalars are written") == 1
+
+
+def test_tensorboard_that_fails_to_start_is_said_once(tmp_path, monkeypatch):
+    from rsg_fast.metrics import MetricsLog
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise ModuleNotFoundError("No module named 'absl'")
+
+    fake = type(sys)("torch.utils.tensorboard")
+    fake.SummaryWriter = Broken
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    notes = []
+    log = MetricsLog(str(tmp_path), 2, notify=notes.append)
+    log.append({k: 1.0 for k in MetricsLog.SCALARS} | {"epoch": 0, "per_class_acc": [1.0, 2.0]})
+    assert len(notes) == 1 and "absl" in notes[0] and "no TensorBoard scalars" in notes[0]

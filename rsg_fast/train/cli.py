@@ -1,0 +1,111 @@
+"""``rsg-fast train``: the order of a run, and how each kind of failure reaches the user.
+
+1. The command line is parsed and resolved into a ``TrainConfig``; every check that needs no data
+   runs here (flags, device, RSG backend, whether ``--out`` can be written, the resume checkpoint
+   exists). A failure is ``rsg-fast train: error: ...`` with exit status 2, and nothing is written.
+2. Set-up (data, model, resume) can still fail on the input: the same error, status 2, nothing written.
+3. A resumed run that is already complete says so and exits 0 without training.
+4. Training; a run folder that stops accepting writes (a full disk) ends it with status 1 and a
+   message, the files written before intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from rsg_fast import checkpoint as ckpt
+from rsg_fast.backend import resolve_backend, triton_available, triton_interpret
+from rsg_fast.cli_args import UsageError, parse_args, usage_error_exit
+from rsg_fast.train.arguments import PROG, build_parser
+from rsg_fast.train.config import TrainConfig, resolve_config
+from rsg_fast.train.distributed import Process
+from rsg_fast.train.loop import train
+from rsg_fast.train.run_folder import RunFolder, check_writable
+from rsg_fast.train.setup import TrainSetup, build_setup, resume_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    proc = Process.from_env()
+    try:
+        args = parse_args(build_parser(), argv)
+        config = resolve_config(args, proc.world)
+        check_rsg_backend(config)
+        resume = resume_path(config.out, args.resume)
+        if proc.is_main:
+            check_writable(config.out)
+        if resume is not None and not os.path.isfile(resume):
+            raise ValueError(f"--resume: checkpoint not found: {os.path.abspath(resume)!r}")
+    except UsageError as err:
+        return usage_error_exit(err)
+    except ValueError as err:
+        return usage_error_exit(UsageError(PROG, str(err)))
+
+    if proc.world > 1:
+        dist.init_process_group("nccl" if torch.device(config.device).type == "cuda" else "gloo")
+    try:
+        try:
+            setup = build_setup(config, proc, resume)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
+        stop = min(config.epochs, args.stop_after_epoch or config.epochs)
+        try:
+            if proc.is_main and not _report_start(setup, stop):
+                return 0
+            if setup.start_epoch >= stop:  # the other processes: process 0 said why
+                return 0
+            train(setup, proc, stop=stop, progress=not args.no_progress)
+        except ckpt.WriteError as err:
+            print(f"{PROG}: error: {err.strerror}; the run stopped here. Once the run folder can be written "
+                  f"again, continue with --resume", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if proc.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_rsg_backend(config: TrainConfig) -> None:
+    """``ValueError`` naming ``--rsg-backend`` when the fused kernels it asks for cannot run here."""
+    if not config.rsg:
+        return
+    device = torch.device(config.device)
+    if config.rsg_backend == "triton":
+        if not triton_available():
+            raise ValueError("--rsg-backend triton: triton cannot be imported here; use --rsg-backend auto or torch")
+        if device.type != "cuda" and not triton_interpret():
+            where = "" if torch.cuda.is_available() else " (no CUDA device here)"
+            raise ValueError(f"--rsg-backend triton needs a CUDA device, but this run is on {device}{where}; use "
+                             "--rsg-backend auto or torch (or set TRITON_INTERPRET=1 to run the kernels in "
+                             "Triton's slow interpreter)")
+    else:  # "auto" / "torch": only the RSG_FAST_BACKEND override can be wrong, and its message names it
+        resolve_backend(config.rsg_backend, device)
+
+
+def _report_start(setup: TrainSetup, stop: int) -> bool:
+    """Prepare the run folder and print the configuration; False when there is nothing to train."""
+    cfg, folder = setup.config, RunFolder(setup.config.out)
+    for name in folder.prepare():
+        print(f"removed {os.path.join(cfg.out, name)}, left by a job that was killed while writing", flush=True)
+    if setup.resumed is not None:
+        note = folder.restore_best(setup.resumed, setup.model)
+        if note:
+            print(note, flush=True)
+        best = f"best so far {setup.best_acc:.2f}% at epoch {setup.best_epoch + 1}"
+        if setup.start_epoch >= cfg.epochs:
+            print(f"the run in {cfg.out} is already complete ({cfg.epochs}/{cfg.epochs} epochs, {best}); "
+                  "nothing to train", flush=True)
+            return False
+        if setup.start_epoch >= stop:
+            print(f"{setup.start_epoch} of {cfg.epochs} epochs are done, as many as --stop-after-epoch {stop} "
+                  f"asks ({best}); nothing to train", flush=True)
+            return False
+    folder.write_config(cfg)
+    print("configuration:\n" + json.dumps(cfg.to_dict(), indent=2), flush=True)
+    if setup.resumed is not None:
+        print(f"resuming at epoch {setup.start_epoch + 1}/{cfg.epochs} ({best})", flush=True)
+    return True

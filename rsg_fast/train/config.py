@@ -1,0 +1,157 @@
+"""``TrainConfig``: every setting of a training run, typed, resolved once from the command line.
+
+``resolve_config(args, world)`` fills in what the flags leave open (the paper's fractions of
+``--epochs``, the step-imbalance values, the device) and checks the settings that depend on each
+other, before any data is read. ``TrainConfig.with_data`` then adds what only the data can tell (class
+counts, head classes, the image side). ``to_dict()`` is what ``config.json`` and the checkpoints hold:
+the field order below is that file's key order, unchanged from the dict the earlier code wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from rsg_fast.cli_args import resolve_device
+from rsg_fast.data import LTData
+from rsg_fast.metrics import shot_sizes
+from rsg_fast.models import default_rsg_stage
+
+# Settings that define the network: a checkpoint trained with other values cannot continue in this run.
+MODEL_KEYS = ("arch", "num_classes", "use_norm", "rsg", "rsg_stage", "n_center", "contrastive_dim", "input_size")
+# ... and the settings a resumed run must not switch silently (mv_loss changes what the loss means;
+# its default changed after 0.1.0, so an older run resumed without --mv-loss would otherwise switch).
+RESUME_KEYS = MODEL_KEYS + ("mv_loss",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str
+    data_root: str | None
+    download: bool
+    imb_type: str
+    imb_factor: float
+    subset: str
+    train_list: str | None
+    test_list: str | None
+    input_size: int               # the image side the model sees (from the data once known)
+    num_classes: int | None       # the --num-classes flag until the data is known, then its class count
+    synthetic_classes: int
+    synthetic_max: int
+    synthetic_test: int
+    synthetic_size: int
+    workers: int
+    # network and RSG
+    arch: str
+    rsg_stage: int
+    n_center: int
+    contrastive_dim: int
+    head_ratio: float
+    transfer_strength: float
+    epoch_thresh: int
+    mv_loss: str
+    rsg_backend: str
+    use_norm: bool
+    # loss and optimisation
+    loss_type: str
+    train_rule: str
+    drw_epoch: int
+    cb_beta: float
+    focal_gamma: float
+    ldam_max_m: float
+    ldam_s: float
+    lambda_cesc: float
+    lambda_mv: float
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: int
+    lr_milestones: list[int]
+    lr_factors: list[float]
+    # run
+    out: str
+    seed: int
+    device: str
+    rsg: bool
+    # from the data (None until ``with_data``)
+    cls_num_list: list[int] | None = None
+    world_size: int | None = None
+    head_classes: list[int] | None = None
+    shot_sizes: dict[str, int] | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def with_data(self, data: LTData, world: int) -> TrainConfig:
+        """This configuration completed with what the data tells: class counts, head classes, sizes."""
+        return dataclasses.replace(
+            self, input_size=data.image_size, num_classes=data.num_classes, cls_num_list=list(data.cls_num_list),
+            world_size=world, head_classes=head_classes(data.cls_num_list, self.head_ratio, data.family),
+            shot_sizes=shot_sizes(data.cls_num_list), train_size=len(data.train), test_size=len(data.test))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``config.json`` and the checkpoints (``torch.load(weights_only=True)`` reads it)."""
+        return dataclasses.asdict(self)
+
+    def rsg_options(self) -> dict[str, Any] | None:
+        """Keyword arguments of the RSG module, or None for the baseline (``--no-rsg``)."""
+        if not self.rsg:
+            return None
+        return dict(n_center=self.n_center, contrastive_module_dim=self.contrastive_dim,
+                    transfer_strength=self.transfer_strength, epoch_thresh=self.epoch_thresh,
+                    mv_loss=self.mv_loss, backend=self.rsg_backend)
+
+    def synthetic_options(self) -> dict[str, int]:
+        return dict(num_classes=self.synthetic_classes, n_max=self.synthetic_max,
+                    test_per_class=self.synthetic_test, image_size=self.synthetic_size)
+
+
+def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
+    """The run's configuration from the parsed flags; ``ValueError`` naming the flags when they disagree."""
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+    epochs, step = args.epochs, args.imb_type == "step"
+    milestones = args.lr_milestones
+    if milestones is None:  # the paper's 160/200 and 180/200
+        milestones = [round(epochs * 160 / 200), round(epochs * 180 / 200)]
+    if len(milestones) != len(args.lr_factors):
+        raise ValueError(f"--lr-milestones ({len(milestones)} values) and --lr-factors ({len(args.lr_factors)} "
+                         "values) must have the same length")
+    if list(milestones) != sorted(milestones):
+        raise ValueError(f"--lr-milestones must be increasing, got {milestones}")
+    first = milestones[0] if milestones else epochs
+
+    def given(value, default):
+        return default if value is None else value
+
+    return TrainConfig(
+        dataset=args.dataset, data_root=args.data_root, download=args.download, imb_type=args.imb_type,
+        imb_factor=args.imb_factor, subset=args.subset, train_list=args.train_list, test_list=args.test_list,
+        input_size=args.input_size, num_classes=args.num_classes, synthetic_classes=args.synthetic_classes,
+        synthetic_max=args.synthetic_max, synthetic_test=args.synthetic_test, synthetic_size=args.synthetic_size,
+        workers=given(args.workers, 0 if args.dataset == "synthetic-lt" else 4),
+        arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
+        contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
+        transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
+        epoch_thresh=given(args.epoch_thresh, first - 1), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
+        use_norm=args.loss_type == "LDAM" if args.use_norm is None else args.use_norm == "yes",
+        loss_type=args.loss_type, train_rule=args.train_rule, drw_epoch=given(args.drw_epoch, first),
+        cb_beta=args.cb_beta, focal_gamma=args.focal_gamma, ldam_max_m=args.ldam_max_m, ldam_s=args.ldam_s,
+        lambda_cesc=args.lambda_cesc, lambda_mv=args.lambda_mv, epochs=epochs, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        warmup_epochs=given(args.warmup_epochs, min(5, max(first - 1, 0))), lr_milestones=list(milestones),
+        lr_factors=list(args.lr_factors), out=args.out, seed=args.seed,
+        device=str(resolve_device(args.device, "--device")), rsg=not args.no_rsg)
+
+
+def head_classes(cls_num_list: list[int], ratio: float, family: str) -> list[int]:
+    """CIFAR (class 0 most frequent by construction): the first int(C * ratio) ids, as the published
+    scripts; otherwise the int(C * ratio) classes with the most training images (ties: lower id)."""
+    k = int(len(cls_num_list) * ratio)
+    if family == "cifar":
+        return list(range(k))
+    order = sorted(range(len(cls_num_list)), key=lambda c: (-cls_num_list[c], c))
+    return sorted(order[:k])

@@ -1,0 +1,107 @@
+"""Accuracy of a network over a test loader, and the ``rsg-fast evaluate CKPT`` command."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from rsg_fast import checkpoint as ckpt
+from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
+    resolve_device, usage_error_exit
+from rsg_fast.data import DATASETS, DEFAULT_SUBSET, build_datasets
+from rsg_fast.metrics import format_acc, per_class_accuracy, shot_accuracy
+from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
+from rsg_fast.train.distributed import all_reduce
+from rsg_fast.train.run_folder import check_writable
+
+PROG = "rsg-fast evaluate"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, world: int = 1):
+    """(correct, total) per class over the loader, summed over processes."""
+    model.eval()
+    correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    total = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        pred = model(x).argmax(dim=1)
+        # index_add_ instead of bincount/boolean indexing: neither syncs the GPU each batch
+        total.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        correct.index_add_(0, y, (pred == y).double())
+    return all_reduce(correct, world).cpu(), all_reduce(total, world).cpu()
+
+
+def build_eval_parser() -> Parser:
+    p = Parser(prog=PROG, description="Evaluate a checkpoint (RSG is not used at test time): top-1, per-class "
+                                      "and many/medium/few-shot accuracy.")
+    p.add_argument("checkpoint", help=f"{ckpt.BEST} (inference) or {ckpt.LAST} (training) of a run")
+    p.add_argument("--arch", default=None, choices=ARCHS, help="must match the checkpoint's (default: its own)")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="(default: the checkpoint's)")
+    p.add_argument("--data-root", default=None, help="(default: the checkpoint's)")
+    p.add_argument("--test-list", default=None, help="(default: the usual name under --data-root)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
+    p.add_argument("--workers", type=nonneg_int("--workers"), default=0, help="data-loader processes")
+    p.add_argument("--device", type=device_name("--device"), default=None,
+                   help="auto, cpu, cuda or cuda:N (default: auto, cuda when available)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file (default: none)")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(build_eval_parser(), argv)
+        if args.json:
+            check_writable(os.path.dirname(args.json) or ".", "--json")
+    except UsageError as err:
+        return usage_error_exit(err)
+    except ValueError as err:
+        return usage_error_exit(UsageError(PROG, str(err)))
+    try:
+        state = ckpt.load_checkpoint(args.checkpoint)
+        if "model" not in state or "config" not in state:
+            raise ValueError(f"{args.checkpoint!r} is not an rsg-fast checkpoint (no 'model' / 'config')")
+        # The run's settings as saved; checkpoints of older versions may lack the newer keys.
+        cfg = state["config"]
+        if args.arch is not None and args.arch != cfg["arch"]:
+            raise ValueError(f"checkpoint {args.checkpoint!r} holds a {cfg['arch']} model, not --arch {args.arch}")
+        dataset = args.dataset or cfg["dataset"]
+        # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape).
+        data = build_datasets(dataset, root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
+                              imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET),
+                              seed=cfg["seed"], test_list=args.test_list, input_size=cfg["input_size"],
+                              synthetic=dict(num_classes=cfg["synthetic_classes"], n_max=cfg["synthetic_max"],
+                                             test_per_class=cfg["synthetic_test"], image_size=cfg["synthetic_size"]),
+                              num_classes=cfg.get("num_classes") if dataset == cfg["dataset"] else None)
+        if data.num_classes != cfg["num_classes"]:
+            raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {data.num_classes}")
+        device = resolve_device(args.device, "--device")
+        model = build_model(cfg["arch"], cfg["num_classes"], use_norm=cfg["use_norm"], input_size=cfg["input_size"])
+        weights = {k: v for k, v in state["model"].items() if not k.startswith(RSG_PREFIX)}
+        ckpt.load_state_strict(model, weights, args.checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    model.to(device)
+    loader = DataLoader(data.test, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+    correct, total = evaluate(model, loader, data.num_classes, device)
+    class_acc = per_class_accuracy(correct, total)
+    shots = shot_accuracy(class_acc, cfg.get("cls_num_list", data.cls_num_list))
+    result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
+              "top1": 100.0 * float(correct.sum()) / max(float(total.sum()), 1.0), "many_acc": shots["many"],
+              "medium_acc": shots["medium"], "few_acc": shots["few"], "per_class_acc": class_acc}
+    print(f"{args.checkpoint}: top-1 {result['top1']:.2f}% | many {format_acc(shots['many'])} medium "
+          f"{format_acc(shots['medium'])} few {format_acc(shots['few'])} ({len(data.test)} test images)")
+    if data.num_classes <= 20:
+        print("  per-class acc: " + " ".join(format_acc(a) for a in class_acc))
+    if args.json:
+        try:
+            ckpt.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        except ckpt.WriteError as err:
+            print(f"{PROG}: error: {err.strerror}", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,175 @@
+"""The training epochs of a set-up run: train, evaluate, log, checkpoint, once per epoch.
+
+``train(setup, proc, stop, progress)`` runs epochs ``setup.start_epoch`` .. ``stop - 1`` and writes the
+run folder (process 0). The order of every random draw is fixed by (seed, epoch) and the restored RNG
+states, so a resumed run on the CPU reproduces an uninterrupted one bit for bit.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from rsg_fast import checkpoint as ckpt
+from rsg_fast.losses import TrainRule, build_loss, paper_lr
+from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
+from rsg_fast.train.config import TrainConfig
+from rsg_fast.train.distributed import EpochSampler, Process, ShardSampler, all_reduce, gather_rng, unwrap
+from rsg_fast.train.evaluation import evaluate
+from rsg_fast.train.run_folder import FORMAT_LAST, RunFolder
+from rsg_fast.train.setup import TrainSetup
+
+
+class RunProgress:
+    """One progress bar for the whole run (all remaining epochs' steps), so its ETA is the run's.
+
+    It averages the speed over the whole job (``smoothing=0``), so the evaluation between epochs is
+    part of the estimate. Log lines go through ``write`` so the bar stays below them."""
+
+    def __init__(self, enabled: bool, steps_per_epoch: int, first_epoch: int, stop: int, epochs: int):
+        self.bar = None
+        self.epochs = epochs
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=stop * steps_per_epoch, initial=first_epoch * steps_per_epoch, unit="step",
+                            dynamic_ncols=True, mininterval=0.5, smoothing=0)
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
+
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        if self.bar is not None:
+            if step % 10 == 1:  # .item() syncs the GPU: not every step
+                self.bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True) -> None:
+    """Train epochs ``setup.start_epoch`` .. ``stop - 1``. Raises ``checkpoint.WriteError`` when the run
+    folder cannot be written (the files written before stay intact)."""
+    cfg, data, device = setup.config, setup.data, setup.device
+    folder = RunFolder(cfg.out)
+    model = setup.model
+    if proc.world > 1:
+        # Which RSG parameters get gradients depends on the phase (T only after epoch_thresh; the
+        # contrastive module only before it) and on whether a local batch holds both heads and tails,
+        # so DDP must look for unused parameters each step instead of waiting for their gradients.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=cfg.rsg)
+    sampler = EpochSampler(data.train.targets, cfg.seed, proc.rank, proc.world)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(data.train, batch_size=cfg.batch_size // proc.world, sampler=sampler,
+                              num_workers=cfg.workers, pin_memory=pin, persistent_workers=False)
+    test_loader = DataLoader(data.test, batch_size=max(cfg.batch_size // proc.world, 1) * 2,
+                             sampler=ShardSampler(len(data.test), proc.rank, proc.world), num_workers=cfg.workers,
+                             pin_memory=pin)
+    rule = TrainRule(cfg.train_rule, data.cls_num_list, cfg.drw_epoch, cfg.cb_beta)
+    criterion = build_loss(cfg.loss_type, data.cls_num_list, focal_gamma=cfg.focal_gamma,
+                           ldam_max_m=cfg.ldam_max_m, ldam_s=cfg.ldam_s).to(device)
+    log = MetricsLog(cfg.out, data.num_classes, resume_from_epoch=setup.start_epoch) if proc.is_main else None
+    if setup.resumed is not None:
+        rngs = setup.resumed["rng"]
+        ckpt.set_rng_state(rngs[proc.rank] if proc.rank < len(rngs) else rngs[0])
+    bar = RunProgress(proc.is_main and progress, len(train_loader), setup.start_epoch, stop, cfg.epochs)
+    best_acc, best_epoch = setup.best_acc, setup.best_epoch
+    try:
+        for epoch in range(setup.start_epoch, stop):
+            t0 = time.time()
+            bar.start_epoch(epoch)
+            lr = paper_lr(epoch, cfg.lr, cfg.warmup_epochs, cfg.lr_milestones, cfg.lr_factors)
+            for group in setup.optimizer.param_groups:
+                group["lr"] = lr
+            w = rule.weights(epoch)
+            criterion.weight = None if w is None else w.to(device)
+            sampler.set_epoch(epoch, rule.balanced_sampling(epoch))
+            sums = _train_epoch(model, train_loader, criterion, setup.optimizer, cfg, epoch, device, proc, bar)
+
+            # The bare module: DDP's forward would broadcast buffers, a collective that processes with
+            # unequal numbers of test batches would not all reach.
+            correct_c, total_c = evaluate(unwrap(model), test_loader, data.num_classes, device, proc.world)
+            record = _epoch_record(cfg, data.cls_num_list, epoch, lr, sums, correct_c, total_c, time.time() - t0)
+            is_best = record["test_acc"] > best_acc
+            if is_best:
+                best_acc, best_epoch = record["test_acc"], epoch
+            if proc.is_main:
+                bar.write(MetricsLog.summary_line(record, cfg.epochs))
+                if data.num_classes <= 20:
+                    bar.write(MetricsLog.per_class_line(record))
+                log.append(record)
+            rngs = gather_rng(proc.world)  # a collective: every process takes part
+            if proc.is_main:
+                net = unwrap(model)
+                state = {"format": FORMAT_LAST, "epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(),
+                         "optimizer": setup.optimizer.state_dict(), "best": {"acc": best_acc, "epoch": best_epoch},
+                         "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
+                         "scheduler": {"name": "paper_lr", "next_epoch": epoch + 1}}
+                folder.save_epoch(state, net, is_best=is_best, acc=record["test_acc"])
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    if proc.is_main and log.records:
+        last = log.records[-1]
+        print(f"done: best top-1 {best_acc:.2f}% at epoch {best_epoch + 1}; last epoch top-1 "
+              f"{last['test_acc']:.2f}%, many {format_acc(last['many_acc'])} medium {format_acc(last['medium_acc'])} "
+              f"few {format_acc(last['few_acc'])}; run folder {cfg.out}", flush=True)
+
+
+def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: int, device, proc: Process,
+                 bar: RunProgress) -> dict:
+    """One pass over the training data; the loss parts' means and the counts, summed over processes."""
+    model.train()
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated
+    steps = torch.zeros(1, dtype=torch.float64, device=device)
+    seen = generated = step_count = 0   # host-side counts: no device copy per step
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits, y_out, cesc, mv = model(x, y, epoch)
+        loss_cls = criterion(logits, y_out)
+        loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        with torch.no_grad():
+            correct = (logits[:n].argmax(dim=1) == y).sum()
+            sums[:4] += torch.stack([loss_cls.detach().double(), cesc.detach().double(), mv.detach().double(),
+                                     correct.double()])
+        seen, generated, step_count = seen + n, generated + y_out.shape[0] - n, step_count + 1
+        bar.step(loss, step_count)
+    sums[4], sums[5], steps[0] = seen, generated, step_count
+    all_reduce(sums, proc.world), all_reduce(steps, proc.world)
+    mean = (sums[:3] / steps.clamp_min(1)).tolist()
+    return {"loss_cls": mean[0], "loss_cesc": mean[1], "loss_mv": mean[2], "correct": float(sums[3]),
+            "seen": float(sums[4]), "generated": int(sums[5])}
+
+
+def _epoch_record(cfg: TrainConfig, cls_num_list, epoch: int, lr: float, sums: dict, correct_c, total_c,
+                  seconds: float) -> dict:
+    """One line of metrics.jsonl (its keys and order are the file's format)."""
+    class_acc = per_class_accuracy(correct_c, total_c)
+    shots = shot_accuracy(class_acc, cls_num_list)
+    generating = cfg.rsg and epoch > cfg.epoch_thresh
+    return {"epoch": epoch, "lr": lr,
+            "loss": sums["loss_cls"] + cfg.lambda_cesc * sums["loss_cesc"] + cfg.lambda_mv * sums["loss_mv"],
+            "loss_cls": sums["loss_cls"], "loss_cesc": sums["loss_cesc"], "loss_mv": sums["loss_mv"],
+            "train_acc": 100.0 * sums["correct"] / max(sums["seen"], 1.0),
+            "test_acc": 100.0 * float(correct_c.sum()) / max(float(total_c.sum()), 1.0),
+            "many_acc": shots["many"], "medium_acc": shots["medium"], "few_acc": shots["few"],
+            "n_generated": sums["generated"],
+            "rsg_phase": ("generation" if generating else "contrastive") if cfg.rsg else "off",
+            "epoch_time_s": seconds, "per_class_acc": class_acc}

@@ -1,0 +1,113 @@
+"""Set-up of a run, everything that can still fail on the user's input: data, device, model,
+optimiser and the resumed state. ``build_setup`` returns them as one ``TrainSetup``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from rsg_fast import checkpoint as ckpt
+from rsg_fast.data import LTData, build_datasets
+from rsg_fast.models import build_model
+from rsg_fast.train.config import RESUME_KEYS, TrainConfig
+from rsg_fast.train.distributed import Process, process_device
+
+
+@dataclass
+class TrainSetup:
+    config: TrainConfig              # completed with the data's facts
+    data: LTData
+    device: torch.device             # this process's device
+    model: nn.Module                 # with RSG unless --no-rsg; resumed weights loaded
+    optimizer: torch.optim.Optimizer
+    start_epoch: int = 0             # first epoch to train (0, or the one after the resumed checkpoint)
+    best_acc: float = -1.0           # best test top-1 so far, and its epoch (-1: none yet)
+    best_epoch: int = -1
+    resumed: dict | None = None      # the checkpoint resumed from (RNG states, its own config)
+
+
+def resume_path(out: str, resume: str | None) -> str | None:
+    """The checkpoint ``--resume`` names: its CKPT, or the run folder's last checkpoint."""
+    if resume is None:
+        return None
+    return os.path.join(out, ckpt.LAST) if resume == "auto" else resume
+
+
+def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -> TrainSetup:
+    """``ValueError`` / ``FileNotFoundError`` with a message for the user when the input does not fit."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    data = _build_data(config, proc)
+    empty = [c for c, n in enumerate(data.cls_num_list) if n == 0]
+    if empty:  # LDAM margins, class-balanced weights and resampling all need every class present
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise ValueError(f"{len(empty)} of {data.num_classes} classes have no training image (ids {shown}); "
+                         f"check the training list or set --num-classes")
+    config = config.with_data(data, proc.world)
+    if config.rsg and not 0 < len(config.head_classes) < data.num_classes:
+        raise ValueError(f"--head-ratio {config.head_ratio} gives {len(config.head_classes)} head classes of "
+                         f"{data.num_classes}; RSG needs at least one head and one tail class")
+    device = process_device(torch.device(config.device), proc)
+    model = build_model(config.arch, data.num_classes, rsg=config.rsg_options(), rsg_stage=config.rsg_stage,
+                        use_norm=config.use_norm, head_classes=config.head_classes,
+                        input_size=config.input_size).to(device)
+    if proc.world > 1:
+        # Same initial weights everywhere (DDP broadcasts them anyway), different augmentation per process.
+        torch.manual_seed(config.seed + 1_000 * proc.rank)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    setup = TrainSetup(config, data, device, model, optimizer)
+    if resume is not None:
+        _resume(setup, resume)
+    return setup
+
+
+def _build_data(config: TrainConfig, proc: Process) -> LTData:
+    def build(download: bool) -> LTData:
+        return build_datasets(config.dataset, root=config.data_root, download=download, imb_type=config.imb_type,
+                              imb_factor=config.imb_factor, subset=config.subset, seed=config.seed,
+                              train_list=config.train_list, test_list=config.test_list,
+                              input_size=config.input_size, synthetic=config.synthetic_options(),
+                              num_classes=config.num_classes)
+
+    if not (config.download and proc.world > 1):
+        return build(config.download)
+    # One process downloads; the others wait for it (and hear about its failure) before reading.
+    box: list = [None]
+    if proc.is_main:
+        try:
+            data = build(True)
+        except Exception as err:
+            box[0] = f"process 0 could not prepare the data: {err}"
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    if not proc.is_main:
+        if box[0] is not None:
+            raise FileNotFoundError(box[0])
+        data = build(False)
+    return data
+
+
+def _resume(setup: TrainSetup, path: str) -> None:
+    """Load a training checkpoint into ``setup``, refusing one trained with other network settings."""
+    state = ckpt.load_checkpoint(path)
+    if "optimizer" not in state or "config" not in state:
+        raise ValueError(f"checkpoint {path!r} is not a training checkpoint (no optimizer state); "
+                         f"resume from {ckpt.LAST}")
+    ours = setup.config.to_dict()
+    for key in RESUME_KEYS:
+        theirs = state["config"].get(key)
+        if theirs != ours[key]:
+            hint = f" (give --mv-loss {theirs} to continue it)" if key == "mv_loss" else ""
+            raise ValueError(f"checkpoint {path!r} was trained with {key}={theirs!r}, this run has "
+                             f"{key}={ours[key]!r}{hint}")
+    ckpt.load_state_strict(setup.model, state["model"], path)
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.start_epoch = int(state["epoch"]) + 1
+    setup.best_acc, setup.best_epoch = float(state["best"]["acc"]), int(state["best"]["epoch"])
+    setup.resumed = state
