@@ -1,73 +1,247 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU: under 5 minutes in all (step limits sum to 285 s).
-#   1. the op tests on CUDA (real Triton compiler; tests/test_ops*.py pick the GPU when present)
-#      plus every test marked `cuda` elsewhere in tests/;
-#   2. a quick Triton-vs-PyTorch timing of the three fused ops (CUDA events, median of 50);
-#   3. `python -m rsg_fast.bench` (module variants incl. torch.compile of the reference, ResNet-32 step).
-#      `pytest benchmarks/ --benchmark-only` does not fit the 5 minutes; run it by hand when time allows.
-# Logs go to ${OUT:-benchmarks/results}/gpu-YYYY-MM-DD/. Exit status: non-zero if any step failed.
-# Usage (from anywhere):  bash benchmarks/gpu_check.sh
+# The prepared check for a lent GPU machine: one call of at most 8 minutes on a bare machine.
+#
+#   bash benchmarks/gpu_check.sh              # on the GPU machine (results in $OUT, else ./gpu-check-out)
+#   bash benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU with tiny shapes (tests/test_gpu_check.py)
+#
+# It assumes only `python3` (with torch, triton, pytest, pytest-xdist, tqdm, matplotlib, setuptools;
+# nothing can be downloaded) and never changes that Python: rsg_fast is installed into a throwaway
+# venv (python3 -m venv --system-site-packages, plus a .pth that adds python3's own site-packages,
+# since python3 may itself be a venv) with `pip install --no-index --no-deps --no-build-isolation -e .`;
+# if that fails (an old setuptools without `wheel`), a symlink rsg_fast/kernels -> ../kernels and
+# PYTHONPATH=$PWD instead (the symlink is removed at the end). Then, each step with a time limit
+# that fits cold Triton/Inductor compiles, its files written as it goes:
+#   check   `python -m rsg_fast.check` (the users' self-test: every op and backend against float64)
+#   tests   the CUDA tests: pytest -m cuda, spread over workers with pytest-xdist
+#   ops     device copy bandwidth; each fused op, PyTorch path vs Triton, eager and CUDA-graph
+#           replay, cifar10 and imagenet-lt shapes, fp32 and bf16, GB/s and % of copy bandwidth
+#   module  RSG forward+backward: ReferenceRSG, torch.compile(ReferenceRSG), RSG eager,
+#           torch.compile(RSG); a ResNet-32 training step with and without RSG, eager and compiled
+# The targets (met / missed / not measured) are printed last.
+#
+# What it leaves directly under $OUT (8 files; the device tool returns at most 8):
+#   gpu-check.log        every step's full output, one header line per step
+#   check.json           the self-test's rows (op, backend, dtype, shape, errors, tolerance, pass)
+#   gpu-check.json       date, commit, device, driver, versions, install method, each step's status,
+#                        seconds and limit, and the targets of the bench files
+#   pytest-cuda.xml      JUnit XML of the CUDA tests
+#   bench-ops.json  bench-ops.png  bench-module.json  bench-module.png   (rsg-fast bench result files)
+#
+# Environment: OUT; GPU_CHECK_BUDGET_S (the whole run, default 450 s); GPU_CHECK_COMMIT (the commit,
+# for a copy without .git); GPU_CHECK_INSTALL=pythonpath (skip pip, use the fallback).
+# Exit status: 0 when every step passed, else 1.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-LOG="${OUT:-benchmarks/results}/gpu-$(date +%F)"
-mkdir -p "$LOG"
-export RSG_FAST_TEST_ON_GPU=1   # tests/conftest.py: never switch on the Triton interpreter
-unset TRITON_INTERPRET
-status=0
-step() {  # step NAME SECONDS CMD...: run with a time limit, tee to $LOG/NAME.txt, remember failures
-    local name=$1 limit=$2; shift 2
-    echo "== $name ($(date -u +%T), limit ${limit}s): $*" | tee -a "$LOG/summary.txt"
-    timeout "$limit" "$@" > >(tee "$LOG/$name.txt") 2>&1
-    local rc=$?
-    echo "== $name: rc=$rc" | tee -a "$LOG/summary.txt"
-    [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=1   # 5: pytest collected no test (nothing marked)
+
+DRY_RUN=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$arg' (use --dry-run or --help)" >&2; exit 2 ;;
+    esac
+done
+
+OUT="${OUT:-gpu-check-out}"
+mkdir -p "$OUT" || exit 2
+OUT="$(cd "$OUT" && pwd)"              # a relative $OUT is relative to where the script was started
+here="${BASH_SOURCE[0]%/*}"
+[ "$here" = "${BASH_SOURCE[0]}" ] && here=.
+cd "$here/.." || exit 2
+ROOT="$PWD"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")" || exit 2
+LOG="$OUT/gpu-check.log"
+: > "$LOG"
+: > "$WORK/steps.tsv"
+START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+DEADLINE=$((START + BUDGET))
+MADE_LINK=0
+STATUS=0
+
+# Caches and config in the work folder: cold but shared by the steps, and nothing written to $HOME or
+# to python3's site-packages (bytecode, pytest's rewritten plugins: PYTHONPYCACHEPREFIX).
+export TRITON_CACHE_DIR="$WORK/triton-cache" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-cache" \
+       MPLCONFIGDIR="$WORK/matplotlib" PYTHONPYCACHEPREFIX="$WORK/pycache" PIP_NO_CACHE_DIR=1 \
+       PYTHONUNBUFFERED=1 PYTHONNOUSERSITE=1
+if [ "$DRY_RUN" = 1 ]; then
+    DEVICE=(--device cpu --threads 1 --quick --no-memory)
+    OPS_SHAPES=tiny; MODULE_SHAPES=tiny; COMPILE=(--compile --compile-backend eager); CHECK_ARGS=(--quick --device cpu)
+    unset RSG_FAST_TEST_ON_GPU
+else
+    DEVICE=(--device cuda)
+    OPS_SHAPES=cifar10,imagenet-lt; MODULE_SHAPES=cifar10; COMPILE=(--compile); CHECK_ARGS=(--device cuda)
+    export RSG_FAST_TEST_ON_GPU=1      # tests/conftest.py: never switch on the Triton interpreter
+    unset TRITON_INTERPRET
+fi
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+# summary [final]: (re)write gpu-check.json from the environment, the steps so far and the bench
+# files; with "final", also print the step table and the targets (the end of the device's reply).
+summary() {
+    python3 - "$WORK" "$OUT" "${1:-}" <<'PY'
+import json, os, sys
+work, out, final = sys.argv[1], sys.argv[2], sys.argv[3] == "final"
+doc = json.load(open(os.path.join(work, "env.json"))) if os.path.exists(os.path.join(work, "env.json")) else {}
+doc["steps"] = []
+for line in open(os.path.join(work, "steps.tsv")):
+    name, status, rc, seconds, limit = line.rstrip("\n").split("\t")
+    doc["steps"].append({"name": name, "status": status, "rc": int(rc), "seconds": int(seconds), "limit_s": int(limit)})
+doc["targets"] = []
+for tag in ("bench-ops", "bench-module"):
+    path = os.path.join(out, tag + ".json")
+    if os.path.exists(path):
+        bench = json.load(open(path))
+        doc["targets"] += [dict(t, file=tag + ".json") for t in bench.get("targets", []) if t["status"] != "not measured"]
+doc["files"] = sorted(os.listdir(out))
+json.dump(doc, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
+if final:
+    print(f"\ngpu_check {'(dry run) ' if doc.get('dry_run') else ''}on {doc.get('device_name')}, torch {doc.get('torch')}, "
+          f"triton {doc.get('triton')}, commit {doc.get('commit')}, {doc.get('date')}")
+    for s in doc["steps"]:
+        limit = f" (limit {s['limit_s']} s)" if s["limit_s"] else ""
+        print(f"  {s['name']:<8} {s['status']:<40} {s['seconds']:>4} s{limit}")
+    for t in doc["targets"]:
+        where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
+        value = "" if t["measured"] is None else f"{t['measured']:.2f}{t['unit']}"
+        print(f"  target {t['status']:<7} {t['target']}: {where} {value}  {t.get('note', '')}")
+    print("  files: " + ", ".join(doc["files"]))
+PY
 }
 
-{ nvidia-smi || true; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
-'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; } \
-    > "$LOG/device.txt" 2>&1
-cat "$LOG/device.txt"
+# step NAME CAP FLOOR_AFTER CMD...: run CMD with a limit of CAP seconds, or less so that FLOOR_AFTER
+# seconds stay for the later steps; its output goes to the log, its last lines to stdout.
+step() {
+    local name=$1 cap=$2 floor_after=$3; shift 3
+    local now limit rc t0 status
+    now=$(date +%s)
+    limit=$((DEADLINE - now - floor_after))
+    [ "$limit" -gt "$cap" ] && limit=$cap
+    if [ "$limit" -lt 10 ]; then
+        say "== $name: not run (no time left in the ${BUDGET} s budget)"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "not run: out of time" 0 0 0 >> "$WORK/steps.tsv"
+        STATUS=1; summary; return
+    fi
+    say "== $name (limit ${limit} s, $(date -u +%H:%M:%S) UTC): $*"
+    t0=$(date +%s)
+    timeout -k 10 "$limit" "$@" > "$WORK/step.out" 2>&1
+    rc=$?
+    cat "$WORK/step.out" >> "$LOG"
+    tail -n 4 "$WORK/step.out"
+    case $rc in
+        0) status=passed ;;
+        124|137) status="timed out after ${limit} s"; STATUS=1 ;;
+        *) status="failed (exit status $rc)"; STATUS=1 ;;
+    esac
+    say "== $name: $status, $(( $(date +%s) - t0 )) s"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$(( $(date +%s) - t0 ))" "$limit" >> "$WORK/steps.tsv"
+    summary
+}
 
-step pytest-ops 110 python -m pytest -q --durations=10 tests/test_ops.py tests/test_ops_cuda.py tests/test_backend.py -ra
-step pytest-cuda-marked 50 python -m pytest -q -m cuda tests --ignore=tests/test_ops_cuda.py -ra
+cleanup() {
+    [ "$MADE_LINK" = 1 ] && rm -f "$ROOT/rsg_fast/kernels"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 
-step ops-timing 30 python - <<'PY'
-import torch
-from rsg_fast import ops
-torch.manual_seed(0)
-dev = "cuda"
-def bench(fn, n=50):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    return sorted(ts)[n // 2]
-for (N, K, C, H, W, M, dt) in [(128, 15, 32, 16, 16, 100, torch.float32), (128, 15, 32, 16, 16, 100, torch.float16),
-                               (256, 15, 256, 14, 14, 200, torch.float32)]:
-    x = torch.randn(N, C, H, W, device=dev, dtype=dt)
-    cen = torch.randn(N, K, C, device=dev, requires_grad=True)
-    idx = torch.randint(0, N, (M,), device=dev)
-    cr = torch.randn(M, C, device=dev, dtype=dt)
-    tv = torch.randn(M, C, H, W, device=dev, dtype=dt, requires_grad=True)
-    v, u = torch.randn_like(tv), torch.randn_like(tv)
-    e = x.element_size()
-    cases = {
-        "center_distance fwd+bwd": (lambda be: ops.center_distance(x, cen, backend=be)[1].sum().backward(), N * C * H * W * e),
-        "displacement fwd": (lambda be: ops.displacement(x, idx, cr, backend=be), 2 * M * C * H * W * e),
-        "mv_terms(location) fwd+bwd": (lambda be: ops.mv_terms(tv, v, u, x, idx, "location", backend=be)[1].sum().backward(), 8 * M * C * H * W * e),
-        "mv_terms(rows) fwd+bwd": (lambda be: ops.mv_terms(tv, v, u, x, idx, "rows", backend=be)[1].sum().backward(), 8 * M * C * H * W * e),
-    }
-    print(f"N={N} K={K} C={C} H={H} W={W} M={M} {dt}")
-    for name, (fn, nbytes) in cases.items():
-        t = {be: bench(lambda: fn(be)) for be in ("torch", "triton")}
-        print(f"  {name:28s} torch {t['torch']*1e3:8.1f} us   triton {t['triton']*1e3:8.1f} us   "
-              f"speed-up {t['torch']/t['triton']:5.2f}x   triton ~{nbytes / t['triton'] / 1e6:7.1f} GB/s (min bytes)")
+# ---------------------------------------------------------------------------- environment
+if [ -d .git ] && command -v git > /dev/null 2>&1; then
+    COMMIT="$(git rev-parse HEAD 2> /dev/null)"
+    [ -n "$(git status --porcelain --untracked-files=no 2> /dev/null)" ] && COMMIT="$COMMIT (with uncommitted changes)"
+else
+    COMMIT="${GPU_CHECK_COMMIT:-unknown (no .git in this copy: pass GPU_CHECK_COMMIT=<sha>)}"
+fi
+export RSG_FAST_COMMIT="$COMMIT"       # what rsg-fast bench records when it finds no git checkout
+DRIVER="$( (nvidia-smi --query-gpu=driver_version --format=csv,noheader 2> /dev/null || true) | head -n 1)"
+python3 - "$WORK/env.json" "$COMMIT" "$DRIVER" "$DRY_RUN" "$BUDGET" > "$WORK/env.out" 2>&1 <<'PY'
+import datetime, json, platform, sys
+path, commit, driver, dry, budget = sys.argv[1:]
+env = {"date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(), "commit": commit,
+       "dry_run": dry == "1", "budget_s": int(budget), "python": platform.python_version(), "driver": driver or None}
+try:
+    import torch
+    env.update(torch=torch.__version__, cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
+    env["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
+except Exception as exc:  # noqa: BLE001
+    env["torch"] = f"does not import: {exc}"
+try:
+    import triton
+    env["triton"] = triton.__version__
+except Exception as exc:  # noqa: BLE001
+    env["triton"] = f"does not import: {exc}"
+json.dump(env, open(path, "w"), indent=2)
+print(json.dumps(env))
 PY
+cat "$WORK/env.out" | tee -a "$LOG"
+say "== nvidia-smi"
+(nvidia-smi 2>&1 || echo "nvidia-smi: not available") >> "$LOG"
 
-step bench 100 python -m rsg_fast.bench --budget 10 --no-progress --out "$LOG"
+# ---------------------------------------------------------------------------- install (throwaway venv)
+install_rsg_fast() {
+    local venv="$WORK/venv" site
+    PY=python3
+    if python3 -m venv --system-site-packages --without-pip "$venv"; then
+        site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        # python3's own site-packages (it may itself be a venv, whose packages --system-site-packages misses)
+        python3 -c 'import site; print("\n".join("import site; site.addsitedir(%r)" % d for d in site.getsitepackages()))' \
+            > "$site/zz_parent_site_packages.pth"
+        PY="$venv/bin/python"
+    else
+        echo "venv creation failed: using python3 itself, with PYTHONPATH"
+        GPU_CHECK_INSTALL=pythonpath
+    fi
+    if [ "${GPU_CHECK_INSTALL:-pip}" != pythonpath ] \
+        && timeout -k 10 120 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . && imports_here; then
+        echo "install: pip-editable into the throwaway venv $venv"
+        return 0
+    fi
+    echo "install: pythonpath-fallback (PYTHONPATH=$ROOT and the symlink rsg_fast/kernels -> ../kernels)"
+    if [ ! -e rsg_fast/kernels ]; then ln -s ../kernels rsg_fast/kernels && MADE_LINK=1; fi
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    imports_here
+}
+imports_here() {   # rsg_fast and its kernels import from this copy (not from an install elsewhere)
+    "$PY" -c 'import os, sys, rsg_fast, rsg_fast.kernels
+where = os.path.realpath(rsg_fast.__file__)
+print("rsg_fast from", where)
+sys.exit(0 if where.startswith(os.path.realpath(sys.argv[1]) + os.sep) else "rsg_fast imports from elsewhere: " + where)' "$ROOT"
+}
+say "== install ($(date -u +%H:%M:%S) UTC)"
+t0=$(date +%s)
+install_rsg_fast > "$WORK/step.out" 2>&1
+rc=$?
+cat "$WORK/step.out" | tee -a "$LOG"
+if [ $rc -eq 0 ]; then install_status="passed: $(grep '^install:' "$WORK/step.out" | tail -n 1 | cut -d ' ' -f 2)"
+else install_status="failed (exit status $rc)"; STATUS=1; fi
+printf '%s\t%s\t%s\t%s\t%s\n' install "$install_status" "$rc" "$(( $(date +%s) - t0 ))" 0 >> "$WORK/steps.tsv"
+summary
 
-echo "gpu_check: status=$status, logs in $LOG" | tee -a "$LOG/summary.txt"
-exit $status
+# ---------------------------------------------------------------------------- the steps
+# caps (s) and what must stay for the later steps: check 90 (floor after: 60 + 45 + 90), tests 150
+# (45 + 90), ops 100 (90), module: the rest.
+# (a) the users' self-test: every fused op and backend, and the module, against float64 references
+if [ $rc -ne 0 ]; then
+    say "== rsg_fast does not import: the other steps cannot run"
+else
+    step check 90 195 "$PY" -m rsg_fast.check "${CHECK_ARGS[@]}" --json "$OUT/check.json"
+fi
+
+if [ $rc -eq 0 ]; then
+    # (b) the CUDA tests; (c) the timings (rsg-fast bench: fused ops, then module and training step)
+    XDIST=()
+    if "$PY" -c "import xdist" > /dev/null 2>&1; then XDIST=(-n "$([ "$DRY_RUN" = 1 ] && echo 2 || echo 8)"); fi
+    # exit status 5 (no test selected) is not a failure: a commit may mark nothing `cuda`
+    step tests 150 135 bash -c '"$@"; rc=$?; [ $rc -eq 5 ] && exit 0; exit $rc' _ \
+        "$PY" -m pytest -q -p no:cacheprovider -m cuda -ra "${XDIST[@]}" --junitxml="$OUT/pytest-cuda.xml" tests
+    mkdir -p "$WORK/bench"
+    step ops 100 90 "$PY" -m rsg_fast.bench "${DEVICE[@]}" --groups op --shapes "$OPS_SHAPES" --dtypes fp32,bf16 \
+        --op-impls torch,triton --budget 15 --no-progress --out "$WORK/bench" --tag bench-ops
+    cp "$WORK/bench"/bench-ops.json "$WORK/bench"/bench-ops.png "$OUT"/ 2> /dev/null
+    summary
+    step module 420 5 "$PY" -m rsg_fast.bench "${DEVICE[@]}" --shapes "$MODULE_SHAPES" "${COMPILE[@]}" --budget 20 \
+        --no-progress --out "$WORK/bench" --tag bench-module
+    cp "$WORK/bench"/bench-module.json "$WORK/bench"/bench-module.png "$OUT"/ 2> /dev/null
+fi
+
+summary final | tee -a "$LOG"
+exit $STATUS

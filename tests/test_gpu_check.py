@@ -1,0 +1,106 @@
+"""`bash benchmarks/gpu_check.sh --dry-run`: the lent-GPU script runs its steps on the CPU, as a bare
+machine would run it, so it cannot rot between the sessions that are lent a GPU.
+
+From a clean copy of the repository's files (what git tracks, plus new files it does not ignore),
+with a PATH offering `python3` (this interpreter) and a few shell tools but no `python`, `pip`,
+`pytest` or `rsg-fast`, and an environment holding nothing else. About a minute on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "benchmarks/gpu_check.sh"
+TOOLS = ("bash", "timeout", "date", "mktemp", "mkdir", "tee", "tail", "cat", "cp", "rm", "ln", "grep", "cut",
+         "head", "sed")
+EXPECTED = {"gpu-check.log", "gpu-check.json", "check.json", "pytest-cuda.xml", "bench-ops.json", "bench-module.json"}
+OPTIONAL = {"bench-ops.png", "bench-module.png"}     # when matplotlib imports
+
+
+def _repository_files() -> list[str]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (the dry run copies the files git knows)")
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+def _site_snapshot() -> dict:
+    """Names and modification times in this interpreter's site-packages: the dry run must not change them."""
+    snap = {}
+    for d in site.getsitepackages():
+        if os.path.isdir(d):
+            snap.update({os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns for n in os.listdir(d)})
+    return snap
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    tools = {t: shutil.which(t) for t in TOOLS}
+    if not all(tools.values()):
+        pytest.skip(f"shell tools missing: {[t for t, p in tools.items() if not p]}")
+    base = tmp_path_factory.mktemp("gpu-check")
+    src, bin_dir, out, tmp = base / "src", base / "bin", base / "out", base / "tmp"
+    for d in (bin_dir, out, tmp):
+        d.mkdir()
+    for f in _repository_files():
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, src / f)
+    for name, path in tools.items():
+        (bin_dir / name).symlink_to(path)
+    # a wrapper, not a symlink: a venv's python must keep its own path to find its packages
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {"PATH": str(bin_dir), "HOME": str(base), "TMPDIR": str(tmp), "OUT": str(out),
+           "GPU_CHECK_COMMIT": "dry-run-test"}
+    if os.environ.get("LD_LIBRARY_PATH"):
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    before = _site_snapshot()
+    proc = subprocess.run([tools["bash"], SCRIPT, "--dry-run"], cwd=src, env=env, capture_output=True, text=True,
+                          timeout=900)
+    return {"proc": proc, "src": src, "out": out, "tmp": tmp, "site_changed": _site_snapshot() != before}
+
+
+def test_dry_run_passes_every_step(dry_run):
+    proc = dry_run["proc"]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    doc = json.loads((dry_run["out"] / "gpu-check.json").read_text())
+    steps = {s["name"]: s["status"] for s in doc["steps"]}
+    assert list(steps) == ["install", "check", "tests", "ops", "module"], steps
+    assert steps["install"].startswith("passed: ")
+    assert steps["check"] == "passed"
+    rows = json.loads((dry_run["out"] / "check.json").read_text())["rows"]
+    assert rows and all(r["passed"] for r in rows)
+    assert all(steps[s] == "passed" for s in ("tests", "ops", "module")), steps
+    assert doc["dry_run"] is True and doc["commit"] == "dry-run-test" and doc["torch"] and doc["date"]
+    assert "gpu_check (dry run)" in proc.stdout
+
+
+def test_dry_run_leaves_at_most_8_files_directly_under_out(dry_run):
+    found = {p.name for p in dry_run["out"].iterdir()}
+    assert all(p.is_file() for p in dry_run["out"].iterdir())
+    assert len(found) <= 8 and EXPECTED <= found <= EXPECTED | OPTIONAL, found
+
+
+def test_dry_run_bench_files_are_complete_results(dry_run):
+    ops = json.loads((dry_run["out"] / "bench-ops.json").read_text())
+    module = json.loads((dry_run["out"] / "bench-module.json").read_text())
+    assert ops["complete"] and module["complete"] and ops["commit"]["sha"] == "dry-run-test"
+    assert {r["dtype"] for r in ops["rows"]} == {"fp32", "bf16"}
+    assert any(r["variant"] == "mv_terms:torch" and r["status"] == "ok" for r in ops["rows"])
+    timed = {r["variant"] for r in module["rows"] if r["status"] == "ok"}
+    assert {"reference", "reference-compiled", "rsg-compiled", "resnet32+rsg", "resnet32+rsg-compiled"} <= timed
+
+
+def test_dry_run_cleans_up_and_changes_no_python_environment(dry_run):
+    assert not (dry_run["src"] / "rsg_fast" / "kernels").exists()     # the fallback's symlink, if made
+    assert list(dry_run["tmp"].iterdir()) == []                         # the throwaway venv and caches
+    assert not dry_run["site_changed"]
