@@ -87,8 +87,11 @@ def _x_grad_torch(x, target, centers, linear, shift, dmean, gamma, dist, g_gamma
         diff = (shift[:, None, :] - centers[target].to(acc)) + dmean[:, None, :]
         base = base + 2.0 * (g_dist[:, :, None] * diff).sum(1)
         two_s = 2.0 * g_dist.sum(1, keepdim=True)
-    centred = (x.to(acc) - shift[:, :, None, None]) - dmean[:, :, None, None]
-    return (base[:, :, None, None] + two_s[:, :, None, None] * centred).to(x.dtype)
+    # one map-sized temporary, updated in place (this path is never differentiated: create_graph
+    # recomputes the forward instead); subtracting shift, then dmean, keeps the digits of x - mean
+    gx = x.to(acc, copy=True).sub_(shift[:, :, None, None]).sub_(dmean[:, :, None, None])
+    gx.mul_(two_s[:, :, None, None]).add_(base[:, :, None, None])
+    return gx.to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- the custom ops
