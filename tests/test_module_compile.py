@@ -17,9 +17,9 @@ THRESH = 3
 PHASES = {"contrastive": 1, "generation": THRESH + 2}
 COMPILERS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.skipif(
     torch.torch_version.TorchVersion(torch.__version__) < "2.14",
-    reason="inductor's C++ code generator in torch 2.9-2.10 emits a tiled transpose of RSG's gathered rows "
-           "that uses an index before declaring it ('tmpN was not declared'); fixed by torch 2.14.1, the version "
-           "this project is tested with (README: torch versions)"))]
+    reason="inductor's C++ code generator before torch 2.14 (seen with 2.9.1 and 2.10.0; 2.11-2.13 not tried) "
+           "emits a tiled transpose of RSG's gathered rows that uses an index before declaring it ('tmpN was not "
+           "declared'); torch 2.14.1, the version this project is tested with, compiles it (README: torch versions)"))]
 
 
 @contextlib.contextmanager
