@@ -44,8 +44,10 @@ def _backward_torch(pre: Tensor, grad: Tensor) -> Tensor:
     acc = acc_dtype(pre.dtype)
     by_col = torch.einsum("pdij,jw->piwd", grad.to(acc) / (H * W), _tap_reads(W, pre.device, acc))  # (P, 3, W, D)
     full = torch.matmul(_tap_reads(H, pre.device, acc).t(), by_col.reshape(P, 3, W * D)).view(P, H, W, D)
-    # ReLU's backward in place (as threshold_backward: zero where pre <= 0): no second map-sized tensor
-    return full.masked_fill_(pre <= 0, 0).to(pre.dtype)
+    # ReLU's backward written over `full` (threshold_backward's out= form; masked_fill_ with a bool
+    # mask was 13x slower on the CPU): no second map-sized tensor
+    full = torch.ops.aten.threshold_backward.grad_input(full, pre.to(acc), 0, grad_input=full)
+    return full.to(pre.dtype)
 
 
 @define("relu_tap_window_means")
