@@ -36,7 +36,7 @@ DRY_RUN=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$arg' (use --dry-run or --help)" >&2; exit 2 ;;
     esac
 done
@@ -75,6 +75,8 @@ else
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
+# record NAME STATUS RC SECONDS LIMIT: one row of the step table gpu-check.json is built from
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$WORK/steps.tsv"; }
 
 # summary [final]: (re)write gpu-check.json from the environment, the steps so far and the bench
 # files; with "final", also print the step table and the targets (the end of the device's reply).
@@ -119,7 +121,7 @@ step() {
     [ "$limit" -gt "$cap" ] && limit=$cap
     if [ "$limit" -lt 10 ]; then
         say "== $name: not run (no time left in the ${BUDGET} s budget)"
-        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "not run: out of time" 0 0 0 >> "$WORK/steps.tsv"
+        record "$name" "not run: out of time" 0 0 0
         STATUS=1; summary; return
     fi
     say "== $name (limit ${limit} s, $(date -u +%H:%M:%S) UTC): $*"
@@ -134,7 +136,7 @@ step() {
         *) status="failed (exit status $rc)"; STATUS=1 ;;
     esac
     say "== $name: $status, $(( $(date +%s) - t0 )) s"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$(( $(date +%s) - t0 ))" "$limit" >> "$WORK/steps.tsv"
+    record "$name" "$status" "$rc" "$(( $(date +%s) - t0 ))" "$limit"
     summary
 }
 
@@ -213,7 +215,7 @@ rc=$?
 cat "$WORK/step.out" | tee -a "$LOG"
 if [ $rc -eq 0 ]; then install_status="passed: $(grep '^install:' "$WORK/step.out" | tail -n 1 | cut -d ' ' -f 2)"
 else install_status="failed (exit status $rc)"; STATUS=1; fi
-printf '%s\t%s\t%s\t%s\t%s\n' install "$install_status" "$rc" "$(( $(date +%s) - t0 ))" 0 >> "$WORK/steps.tsv"
+record install "$install_status" "$rc" "$(( $(date +%s) - t0 ))" 0
 summary
 
 # ---------------------------------------------------------------------------- the steps

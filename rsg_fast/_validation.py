@@ -71,9 +71,10 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
     return tuple(heads)
 
 
-def check_forward_arguments(module, feature_maps, target, epoch) -> None:
+def check_forward_arguments(module, feature_maps, target, epoch):
     """Host-side checks of forward's arguments (always on, even with ``validate=False``): shapes,
-    dtypes, devices and the epoch. Free: nothing here reads a tensor's values."""
+    dtypes, devices and the epoch. Returns the epoch as a Python number (a 1-element tensor is read
+    once, here); nothing else here reads a tensor's values."""
     if not isinstance(feature_maps, torch.Tensor):
         raise TypeError(f"feature_maps must be a torch.Tensor, got {type(feature_maps).__name__}")
     if feature_maps.dim() != 4:
@@ -113,6 +114,7 @@ def check_forward_arguments(module, feature_maps, target, epoch) -> None:
         raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
     if (isinstance(epoch, float) and not math.isfinite(epoch)) or epoch < 0:
         raise ValueError(f"epoch must be a finite number >= 0, got {epoch}")
+    return epoch
 
 
 def raise_for_labels(label_min: int, label_max: int, num_classes: int) -> None:

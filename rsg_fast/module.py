@@ -69,7 +69,7 @@ class RSG(RSGParameters):
         self._head_tables: dict = {}
 
     def forward(self, feature_maps, head_class_lists, target, epoch):
-        check_forward_arguments(self, feature_maps, target, epoch)
+        epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
         compiling = torch.compiler.is_compiling()
         if not compiling and torch._C._functorch.peek_interpreter_stack() is not None:
             raise RuntimeError(FUNCTORCH_MESSAGE)
@@ -82,15 +82,20 @@ class RSG(RSGParameters):
         labels = target.to(torch.int64).contiguous()
 
         # Algorithm 1's bookkeeping and the label range on the device, then the one host sync.
-        head_table = self._head_table(heads, x.device)
+        key = (heads, x.device)
+        head_table = None if compiling else self._head_tables.get(key)
+        new_table = head_table is None
+        if new_table:
+            head_table = self._new_head_table(heads, x.device)
+        check_labels = self.validate and N > 0
         counts = is_head = None
-        if generation or (self.validate and N > 0):
+        if generation or check_labels:
             is_head, counts = ops.batch_plan(labels, head_table, self.transfer_strength, backend=backend)
-        n_new = self._check_and_count(x, counts, generation, compiling)
-        if not compiling and (heads, x.device) not in self._head_tables:   # once the call passed its checks
+        n_new = self._check_and_count(x, counts, generation, check_labels, compiling)
+        if new_table and not compiling:    # kept only once the call passed its checks
             if len(self._head_tables) >= 16:
                 self._head_tables.clear()
-            self._head_tables[(heads, x.device)] = head_table
+            self._head_tables[key] = head_table
 
         # Eq. 1 and Eq. 5 (first term): centre weights gamma, distances, each sample's closest centre.
         _, _, closest_row, cesc = ops.center_assign(x, labels, self.centers, self.linear, self.bias,
@@ -131,21 +136,16 @@ class RSG(RSGParameters):
         return out_maps, loss_cesc, loss_mv, torch.cat([target, target[tail_index]])
 
     # -- pieces of forward -------------------------------------------------------------------------
-    def _head_table(self, heads: tuple[int, ...], device) -> torch.Tensor:
-        """A (num_classes,) bool table of the head classes on ``device`` (kept per head list and device,
-        so an eager forward does not copy a host list to the device every step)."""
-        if not torch.compiler.is_compiling():
-            table = self._head_tables.get((heads, device))
-            if table is not None:
-                return table
+    def _new_head_table(self, heads: tuple[int, ...], device) -> torch.Tensor:
+        """A (num_classes,) bool table of the head classes on ``device`` (forward keeps it per head list
+        and device, so an eager forward does not copy a host list to the device every step)."""
         table = torch.zeros(self.num_classes, dtype=torch.bool)
         table[list(heads)] = True
         return table.to(device)
 
-    def _check_and_count(self, x, counts, generation: bool, compiling: bool):
+    def _check_and_count(self, x, counts, generation: bool, check_labels: bool, compiling: bool):
         """The value checks and the number of new samples, from one device-to-host copy (eager) or as
         asynchronous device asserts and a data-dependent size (torch.compile)."""
-        check_labels = self.validate and x.shape[0] > 0
         finite = torch.isfinite(x).all() if self.check_finite else None
         if compiling:
             if check_labels:

@@ -23,7 +23,6 @@ Nothing else differs between the two.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from rsg_fast._validation import NON_FINITE_MESSAGE, check_forward_arguments, raise_for_labels
@@ -39,7 +38,7 @@ class ReferenceRSG(RSGParameters):
     """
 
     def forward(self, feature_maps, head_class_lists, target, epoch):
-        check_forward_arguments(self, feature_maps, target, epoch)
+        epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
         heads = self._head_classes(head_class_lists)
         if self.validate and target.numel() > 0:
             raise_for_labels(int(target.min()), int(target.max()), self.num_classes)

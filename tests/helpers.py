@@ -1,21 +1,19 @@
 """Helpers shared by the tests (tests import this module; no test imports another test file).
 
 Tolerances, per dtype, for fast-path results against a float64 reference computed on the same
-input values: ``rsg_fast.testing`` (shared with ``rsg-fast check``): fp32 rtol 1e-5 with an
-absolute floor of 1e-5 x the quantity's scale (max |expected|, at least 1); fp64 1e-10; fp16
-tensors 2e-3 and bf16 1.6e-2 (about one rounding of the dtype), their statistics (fp32
-accumulation) 1e-4.
+input values: ``rsg_fast.testing`` (its docstring has the table; ``rsg-fast check`` uses it too).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
+from rsg_fast import ops
 from rsg_fast.testing import assert_close
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ["torch", "triton"]   # "triton" runs the Triton interpreter on the CPU (conftest.py)
-GROUPINGS = ["location", "rows"]
+GROUPINGS = list(ops.GROUPINGS)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

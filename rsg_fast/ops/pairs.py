@@ -6,7 +6,7 @@
 
 ``counts`` is what ``RSG`` fetches to the host in its one synchronisation (n_new sizes the new
 samples; the label range is the value check); everything else stays on the device. The pairing is
-``reference.segment_plan``'s published rule; ``ReferenceRSG`` loops over the segments instead.
+``parameters.segment_plan``'s published rule; ``ReferenceRSG`` loops over the segments instead.
 """
 import numbers
 
@@ -65,14 +65,14 @@ def batch_plan(labels: Tensor, head_table: Tensor, beta: float, *, backend: str 
     """``(is_head (N,) bool, counts (4,) int64)`` for integer labels (N,) and a (L,) bool table of the
     head classes; ``counts = (n_head, n_new, min label, max label)`` (labels outside [0, L) read the
     table at the clamped label: check ``counts[2:]``). beta (transfer_strength) in (0, 1]."""
-    check_index("labels", labels, None, None, "labels", labels, check_values=False)
+    labels = check_index("labels", labels, None, None, "labels", labels, check_values=False)   # int64, contiguous
     if not isinstance(head_table, Tensor) or head_table.dtype != torch.bool or head_table.dim() != 1 \
             or head_table.numel() < 1:
         raise TypeError(f"head_table must be a non-empty 1-D bool tensor, got {head_table!r}")
     check_device("labels", labels, "head_table", head_table)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 < float(beta) <= 1.0:
         raise ValueError(f"beta (transfer_strength) must be a number in (0, 1], got {beta!r}")
-    return torch.ops.rsg_fast.batch_plan(labels.to(torch.int64).contiguous(), head_table.contiguous(),
+    return torch.ops.rsg_fast.batch_plan(labels, head_table.contiguous(),
                                          float(beta), resolve_backend(backend, labels.device))
 
 
