@@ -39,21 +39,17 @@ def poisoned_outputs():
         _POISON = previous
 
 
-def new_empty(shape, dtype: torch.dtype, device, stride=None) -> torch.Tensor:
-    """``torch.empty`` (contiguous, or ``empty_strided`` when ``stride`` is given), NaN-filled inside
-    ``poisoned_outputs()`` (integer buffers get -1)."""
-    if stride is None:
-        out = torch.empty(tuple(shape), dtype=dtype, device=device)
-    else:
-        out = torch.empty_strided(tuple(shape), tuple(stride), dtype=dtype, device=device)
+def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.empty`` (contiguous), NaN-filled inside ``poisoned_outputs()`` (integer buffers get -1)."""
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
     if _POISON:
         out.fill_(float("nan") if dtype.is_floating_point else -1)
     return out
 
 
-def new_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def new_empty_like(t: torch.Tensor) -> torch.Tensor:
     """``torch.empty_like`` (keeps channels_last and other dense layouts), NaN-filled when poisoning."""
-    out = torch.empty_like(t, dtype=dtype)
+    out = torch.empty_like(t)
     if _POISON:
         out.fill_(float("nan"))
     return out
@@ -71,17 +67,6 @@ def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
     """Next power of two of ``n``, clamped to ``[lo, hi]``."""
     b = max(lo, triton.next_power_of_2(max(int(n), 1)))
     return min(b, hi) if hi is not None else b
-
-
-def warps_for(tile_elems: int) -> int:
-    """num_warps from the number of elements one program holds per step (about 8-16 per thread)."""
-    if tile_elems <= 256:
-        return 1
-    if tile_elems <= 1024:
-        return 2
-    if tile_elems <= 4096:
-        return 4
-    return 8
 
 
 def spatial_blocks(C: int, HW: int, tile: int = 4096, max_hw: int = 256):

@@ -334,6 +334,8 @@ def center_assign_param_grads(target, centers, shift, dmean, gamma, dist, g_gamm
     gc = new_empty((L, K, C) if need_centers else (0,), centers.dtype, dev)
     gl = new_empty((L, C, K) if need_linear else (0,), linear_dtype, dev)
     gb = new_empty((L, K) if need_bias else (0,), bias_dtype, dev)
+    if not (need_centers or need_linear or need_bias):     # frozen parameters: no sort, no launch
+        return gc, gl, gb
     perm, offsets = csr_by_index(target, L)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_param_grad_kernel, (L, triton.cdiv(C, bc)))(

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    csr_by_index, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks, strides4,
+    acc_dtype, csr_by_index, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks, strides4,
 )
 
 
@@ -97,7 +97,7 @@ def displacement_forward(x: torch.Tensor, index: torch.Tensor, row: torch.Tensor
     launch(_displacement_fwd_kernel, (M, triton.cdiv(C, bc)))(
         x, index, row, table, out, *strides4(x), *table.stride(),
         C=C, H=H, W=W, LAYOUT_X=layout_code(x),
-        FP64=torch.float64 in (x.dtype, table.dtype), BLOCK_C=bc, BLOCK_HW=bhw, num_warps=4)
+        FP64=acc_dtype(x.dtype, table.dtype) == torch.float64, BLOCK_C=bc, BLOCK_HW=bhw, num_warps=4)
     return out
 
 
@@ -111,7 +111,7 @@ def index_add_gather(grad: torch.Tensor, index: torch.Tensor, like: torch.Tensor
     launch(_index_add_kernel, (N, triton.cdiv(C, bc)))(
         grad, perm, offsets, out, *strides4(grad), *strides4(out),
         C=C, H=H, W=W, LAYOUT_G=layout_code(grad), LAYOUT_O=layout_code(out),
-        FP64=torch.float64 in (grad.dtype, like.dtype), BLOCK_C=bc, BLOCK_HW=bhw,
+        FP64=acc_dtype(grad.dtype, like.dtype) == torch.float64, BLOCK_C=bc, BLOCK_HW=bhw,
         num_warps=4)
     return out
 

@@ -22,6 +22,12 @@ __all__ = ["center_assign"]
 
 # ----------------------------------------------------------------------------- PyTorch path
 
+def _mean_minus_centre(shift, dmean, centers, target, acc):
+    """(N, K, C): each sample's channel means minus its class's K centres, as (s - centre) + mean(x - s)
+    so a large common offset cancels exactly (module docstring of the kernels)."""
+    return (shift[:, None, :] - centers[target].to(acc)) + dmean[:, None, :]
+
+
 def _forward_torch(x, target, centers, linear, bias):
     """The same algebra as the kernels, in plain (differentiable) PyTorch."""
     acc = acc_dtype(x.dtype, centers.dtype, linear.dtype, bias.dtype)
@@ -35,7 +41,7 @@ def _forward_torch(x, target, centers, linear, bias):
     var = torch.linalg.vector_norm(xc.sub_(dmean[:, :, None, None]), dim=(1, 2, 3)).square()
     logits = torch.einsum("nc,nck->nk", shift + dmean, linear[target].to(acc)) + bias[target].to(acc)
     gamma = torch.softmax(logits, dim=1)
-    diff = (shift[:, None, :] - centers[target].to(acc)) + dmean[:, None, :]     # mean - centre
+    diff = _mean_minus_centre(shift, dmean, centers, target, acc)
     dist = var[:, None] + (H * W) * diff.square().sum(dim=2)
     row = target * K + gamma.argmax(dim=1)
     return gamma, dist, row, (gamma * dist).sum(dim=1), shift, dmean
@@ -55,11 +61,12 @@ def _fold_incoming(gamma, dist, g_gamma, g_dist, g_cesc):
     return g_logit, g_dist
 
 
-def _param_grads_torch(target, centers, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc, HW,
+def _param_grads_torch(target, centers, shift, dmean, glogit, g_dist, diff, HW,
                        need_c, need_l, need_b, linear_dtype, bias_dtype):
+    """The parameters' gradients from the folded incoming gradients (``_fold_incoming``) and ``diff``
+    (``_mean_minus_centre``, or None where ``g_dist`` is None)."""
     L, K, C = centers.shape
-    acc, dev = gamma.dtype, gamma.device
-    glogit, g_dist = _fold_incoming(gamma, dist, g_gamma, g_dist, g_cesc)
+    acc, dev = shift.dtype, shift.device
     gc = torch.zeros(L, K, C, dtype=acc, device=dev) if need_c else None
     gl = torch.zeros(L, C, K, dtype=acc, device=dev) if need_l else None
     gb = torch.zeros(L, K, dtype=acc, device=dev) if need_b else None
@@ -69,22 +76,20 @@ def _param_grads_torch(target, centers, shift, dmean, gamma, dist, g_gamma, g_di
         if need_b:
             gb.index_add_(0, target, glogit)
     if g_dist is not None and need_c:
-        diff = (shift[:, None, :] - centers[target].to(acc)) + dmean[:, None, :]
         gc.index_add_(0, target, (-2.0 * HW) * g_dist[:, :, None] * diff)
-    return tuple(gamma.new_empty(0) if g is None else g.to(dtype)
+    return tuple(shift.new_empty(0) if g is None else g.to(dtype)
                  for g, dtype in ((gc, centers.dtype), (gl, linear_dtype), (gb, bias_dtype)))
 
 
-def _x_grad_torch(x, target, centers, linear, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc):
-    acc = gamma.dtype
+def _x_grad_torch(x, target, linear, shift, dmean, glogit, g_dist, diff):
+    """grad_x from the folded incoming gradients and ``diff`` (as ``_param_grads_torch``)."""
+    acc = shift.dtype
     HW = x.shape[2] * x.shape[3]
-    glogit, g_dist = _fold_incoming(gamma, dist, g_gamma, g_dist, g_cesc)
     base = torch.zeros_like(shift)
     two_s = torch.zeros_like(shift[:, :1])
     if glogit is not None:
         base = base + torch.einsum("nck,nk->nc", linear[target].to(acc), glogit) / HW
     if g_dist is not None:
-        diff = (shift[:, None, :] - centers[target].to(acc)) + dmean[:, None, :]
         base = base + 2.0 * (g_dist[:, :, None] * diff).sum(1)
         two_s = 2.0 * g_dist.sum(1, keepdim=True)
     # one map-sized temporary, updated in place (this path is never differentiated: create_graph
@@ -123,10 +128,12 @@ def _center_assign_backward(x: Tensor, target: Tensor, centers: Tensor, linear: 
         gx = (k.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc)
               if need_x else x.new_empty(0))
         return gx, gc, gl, gb
-    gc, gl, gb = _param_grads_torch(target, centers, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc, HW,
+    # fold the incoming gradients and form mean - centre once, for both the parameters and x
+    glogit, g_dist = _fold_incoming(gamma, dist, g_gamma, g_dist, g_cesc)
+    diff = None if g_dist is None else _mean_minus_centre(shift, dmean, centers, target, gamma.dtype)
+    gc, gl, gb = _param_grads_torch(target, centers, shift, dmean, glogit, g_dist, diff, HW,
                                     need_centers, need_linear, need_bias, linear.dtype, bias.dtype)
-    gx = (_x_grad_torch(x, target, centers, linear, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc)
-          if need_x else x.new_empty(0))
+    gx = _x_grad_torch(x, target, linear, shift, dmean, glogit, g_dist, diff) if need_x else x.new_empty(0)
     return gx, gc, gl, gb
 
 

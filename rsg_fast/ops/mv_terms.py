@@ -43,7 +43,8 @@ def _forward_torch(tv, v, x, tail_index, row, table, grouping):
     """The kernels' algebra in plain (differentiable) PyTorch: (new, terms, stats)."""
     acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
     xt, u = _tail_rows(x, tail_index, row, table, acc)
-    a, b, w = (_vectors(t, grouping) for t in (tv.to(acc), u, v.to(acc)))
+    tva = tv.to(acc)            # one cast (a copy for fp16/bf16), used for a and for the new samples
+    a, b, w = (_vectors(t, grouping) for t in (tva, u, v.to(acc)))
     na, nb, nw = (torch.linalg.vector_norm(t, dim=1) for t in (a, b, w))
     ah = a / na.clamp_min(EPS)[:, None]
     bh = b / nb.clamp_min(EPS)[:, None]
@@ -62,7 +63,7 @@ def _forward_torch(tv, v, x, tail_index, row, table, grouping):
         qs = tsg * cos
     M, C, H, W = tv.shape
     stats = torch.stack([na, nb, nw, qs, tsg], dim=1).view(M, H * W, 5).detach()
-    new = (xt + tv.to(acc)).to(torch.promote_types(tv.dtype, x.dtype)).contiguous()
+    new = (xt + tva).to(torch.promote_types(tv.dtype, x.dtype)).contiguous()
     return new, torch.stack([norm_sum, cos_sum]), stats
 
 
