@@ -110,7 +110,8 @@ def run_case(benchmark, setting, device, pool):
     def run(case: bc.Case, *, group: str, graphs: bool = False, inputs: bc.InputPool | None = None):
         inputs = inputs or pool
         fn, note = case.fn, None
-        if graphs and device.type == "cuda" and os.environ.get("RSG_BENCH_CUDA_GRAPHS", "") == "1":
+        use_graphs = graphs and device.type == "cuda" and os.environ.get("RSG_BENCH_CUDA_GRAPHS", "") == "1"
+        if use_graphs:
             fn, note = _graphed(case.fn, inputs.rotations, device)
         if device.type == "cuda":
             inner = fn
@@ -122,8 +123,7 @@ def run_case(benchmark, setting, device, pool):
         benchmark.extra_info.update(
             setting=setting.name, device=str(device), threads=torch.get_num_threads(), variant=case.variant,
             phase=case.phase, dtype=case.dtype, bytes_moved=case.bytes_moved, rotations=inputs.rotations,
-            cuda_graphs=(note is None and fn is not case.fn and device.type == "cuda"
-                         and os.environ.get("RSG_BENCH_CUDA_GRAPHS", "") == "1"),
+            cuda_graphs=use_graphs and note is None,
             **({"cuda_graphs_fallback": note} if note else {}))
         rounds = _rounds(device)
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=max(2, rounds // 10))
@@ -136,11 +136,8 @@ def require(device, with_compile, setting):
     """``require(variant)`` / ``require(impl="triton")``: skip, with the reason, what cannot run here."""
 
     def check(variant=None, *, impl=None):
-        why = None
-        if impl is not None:
-            why = op_cases.op_unavailable(impl, device)
-        if variant is not None:
-            why = bc.variant_unavailable(variant, device, with_compile=with_compile, setting=setting)
+        why = (op_cases.op_unavailable(impl, device) if variant is None
+               else bc.variant_unavailable(variant, device, with_compile=with_compile, setting=setting))
         if why:
             pytest.skip(why)
     return check

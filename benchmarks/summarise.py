@@ -12,17 +12,18 @@ import json
 import sys
 from pathlib import Path
 
+from rsg_fast.bench.report import SCHEMA
+
 
 def _f(value, spec, suffix=""):
     return "" if value is None else format(value, spec) + suffix
 
 
-def rows(paths):
+def rows(docs):
     yield ("| setting | variant | phase | median ms (p25..p75) | vs reference | vs no RSG | peak MB | device, threads "
            "| date (UTC) | file |")
     yield "|---|---|---|---|---|---|---|---|---|---|"
-    for path in paths:
-        doc = json.loads(Path(path).read_text())
+    for path, doc in docs:
         dev = doc["device"]
         where = f"{dev['type']} {dev['name']}, {dev['threads']} threads"
         for r in doc["rows"]:
@@ -34,9 +35,8 @@ def rows(paths):
                    f"{where} | {doc['date']} | [{Path(path).name}]({Path(path).name}) |")
 
 
-def commands(paths):
-    for path in paths:
-        doc = json.loads(Path(path).read_text())
+def commands(docs):
+    for path, doc in docs:
         load = doc.get("load_average", {})
         yield (f"- `{Path(path).name}`: `{doc['command']}` on {doc['device']['type']} ({doc['device']['name']}), "
                f"{doc['date']}, commit {(doc['commit'].get('sha') or '?')[:10]}"
@@ -44,9 +44,8 @@ def commands(paths):
                f"load average {load.get('start')} -> {load.get('end')}, wall {doc.get('wall_s')} s")
 
 
-def op_rows(path):
+def op_rows(path, doc):
     """The fused-op table of one result file (rows of ``--groups op``)."""
-    doc = json.loads(Path(path).read_text())
     ops = [r for r in doc["rows"] if r.get("group") == "op" and r.get("median_ms") is not None]
     if not ops:
         return
@@ -61,9 +60,8 @@ def op_rows(path):
                f"{_f(r.get('speedup_vs_torch'), '.2f', 'x')} | {_f(r.get('gbps'), '.1f')} | {_f(r.get('pct_copy_bw'), '.1f')} |")
 
 
-def target_lines(path):
+def target_lines(path, doc):
     """The targets a result file reports (files written before targets had a status have none)."""
-    doc = json.loads(Path(path).read_text())
     for t in doc.get("targets", []):
         if t.get("status") in ("met", "missed"):
             where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
@@ -71,9 +69,8 @@ def target_lines(path):
             yield f"- `{Path(path).name}`: {t['target']} {t['status']}: {where}, {t['measured']:.2f}{t['unit']}{note}"
 
 
-def pytest_benchmark_rows(path):
+def pytest_benchmark_rows(path, doc):
     """The op table from a ``--benchmark-json`` file of ``pytest benchmarks/``."""
-    doc = json.loads(Path(path).read_text())
     cpu = doc["machine_info"].get("cpu", {}).get("brand_raw", "?")
     yield "| group | benchmark | median ms | IQR ms | rounds | setting, device, threads | date (UTC) |"
     yield "|---|---|---|---|---|---|---|"
@@ -85,19 +82,19 @@ def pytest_benchmark_rows(path):
 
 if __name__ == "__main__":
     files = sys.argv[1:] or sorted(str(p) for p in (Path(__file__).parent / "results").glob("*.json"))
-    docs = {f: json.loads(Path(f).read_text()) for f in files}
-    bench_files = [f for f in files if docs[f].get("schema") == "rsg-fast-bench/1"]
-    pytest_files = [f for f in files if "machine_info" in docs[f]]
-    print("\n".join(rows(bench_files)))
+    docs = [(f, json.loads(Path(f).read_text())) for f in files]
+    bench_docs = [(f, doc) for f, doc in docs if doc.get("schema") == SCHEMA]
+    pytest_docs = [(f, doc) for f, doc in docs if "machine_info" in doc]
+    print("\n".join(rows(bench_docs)))
     print()
-    print("\n".join(commands(bench_files)))
-    for f in bench_files:
-        table = list(op_rows(f))
+    print("\n".join(commands(bench_docs)))
+    for f, doc in bench_docs:
+        table = list(op_rows(f, doc))
         if table:
             print("\n" + "\n".join(table))
-    targets = [line for f in bench_files for line in target_lines(f)]
+    targets = [line for f, doc in bench_docs for line in target_lines(f, doc)]
     if targets:
         print("\n" + "\n".join(targets))
-    for f in pytest_files:
+    for f, doc in pytest_docs:
         print(f"\n`{Path(f).name}`:\n")
-        print("\n".join(pytest_benchmark_rows(f)))
+        print("\n".join(pytest_benchmark_rows(f, doc)))

@@ -10,7 +10,8 @@ fused ops on their own); it re-exports the settings and the input pool:
   ``ReferenceRSG``, ``rsg-torch`` / ``rsg-triton`` = ``RSG`` on one backend, ``reference-compiled`` /
   ``rsg-compiled`` = their ``torch.compile``) and ``STEP_VARIANTS`` (one SGD step of CIFAR ResNet-32
   without RSG, with ``ReferenceRSG``, with ``RSG``, and compiled with and without ``RSG``).
-- ``variant_unavailable(variant, device, ...)``: why a variant cannot run here, or None.
+- ``variant_unavailable(variant, device, ...)``: why a variant cannot run here, or None
+  (``triton_unavailable(device)``: the same for the Triton kernels, shared with ``op_cases``).
 - ``module_case`` / ``step_case`` / ``make_case``: a ``Case`` whose ``fn()`` runs one call on the next
   input rotation.
 
@@ -34,7 +35,8 @@ from rsg_fast.bench.settings import (
 __all__ = [
     "SETTINGS", "PUBLIC_SHAPES", "PHASES", "Setting", "label_counts", "pair_count", "phase_epoch",
     "InputPool", "default_rotations", "MODULE_VARIANTS", "STEP_VARIANTS", "ALL_VARIANTS", "COMPILED_VARIANTS",
-    "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "variant_unavailable", "rsg_args", "build_module",
+    "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "triton_unavailable", "variant_unavailable", "rsg_args",
+    "build_module",
     "module_bytes", "module_case", "build_step_model", "step_case", "make_case", "build",
 ]
 
@@ -74,17 +76,20 @@ class Case:
 
 # ----------------------------------------------------------------------------- availability
 
+def triton_unavailable(device) -> str | None:
+    """Why the Triton kernels cannot be timed on ``device`` (a sentence), or None when they can."""
+    if torch.device(device).type != "cuda":
+        return "needs CUDA (Triton kernels; the CPU interpreter is not a timing)"
+    from rsg_fast.backend import triton_available
+    return None if triton_available() else "triton does not import"
+
+
 def variant_unavailable(variant: str, device, *, with_compile: bool, setting: Setting | None = None) -> str | None:
     """Why ``variant`` cannot run here (a sentence), or None when it can."""
-    device = torch.device(device)
     if variant not in ALL_VARIANTS:
         return f"unknown variant {variant!r}"
-    if variant == "rsg-triton":
-        if device.type != "cuda":
-            return "needs CUDA (Triton kernels; the CPU interpreter is not a timing)"
-        from rsg_fast.backend import triton_available
-        if not triton_available():
-            return "triton does not import"
+    if variant == "rsg-triton" and (why := triton_unavailable(device)):
+        return why
     if variant in COMPILED_VARIANTS and not with_compile:
         return "torch.compile is off on CPU by default (bench: --compile; benchmarks/: RSG_BENCH_COMPILE=1)"
     if variant in STEP_VARIANTS and setting is not None and not setting.has_step:
@@ -133,13 +138,13 @@ def build_module(variant: str, setting: Setting, device, seed: int = 0, compile_
     return _compile(module, compile_backend) if variant.endswith("-compiled") else module
 
 
-def module_bytes(setting: Setting, phase: str, dtype_size: int = 4) -> int:
+def module_bytes(setting: Setting, phase: str) -> int:
     """Compulsory bytes of one RSG forward+backward (a lower bound used for GB/s): forward reads the
     maps once and writes the new samples; backward reads the output gradient and writes the maps'
     gradient. Before the threshold the output is the input itself (no copy, the gradient passes
-    through), so only the read of the maps is compulsory."""
+    through), so only the read of the maps is compulsory. The module's maps are fp32 (4 bytes)."""
     s = setting
-    plane = s.channels * s.height * s.width * dtype_size
+    plane = s.channels * s.height * s.width * 4
     if phase == "contrastive":
         return s.batch * plane
     m = pair_count(s)
@@ -181,7 +186,7 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
         module.zero_grad(set_to_none=True)
         pool.clear_grads()
 
-    meta = {"pairs": pair_count(setting) if phase == "generation" else 0, "module": module,
+    meta = {"pairs": pair_count(setting) if phase == "generation" else 0,
             "mv_loss": getattr(module, "mv_loss", None)}   # a torch.compile wrapper passes attributes through
     return Case("module", variant, phase, fn, module_bytes(setting, phase), meta, reset)
 
@@ -240,7 +245,7 @@ def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed:
         loss.backward()
         opt.step()
 
-    return Case("step", variant, phase, fn, None, {"model": model}, lambda: opt.zero_grad(set_to_none=True))
+    return Case("step", variant, phase, fn, None, reset=lambda: opt.zero_grad(set_to_none=True))
 
 
 def make_case(group: str, variant: str, phase: str, setting: Setting, pool: InputPool, *, seed: int = 0,

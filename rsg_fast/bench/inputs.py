@@ -36,7 +36,7 @@ class InputPool:
     def __init__(self, setting: Setting, device, rotations: int | None = None, seed: int = 0,
                  dtype: torch.dtype = torch.float32):
         self.setting, self.device, self.dtype = setting, torch.device(device), dtype
-        self.rotations = rotations or default_rotations(setting, self.device, torch.empty((), dtype=dtype).element_size())
+        self.rotations = rotations or default_rotations(setting, self.device, dtype.itemsize)
         gen = torch.Generator().manual_seed(seed)
         counts = label_counts(setting)
         base = torch.repeat_interleave(torch.arange(setting.num_classes), torch.tensor(counts))

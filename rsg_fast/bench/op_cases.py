@@ -18,36 +18,18 @@ from __future__ import annotations
 
 import torch
 
-from rsg_fast.bench.cases import LAMBDA_MV, Case
+from rsg_fast.bench.cases import LAMBDA_MV, Case, triton_unavailable
 from rsg_fast.bench.inputs import InputPool
 from rsg_fast.bench.settings import Setting, pair_count
 
 OPS = ("center_assign", "displacement", "mv_terms", "mv_terms_rows", "tap_window_means")
 OP_IMPLS = ("reference", "torch", "triton")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_WHAT = {  # what one call does, for reports and benchmarks/README.md
-    "center_assign": "Eq. 1 centre weights + Eq. 5 distances to the class's K centres, forward+backward to the "
-                     "centres, linear and bias",
-    "displacement": "Eq. 3 gather the frequent samples of the pairs and subtract their closest centre, forward",
-    "mv_terms": "Eq. 4 new samples + Eq. 6 norm/cosine sums per location, forward+backward to Tv",
-    "mv_terms_rows": "the same with the published code's row grouping (view(-1, C)), forward+backward to Tv",
-    "tap_window_means": "Eq. 2 ReLU + pooled 3x3 convolution as nine window means, forward+backward",
-}
-
-
-def describe(op: str) -> str:
-    return _WHAT[op]
 
 
 def op_unavailable(impl: str, device) -> str | None:
     """Why ``impl`` cannot be timed on ``device`` (a sentence), or None."""
-    if impl == "triton":
-        if torch.device(device).type != "cuda":
-            return "needs CUDA (Triton kernels; the CPU interpreter is not a timing)"
-        from rsg_fast.backend import triton_available
-        if not triton_available():
-            return "triton does not import"
-    return None
+    return triton_unavailable(device) if impl == "triton" else None
 
 
 def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int = 0, mode: str = "eager") -> Case:
@@ -61,7 +43,7 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
     if impl not in OP_IMPLS:
         raise ValueError(f"impl must be one of {OP_IMPLS}, got {impl!r}")
     s, device, dtype = setting, pool.device, pool.dtype
-    e = torch.empty((), dtype=dtype).element_size()
+    e = dtype.itemsize
     N, (C, H, W), K = s.batch, s.maps, s.centers
     M = max(1, pair_count(s))
     plane = C * H * W * e
@@ -74,7 +56,7 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
         return t.requires_grad_(grad)
 
     def case(fn, bytes_moved):
-        return Case("op", f"{op}:{impl}", "-", fn, bytes_moved, {"M": M}, dtype=dtype_name, mode=mode)
+        return Case("op", f"{op}:{impl}", "-", fn, bytes_moved, dtype=dtype_name, mode=mode)
 
     L, D = s.num_classes, s.dim
     gen = torch.Generator().manual_seed(seed + 23)

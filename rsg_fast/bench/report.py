@@ -115,9 +115,9 @@ def format_report(result: dict) -> str:
 
 def write_json(result: dict, path: Path) -> None:
     """Write atomically (a partial file left by a killed run is still valid JSON)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    from rsg_fast.checkpoint import atomic_write_text   # imports torch: not at this module's import
+
+    atomic_write_text(str(path), json.dumps(result, indent=2, default=str) + "\n")
 
 
 def write_csv(result: dict, path: Path) -> None:

@@ -99,9 +99,14 @@ def plan_rows(plan: Plan, setting: bc.Setting) -> list[Planned]:
     return out
 
 
+def _units(p: Planned, memory: bool) -> int:
+    """Units of progress of one runnable row: warm-up + timing, + memory for module and step rows."""
+    return 2 + (memory and p.group != "op")
+
+
 def progress_units(planned: list[Planned], memory: bool) -> int:
-    """Units of progress of the runnable rows: warm-up + timing, + memory for module and step rows."""
-    return sum(2 + (memory and p.group != "op") for p in planned if p.why is None)
+    """Units of progress of the runnable rows (``_units`` each)."""
+    return sum(_units(p, memory) for p in planned if p.why is None)
 
 
 class _Bar:
@@ -163,7 +168,7 @@ class _SettingRun:
                     self.rows[p.key]["mv_loss"] = case.meta["mv_loss"]
             except Exception as exc:  # noqa: BLE001 (a variant that cannot be built is an error row)
                 self.rows[p.key]["status"] = timers.error_text(exc)
-                self.bar.advance(2 + (self.plan.memory and p.group != "op"))
+                self.bar.advance(_units(p, self.plan.memory))
         return cases
 
     def record(self, case: bc.Case, measurement) -> None:
@@ -283,6 +288,10 @@ def run(plan: Plan, on_partial=None) -> dict:
     planned = {s.name: plan_rows(plan, s) for s in plan.settings}
     rows = {s.name: {p.key: p.row() for p in planned[s.name]} for s in plan.settings}
     bar = _Bar(sum(progress_units(p, plan.memory) for p in planned.values()), plan.progress)
+    settings = [s.describe() | {"pairs_generation": bc.pair_count(s),
+                                "label_counts": bc.label_counts(s) if s.num_classes <= 100 else None}
+                for s in plan.settings]
+    rotations = {s.name: bc.default_rotations(s, plan.device) for s in plan.settings}
 
     def document(complete: bool) -> dict:
         flat = [dict(r) for s in plan.settings for r in rows[s.name].values()]
@@ -290,13 +299,11 @@ def run(plan: Plan, on_partial=None) -> dict:
         result = {
             "schema": SCHEMA, "tool": "rsg-fast bench", "command": plan.command, "date": date, **env,
             "load_average": {"start": load_start, "end": environment.load_average()},
-            "settings": [s.describe() | {"pairs_generation": bc.pair_count(s),
-                                         "label_counts": bc.label_counts(s) if s.num_classes <= 100 else None}
-                         for s in plan.settings],
+            "settings": settings,
             "timing": {"method": timers.CUDA_METHOD if plan.device.type == "cuda" else timers.CPU_METHOD,
                        "warmup_calls": plan.warmup, "budget_s": plan.budget_s, "min_rounds": plan.min_rounds,
                        "max_rounds": plan.max_rounds,
-                       "rotations": {s.name: bc.default_rotations(s, plan.device) for s in plan.settings},
+                       "rotations": rotations,
                        "spread": "p25..p75 (IQR) of the per-call times",
                        "cuda_graphs": any(r["mode"] == "cuda-graph" and r.get("median_ms") for r in flat),
                        "compile": plan.compile, "compile_backend": plan.compile_backend if plan.compile else None,
