@@ -40,7 +40,7 @@ def _atomic(path: str, write) -> None:
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, WriteError):
+        if isinstance(err, OSError):
             kept = "the previous version is intact" if os.path.exists(path) else "nothing was written"
             raise WriteError(err.errno, f"cannot write {path}: {err.strerror or err} ({kept})") from err
         raise

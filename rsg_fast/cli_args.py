@@ -58,9 +58,11 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
     def _format_action(self, action):
         # argparse leaves the help column empty for an action without help text: give it the default alone
-        if not action.help and self._default_note(action):
-            action = copy.copy(action)
-            action.help = self._default_note(action)
+        if not action.help:
+            note = self._default_note(action)
+            if note:
+                action = copy.copy(action)
+                action.help = note
         return super()._format_action(action)
 
 

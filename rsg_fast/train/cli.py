@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         stop = min(config.epochs, args.stop_after_epoch or config.epochs)
         try:
-            if proc.is_main and not _report_start(setup, stop):
-                return 0
-            if setup.start_epoch >= stop:  # the other processes: process 0 said why
+            if proc.is_main:
+                _report_start(setup, stop)
+            if setup.start_epoch >= stop:  # nothing to train; process 0 said why
                 return 0
             train(setup, proc, stop=stop, progress=not args.no_progress)
         except ckpt.WriteError as err:
@@ -86,8 +86,8 @@ def check_rsg_backend(config: TrainConfig) -> None:
         resolve_backend(config.rsg_backend, device)
 
 
-def _report_start(setup: TrainSetup, stop: int) -> bool:
-    """Prepare the run folder and print the configuration; False when there is nothing to train."""
+def _report_start(setup: TrainSetup, stop: int) -> None:
+    """Prepare the run folder and print the configuration, or say why there is nothing to train."""
     cfg, folder = setup.config, RunFolder(setup.config.out)
     for name in folder.prepare():
         print(f"removed {os.path.join(cfg.out, name)}, left by a job that was killed while writing", flush=True)
@@ -99,13 +99,13 @@ def _report_start(setup: TrainSetup, stop: int) -> bool:
         if setup.start_epoch >= cfg.epochs:
             print(f"the run in {cfg.out} is already complete ({cfg.epochs}/{cfg.epochs} epochs, {best}); "
                   "nothing to train", flush=True)
-            return False
+            return
         if setup.start_epoch >= stop:
             print(f"{setup.start_epoch} of {cfg.epochs} epochs are done, as many as --stop-after-epoch {stop} "
                   f"asks ({best}); nothing to train", flush=True)
-            return False
-    folder.write_config(cfg)
-    print("configuration:\n" + json.dumps(cfg.to_dict(), indent=2), flush=True)
+            return
+    config = cfg.to_dict()
+    folder.write_config(config)
+    print("configuration:\n" + json.dumps(config, indent=2), flush=True)
     if setup.resumed is not None:
         print(f"resuming at epoch {setup.start_epoch + 1}/{cfg.epochs} ({best})", flush=True)
-    return True

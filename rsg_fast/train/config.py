@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,9 +105,12 @@ class TrainConfig:
                     transfer_strength=self.transfer_strength, epoch_thresh=self.epoch_thresh,
                     mv_loss=self.mv_loss, backend=self.rsg_backend)
 
-    def synthetic_options(self) -> dict[str, int]:
-        return dict(num_classes=self.synthetic_classes, n_max=self.synthetic_max,
-                    test_per_class=self.synthetic_test, image_size=self.synthetic_size)
+
+def synthetic_options(config: Mapping[str, Any]) -> dict[str, int]:
+    """The synthetic-lt shape of a run, from its settings as a mapping (``vars`` of a ``TrainConfig``,
+    or the plain dict a checkpoint holds)."""
+    return dict(num_classes=config["synthetic_classes"], n_max=config["synthetic_max"],
+                test_per_class=config["synthetic_test"], image_size=config["synthetic_size"])
 
 
 def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:

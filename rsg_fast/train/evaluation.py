@@ -13,8 +13,9 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
     resolve_device, usage_error_exit
 from rsg_fast.data import DATASETS, DEFAULT_SUBSET, build_datasets
-from rsg_fast.metrics import format_acc, per_class_accuracy, shot_accuracy
+from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
+from rsg_fast.train.config import synthetic_options
 from rsg_fast.train.distributed import all_reduce
 from rsg_fast.train.run_folder import check_writable
 
@@ -74,8 +75,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         data = build_datasets(dataset, root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
                               imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET),
                               seed=cfg["seed"], test_list=args.test_list, input_size=cfg["input_size"],
-                              synthetic=dict(num_classes=cfg["synthetic_classes"], n_max=cfg["synthetic_max"],
-                                             test_per_class=cfg["synthetic_test"], image_size=cfg["synthetic_size"]),
+                              synthetic=synthetic_options(cfg),
                               num_classes=cfg.get("num_classes") if dataset == cfg["dataset"] else None)
         if data.num_classes != cfg["num_classes"]:
             raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {data.num_classes}")
@@ -97,7 +97,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     print(f"{args.checkpoint}: top-1 {result['top1']:.2f}% | many {format_acc(shots['many'])} medium "
           f"{format_acc(shots['medium'])} few {format_acc(shots['few'])} ({len(data.test)} test images)")
     if data.num_classes <= 20:
-        print("  per-class acc: " + " ".join(format_acc(a) for a in class_acc))
+        print(MetricsLog.per_class_line(result))
     if args.json:
         try:
             ckpt.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

@@ -86,6 +86,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         ckpt.set_rng_state(rngs[proc.rank] if proc.rank < len(rngs) else rngs[0])
     bar = RunProgress(proc.is_main and progress, len(train_loader), setup.start_epoch, stop, cfg.epochs)
     best_acc, best_epoch = setup.best_acc, setup.best_epoch
+    saved_config = cfg.to_dict()  # the same every epoch
     try:
         for epoch in range(setup.start_epoch, stop):
             t0 = time.time()
@@ -113,7 +114,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             rngs = gather_rng(proc.world)  # a collective: every process takes part
             if proc.is_main:
                 net = unwrap(model)
-                state = {"format": FORMAT_LAST, "epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(),
+                state = {"format": FORMAT_LAST, "epoch": epoch, "config": saved_config, "model": net.state_dict(),
                          "optimizer": setup.optimizer.state_dict(), "best": {"acc": best_acc, "epoch": best_epoch},
                          "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
                          "scheduler": {"name": "paper_lr", "next_epoch": epoch + 1}}
@@ -133,8 +134,7 @@ def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: i
                  bar: RunProgress) -> dict:
     """One pass over the training data; the loss parts' means and the counts, summed over processes."""
     model.train()
-    sums = torch.zeros(6, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated
-    steps = torch.zeros(1, dtype=torch.float64, device=device)
+    sums = torch.zeros(7, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated, steps
     seen = generated = step_count = 0   # host-side counts: no device copy per step
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -151,11 +151,11 @@ def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: i
                                      correct.double()])
         seen, generated, step_count = seen + n, generated + y_out.shape[0] - n, step_count + 1
         bar.step(loss, step_count)
-    sums[4], sums[5], steps[0] = seen, generated, step_count
-    all_reduce(sums, proc.world), all_reduce(steps, proc.world)
-    mean = (sums[:3] / steps.clamp_min(1)).tolist()
-    return {"loss_cls": mean[0], "loss_cesc": mean[1], "loss_mv": mean[2], "correct": float(sums[3]),
-            "seen": float(sums[4]), "generated": int(sums[5])}
+    sums[4], sums[5], sums[6] = seen, generated, step_count
+    loss_cls, cesc, mv, correct, seen, generated, steps = all_reduce(sums, proc.world).tolist()
+    steps = max(steps, 1.0)
+    return {"loss_cls": loss_cls / steps, "loss_cesc": cesc / steps, "loss_mv": mv / steps, "correct": correct,
+            "seen": seen, "generated": int(generated)}
 
 
 def _epoch_record(cfg: TrainConfig, cls_num_list, epoch: int, lr: float, sums: dict, correct_c, total_c,
@@ -163,7 +163,7 @@ def _epoch_record(cfg: TrainConfig, cls_num_list, epoch: int, lr: float, sums: d
     """One line of metrics.jsonl (its keys and order are the file's format)."""
     class_acc = per_class_accuracy(correct_c, total_c)
     shots = shot_accuracy(class_acc, cls_num_list)
-    generating = cfg.rsg and epoch > cfg.epoch_thresh
+    phase = ("generation" if epoch > cfg.epoch_thresh else "contrastive") if cfg.rsg else "off"
     return {"epoch": epoch, "lr": lr,
             "loss": sums["loss_cls"] + cfg.lambda_cesc * sums["loss_cesc"] + cfg.lambda_mv * sums["loss_mv"],
             "loss_cls": sums["loss_cls"], "loss_cesc": sums["loss_cesc"], "loss_mv": sums["loss_mv"],
@@ -171,5 +171,5 @@ def _epoch_record(cfg: TrainConfig, cls_num_list, epoch: int, lr: float, sums: d
             "test_acc": 100.0 * float(correct_c.sum()) / max(float(total_c.sum()), 1.0),
             "many_acc": shots["many"], "medium_acc": shots["medium"], "few_acc": shots["few"],
             "n_generated": sums["generated"],
-            "rsg_phase": ("generation" if generating else "contrastive") if cfg.rsg else "off",
+            "rsg_phase": phase,
             "epoch_time_s": seconds, "per_class_acc": class_acc}

@@ -16,7 +16,6 @@ import tempfile
 import torch.nn as nn
 
 from rsg_fast import checkpoint as ckpt
-from rsg_fast.train.config import TrainConfig
 
 FORMAT_LAST = "rsg_fast.train/1"
 FORMAT_BEST = "rsg_fast.inference/1"
@@ -71,8 +70,9 @@ class RunFolder:
             raise ckpt.WriteError(err.errno, f"cannot create the run folder {self.out}: {err.strerror}") from err
         return ckpt.remove_temp_files(self.out)
 
-    def write_config(self, config: TrainConfig) -> None:
-        ckpt.atomic_write_text(os.path.join(self.out, "config.json"), json.dumps(config.to_dict(), indent=2) + "\n")
+    def write_config(self, config: dict) -> None:
+        """``config.json``: ``config`` is ``TrainConfig.to_dict()``."""
+        ckpt.atomic_write_text(os.path.join(self.out, "config.json"), json.dumps(config, indent=2) + "\n")
 
     def save_epoch(self, state: dict, net: nn.Module, *, is_best: bool, acc: float) -> None:
         """The training state of epoch ``state["epoch"]``, then, for a new best, its inference weights

@@ -13,7 +13,7 @@ import torch.nn as nn
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.data import LTData, build_datasets
 from rsg_fast.models import build_model
-from rsg_fast.train.config import RESUME_KEYS, TrainConfig
+from rsg_fast.train.config import RESUME_KEYS, TrainConfig, synthetic_options
 from rsg_fast.train.distributed import Process, process_device
 
 
@@ -71,7 +71,7 @@ def _build_data(config: TrainConfig, proc: Process) -> LTData:
         return build_datasets(config.dataset, root=config.data_root, download=download, imb_type=config.imb_type,
                               imb_factor=config.imb_factor, subset=config.subset, seed=config.seed,
                               train_list=config.train_list, test_list=config.test_list,
-                              input_size=config.input_size, synthetic=config.synthetic_options(),
+                              input_size=config.input_size, synthetic=synthetic_options(vars(config)),
                               num_classes=config.num_classes)
 
     if not (config.download and proc.world > 1):
@@ -99,13 +99,12 @@ def _resume(setup: TrainSetup, path: str) -> None:
     if "optimizer" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path!r} is not a training checkpoint (no optimizer state); "
                          f"resume from {ckpt.LAST}")
-    ours = setup.config.to_dict()
     for key in RESUME_KEYS:
-        theirs = state["config"].get(key)
-        if theirs != ours[key]:
+        theirs, ours = state["config"].get(key), getattr(setup.config, key)
+        if theirs != ours:
             hint = f" (give --mv-loss {theirs} to continue it)" if key == "mv_loss" else ""
             raise ValueError(f"checkpoint {path!r} was trained with {key}={theirs!r}, this run has "
-                             f"{key}={ours[key]!r}{hint}")
+                             f"{key}={ours!r}{hint}")
     ckpt.load_state_strict(setup.model, state["model"], path)
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.start_epoch = int(state["epoch"]) + 1
