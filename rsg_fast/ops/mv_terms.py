@@ -19,11 +19,13 @@ __all__ = ["mv_terms"]
 
 
 def _vectors(t: Tensor, grouping: str) -> Tensor:
-    """(M*HW, C) view/copy of the grouping's vectors (see the contract)."""
-    C = t.shape[1]
+    """(M, HW, C) view/copy of the grouping's vectors (see the contract). M stays a dimension of its
+    own: under torch.compile it is data-dependent, and inductor cannot split a size u0 * HW back
+    into (u0, C, H, W) at every shape (it failed at C, H, W = 5, 3, 7)."""
+    M, C, H, W = t.shape
     if grouping == "location":
-        return t.permute(0, 2, 3, 1).reshape(-1, C)
-    return t.reshape(-1, C)  # rows of C consecutive elements of the logical NCHW buffer
+        return t.permute(0, 2, 3, 1).reshape(M, H * W, C)
+    return t.reshape(M, H * W, C)  # rows of C consecutive elements of each sample's NCHW buffer
 
 
 def _unvectors(g: Tensor, shape, grouping: str) -> Tensor:
@@ -45,24 +47,23 @@ def _forward_torch(tv, v, x, tail_index, row, table, grouping):
     xt, u = _tail_rows(x, tail_index, row, table, acc)
     tva = tv.to(acc)            # one cast (a copy for fp16/bf16), used for a and for the new samples
     a, b, w = (_vectors(t, grouping) for t in (tva, u, v.to(acc)))
-    na, nb, nw = (torch.linalg.vector_norm(t, dim=1) for t in (a, b, w))
-    ah = a / na.clamp_min(EPS)[:, None]
-    bh = b / nb.clamp_min(EPS)[:, None]
+    na, nb, nw = (torch.linalg.vector_norm(t, dim=2) for t in (a, b, w))    # (M, HW) each
+    ah = a / na.clamp_min(EPS)[..., None]
+    bh = b / nb.clamp_min(EPS)[..., None]
     norm_sum = (na - nw).abs().sum()
     if grouping == "rows":
         ab = ah * bh
         z = ab - 1.0
         cos_sum = z.abs().sum()
-        qs = (torch.sign(z) * ab).sum(1)
+        qs = (torch.sign(z) * ab).sum(2)
         tsg = torch.zeros_like(qs)
     else:
-        cos = (ah * bh).sum(1)
+        cos = (ah * bh).sum(2)
         z = cos - 1.0
         cos_sum = z.abs().sum()
         tsg = torch.sign(z)
         qs = tsg * cos
-    M, C, H, W = tv.shape
-    stats = torch.stack([na, nb, nw, qs, tsg], dim=1).view(M, H * W, 5).detach()
+    stats = torch.stack([na, nb, nw, qs, tsg], dim=2).detach()                  # (M, HW, 5)
     new = (xt + tva).to(torch.promote_types(tv.dtype, x.dtype)).contiguous()
     return new, torch.stack([norm_sum, cos_sum]), stats
 
@@ -70,11 +71,10 @@ def _forward_torch(tv, v, x, tail_index, row, table, grouping):
 def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_terms, grouping,
                     need_tv, need_v, need_u):
     acc = stats.dtype
-    st = stats.view(-1, 5)
-    na, nb, nw, qs, tsg = st.unbind(1)
+    na, nb, nw, qs, tsg = stats.unbind(2)                                       # (M, HW) each
     g0, g1 = grad_terms.to(acc).unbind(0)
     s0 = torch.sign(na - nw) * g0
-    one = torch.ones((), dtype=acc, device=st.device)
+    one = torch.ones((), dtype=acc, device=stats.device)
     ca = torch.where(na > 0, s0 / torch.where(na > 0, na, one), 0.0)
     cw = torch.where(nw > 0, -s0 / torch.where(nw > 0, nw, one), 0.0)
     da, db = na.clamp_min(EPS), nb.clamp_min(EPS)
@@ -82,20 +82,21 @@ def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_term
     if need_tv or need_u:
         _, u = _tail_rows(x, tail_index, row, table, acc)
         a, b = _vectors(tv.to(acc), grouping), _vectors(u, grouping)
-        ah, bh = a / da[:, None], b / db[:, None]
-        t = torch.sign(ah * bh - 1.0) if grouping == "rows" else tsg[:, None]
+        ah, bh = a / da[..., None], b / db[..., None]
+        t = torch.sign(ah * bh - 1.0) if grouping == "rows" else tsg[..., None]
         if need_tv:
             pa = torch.where(na >= EPS, g1 * qs, 0.0)
-            ga = _unvectors(ca[:, None] * a + (g1 * t * bh - pa[:, None] * ah) / da[:, None], tv.shape, grouping)
+            ga = _unvectors(ca[..., None] * a + (g1 * t * bh - pa[..., None] * ah) / da[..., None], tv.shape,
+                            grouping)
             if grad_new is not None:
                 ga = ga + grad_new.to(acc)
             gtv = torch.empty_like(tv).copy_(ga)        # tv's dtype and memory format
         if need_u:
             pb = torch.where(nb >= EPS, g1 * qs, 0.0)
-            gu = _unvectors((g1 * t * ah - pb[:, None] * bh) / db[:, None], tv.shape, grouping)
+            gu = _unvectors((g1 * t * ah - pb[..., None] * bh) / db[..., None], tv.shape, grouping)
             gu = gu.to(x.dtype).contiguous()
     if need_v:
-        gv = torch.empty_like(v).copy_(_unvectors(cw[:, None] * _vectors(v.to(acc), grouping), v.shape, grouping))
+        gv = torch.empty_like(v).copy_(_unvectors(cw[..., None] * _vectors(v.to(acc), grouping), v.shape, grouping))
     return gtv, gv, gu
 
 
