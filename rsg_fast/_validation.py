@@ -117,6 +117,25 @@ def check_forward_arguments(module, feature_maps, target, epoch):
     return epoch
 
 
+def check_host_target(host_target, target) -> torch.Tensor:
+    """``forward``'s optional ``host_target``: the same labels as ``target``, held on the CPU, from which
+    Algorithm 1's counts are computed without reading the device. Returns them as contiguous int64."""
+    if not isinstance(host_target, torch.Tensor):
+        raise TypeError(f"host_target must be a CPU torch.Tensor holding the same labels as target, got "
+                        f"{type(host_target).__name__}")
+    if host_target.device.type != "cpu":
+        raise ValueError(f"host_target must be on the CPU (it is there so that RSG need not read target from "
+                         f"the device), got a tensor on {host_target.device}; pass the labels before .to(device)")
+    if (host_target.dim() != 1 or host_target.dtype == torch.bool or host_target.is_floating_point()
+            or host_target.is_complex()):
+        raise TypeError(f"host_target must be a 1-D integer tensor of class labels, got a {host_target.dim()}-D "
+                        f"{host_target.dtype} tensor")
+    if host_target.shape[0] != target.shape[0]:
+        raise ValueError(f"host_target must hold the same labels as target: target has length {target.shape[0]}, "
+                         f"host_target has length {host_target.shape[0]}")
+    return host_target.to(torch.int64).contiguous()
+
+
 def raise_for_labels(label_min: int, label_max: int, num_classes: int) -> None:
     """Raise for labels outside [0, num_classes) once their range is on the host."""
     if label_min < 0 or label_max >= num_classes:
@@ -125,3 +144,4 @@ def raise_for_labels(label_min: int, label_max: int, num_classes: int) -> None:
 
 
 NON_FINITE_MESSAGE = "feature_maps holds NaN or Inf values (check_finite=True)"
+HOST_TARGET_MESSAGE = "host_target must hold the same labels as target, in the same order"

@@ -8,7 +8,8 @@ op (``rsg_fast.ops``) per step:
   weights gamma, its K squared distances and its closest centre; never the N x K x C x H x W tensor.
 - Algorithm 1's bookkeeping, ``ops.batch_plan`` / ``ops.pair_indices``: the head/tail split, the
   published segment rule and every (head, tail) pair of every segment, on the device. The only host
-  synchronisation of a forward is the number of new samples (with the label range, fetched together).
+  synchronisation of a forward is the number of new samples (with the label range, fetched together);
+  none when the caller passes the labels it still holds on the CPU as ``host_target``.
 - Eq. 3, ``ops.displacement``: the frequent samples' displacements from their closest centres.
 - Eq. 4 + Eq. 6, ``ops.mv_terms``: the new samples and the norm and cosine sums, in one pass; the rare
   samples' displacements are rebuilt inside the op, never stored.
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from rsg_fast import ops
-from rsg_fast._validation import NON_FINITE_MESSAGE, check_forward_arguments, raise_for_labels
+from rsg_fast._validation import (HOST_TARGET_MESSAGE, NON_FINITE_MESSAGE, check_forward_arguments,
+                                  check_host_target, raise_for_labels)
 from rsg_fast.backend import BACKEND_CHOICES, resolve_backend
 from rsg_fast.parameters import RSGParameters
 
@@ -52,6 +54,13 @@ class RSG(RSGParameters):
         check, never the shape, dtype and device checks.
       check_finite: also reject feature maps holding NaN/Inf (with or without ``validate``).
 
+    ``forward(feature_maps, head_class_lists, target, epoch, *, host_target=None)``: ``host_target``
+    (optional, keyword-only) is ``target`` as a CPU tensor, e.g. the labels from the DataLoader before
+    they were moved to the GPU. Algorithm 1's counts and pairs are then computed on the CPU and copied
+    to the device, so a forward makes no device-to-host synchronisation (``check_finite=True`` and a
+    tensor ``epoch`` on the device still do). With ``validate`` its equality with ``target`` is checked
+    asynchronously on the device.
+
     ``forward(feature_maps, head_class_lists, target, epoch)`` returns
     ``(feature_maps, loss_cesc, loss_mv, target)``: after the threshold the batch is extended by the
     new rare-class samples and their labels; the losses are 0-d tensors in fp32 (fp64 for fp64 input).
@@ -68,8 +77,9 @@ class RSG(RSGParameters):
         self.backend = backend
         self._head_tables: dict = {}
 
-    def forward(self, feature_maps, head_class_lists, target, epoch):
+    def forward(self, feature_maps, head_class_lists, target, epoch, *, host_target=None):
         epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
+        host_labels = None if host_target is None else check_host_target(host_target, target)
         compiling = torch.compiler.is_compiling()
         if not compiling and torch._C._functorch.peek_interpreter_stack() is not None:
             raise RuntimeError(FUNCTORCH_MESSAGE)
@@ -81,16 +91,20 @@ class RSG(RSGParameters):
         # int64 and contiguous: a uint8 index would act as a mask, and the kernels read labels as a flat array
         labels = target.to(torch.int64).contiguous()
 
-        # Algorithm 1's bookkeeping and the label range on the device, then the one host sync.
-        key = (heads, x.device)
+        # Algorithm 1's bookkeeping and the label range: on the device, then the one host sync; or,
+        # given host_target, on the CPU from those labels, with no sync at all.
+        plan_labels, plan_backend = (labels, backend) if host_labels is None else (host_labels, "torch")
+        key = (heads, plan_labels.device)
         head_table = None if compiling else self._head_tables.get(key)
         new_table = head_table is None
         if new_table:
-            head_table = self._new_head_table(heads, x.device)
+            head_table = self._new_head_table(heads, plan_labels.device)
         check_labels = self.validate and N > 0
         counts = is_head = None
         if generation or check_labels:
-            is_head, counts = ops.batch_plan(labels, head_table, self.transfer_strength, backend=backend)
+            is_head, counts = ops.batch_plan(plan_labels, head_table, self.transfer_strength, backend=plan_backend)
+        if host_labels is not None and check_labels:
+            _check_same_labels(labels, host_labels, compiling)
         n_new = self._check_and_count(x, counts, generation, check_labels, compiling)
         if new_table and not compiling:    # kept only once the call passed its checks
             if len(self._head_tables) >= 16:
@@ -114,7 +128,9 @@ class RSG(RSGParameters):
         if not compiling and n_new == 0:   # no head or no tail in the batch: nothing to generate
             return feature_maps, loss_cesc, loss_cesc.new_zeros(()), target
 
-        head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend=backend)
+        head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend=plan_backend)
+        if host_labels is not None:   # one small host-to-device copy, queued behind the work before it
+            head_index, tail_index = torch.stack([head_index, tail_index]).to(x.device, non_blocking=True).unbind(0)
         centre_table = self.centers.detach().flatten(0, 1)                  # (L*K, C), detached
         # Eq. 3: v = x_head - up(closest centre of the head)
         v = ops.displacement(x, head_index, closest_row, centre_table, backend=backend, check_indices=False)
@@ -160,12 +176,12 @@ class RSG(RSGParameters):
             return n_new
         if counts is None and finite is None:
             return 0
-        if finite is None:
-            values = counts.tolist()
-        else:
-            fetched = [finite.view(1)] if counts is None else [counts, finite.view(1)]
-            values = torch.cat(fetched).tolist()
-        if finite is not None and not values[-1]:
+        if finite is not None and counts is not None and counts.device == finite.device:
+            *values, finite_ok = torch.cat([counts, finite.view(1)]).tolist()      # one copy for both
+        else:   # counts on the host (host_target) or absent: each read on its own
+            values = counts.tolist() if counts is not None else None
+            finite_ok = finite is None or bool(finite)
+        if not finite_ok:
             raise ValueError(NON_FINITE_MESSAGE)
         if check_labels:
             raise_for_labels(values[2], values[3], self.num_classes)
@@ -196,6 +212,16 @@ class RSG(RSGParameters):
         # sum over d, i, j of S[p, d, i, j] W3[e, d, i, j]: one product with the weight as stored
         pooled = torch.addmm(b3.to(taps.dtype), taps.flatten(1), w3.flatten(1).t().to(taps.dtype))
         return pooled, wf.to(pooled.dtype), bf.to(pooled.dtype)
+
+
+def _check_same_labels(labels: torch.Tensor, host_labels: torch.Tensor, compiling: bool) -> None:
+    """``host_target`` must equal ``target``: at once where both are on the CPU, otherwise an
+    asynchronous device assert (reading the device here would bring back the sync it avoids)."""
+    if labels.device.type == "cpu" and not compiling:
+        if not torch.equal(labels, host_labels):
+            raise ValueError(HOST_TARGET_MESSAGE)
+        return
+    torch._assert_async((labels == host_labels.to(labels.device, non_blocking=True)).all(), HOST_TARGET_MESSAGE)
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:

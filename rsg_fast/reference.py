@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rsg_fast._validation import NON_FINITE_MESSAGE, check_forward_arguments, raise_for_labels
+from rsg_fast._validation import (HOST_TARGET_MESSAGE, NON_FINITE_MESSAGE, check_forward_arguments,
+                                  check_host_target, raise_for_labels)
 from rsg_fast.parameters import RSGParameters
 
 
@@ -33,15 +34,20 @@ class ReferenceRSG(RSGParameters):
     """RSG, plainly. Same constructor, forward and parameters as the published module.
 
     ``forward(feature_maps, head_class_lists, target, epoch) -> (feature_maps, loss_cesc, loss_mv, target)``;
-    see the module docstring for ``mv_loss``. Runs on any device, any batch size (odd N pairs the
+    see the module docstring for ``mv_loss``. ``host_target`` (RSG's keyword) is accepted and checked,
+    not used. Runs on any device, any batch size (odd N pairs the
     first floor(N/2) samples with the next floor(N/2); N = 0 and N = 1 give zero pair terms).
     """
 
-    def forward(self, feature_maps, head_class_lists, target, epoch):
+    def forward(self, feature_maps, head_class_lists, target, epoch, *, host_target=None):
         epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
         heads = self._head_classes(head_class_lists)
         if self.validate and target.numel() > 0:
             raise_for_labels(int(target.min()), int(target.max()), self.num_classes)
+        if host_target is not None:   # RSG's keyword, accepted so the two modules swap; only checked here
+            host_labels = check_host_target(host_target, target)
+            if self.validate and not torch.equal(target.long().cpu(), host_labels):
+                raise ValueError(HOST_TARGET_MESSAGE)
         if self.check_finite and not bool(torch.isfinite(feature_maps).all()):
             raise ValueError(NON_FINITE_MESSAGE)
         labels = target.long()             # any integer dtype (a uint8 index would act as a mask)

@@ -59,6 +59,7 @@ def test_tiny_run_writes_valid_json(tiny_run):
     assert "overhead_vs_no_rsg_pct" in rows[("resnet32+rsg", "generation")]
     # CUDA-only / opt-in variants are reported as skipped with the reason, not silently dropped
     assert rows[("rsg-triton", "contrastive")]["status"].startswith("skipped: needs CUDA")
+    assert rows[("rsg-host", "generation")]["status"].startswith("skipped: host_target removes a device-to-host")
     for variant in bc.COMPILED_VARIANTS:
         assert rows[(variant, "-" if variant == "resnet32-compiled" else "generation")]["status"].startswith("skipped:")
     assert {t["status"] for t in doc["targets"]} <= {"met", "missed", "not measured"}
@@ -242,6 +243,21 @@ def test_label_counts_are_long_tailed_and_pair():
     for name, setting in bc.SETTINGS.items():
         assert sum(bc.label_counts(setting)) == setting.batch, name
         assert bc.pair_count(setting) > 0, name
+
+
+def test_host_target_variants_run_their_calls_on_the_cpu_too():
+    """A run times the host_target rows on CUDA only (on the CPU there is no synchronisation to remove);
+    their calls still run here, so the first GPU run cannot find them broken."""
+    setting = bc.SETTINGS["tiny"]
+    pool = bc.InputPool(setting, "cpu", rotations=2)
+    for make, variant in ((bc.module_case, "rsg-host"), (bc.step_case, "resnet32+rsg-host")):
+        for phase in bc.PHASES:
+            case = make(variant, setting, phase, pool)
+            case.fn()
+            case.fn()
+    assert torch.equal(pool.host_labels_of(pool.labels[1]), pool.labels[1].cpu())
+    with pytest.raises(ValueError, match="labels this pool returned"):
+        pool.host_labels_of(pool.labels[1].clone())
 
 
 def test_override_renames_setting_and_json_round_trips():

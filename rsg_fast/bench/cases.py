@@ -8,8 +8,10 @@ fused ops on their own); it re-exports the settings and the input pool:
   ``InputPool`` (from ``inputs``).
 - Variants: ``MODULE_VARIANTS`` (one forward+backward of the RSG module: ``reference`` =
   ``ReferenceRSG``, ``rsg-torch`` / ``rsg-triton`` = ``RSG`` on one backend, ``reference-compiled`` /
-  ``rsg-compiled`` = their ``torch.compile``) and ``STEP_VARIANTS`` (one SGD step of CIFAR ResNet-32
-  without RSG, with ``ReferenceRSG``, with ``RSG``, and compiled with and without ``RSG``).
+  ``rsg-compiled`` = their ``torch.compile``, ``rsg-host`` = ``RSG`` given the labels on the host as
+  ``host_target``, CUDA only: no device-to-host synchronisation) and ``STEP_VARIANTS`` (one SGD step
+  of CIFAR ResNet-32 without RSG, with ``ReferenceRSG``, with ``RSG`` (``+rsg-host``: given
+  ``host_target``), and compiled with and without ``RSG``).
 - ``variant_unavailable(variant, device, ...)``: why a variant cannot run here, or None
   (``triton_unavailable(device)``: the same for the Triton kernels, shared with ``op_cases``).
 - ``module_case`` / ``step_case`` / ``make_case``: a ``Case`` whose ``fn()`` runs one call on the next
@@ -35,13 +37,16 @@ from rsg_fast.bench.settings import (
 __all__ = [
     "SETTINGS", "PUBLIC_SHAPES", "PHASES", "Setting", "label_counts", "pair_count", "phase_epoch",
     "InputPool", "default_rotations", "MODULE_VARIANTS", "STEP_VARIANTS", "ALL_VARIANTS", "COMPILED_VARIANTS",
+    "HOST_TARGET_VARIANTS",
     "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "triton_unavailable", "variant_unavailable", "rsg_args",
     "build_module",
     "module_bytes", "module_case", "build_step_model", "step_case", "make_case", "build",
 ]
 
-MODULE_VARIANTS = ("reference", "rsg-torch", "rsg-triton", "reference-compiled", "rsg-compiled")
-STEP_VARIANTS = ("resnet32", "resnet32+reference", "resnet32+rsg", "resnet32-compiled", "resnet32+rsg-compiled")
+MODULE_VARIANTS = ("reference", "rsg-torch", "rsg-triton", "rsg-host", "reference-compiled", "rsg-compiled")
+STEP_VARIANTS = ("resnet32", "resnet32+reference", "resnet32+rsg", "resnet32+rsg-host", "resnet32-compiled",
+                 "resnet32+rsg-compiled")
+HOST_TARGET_VARIANTS = ("rsg-host", "resnet32+rsg-host")   # RSG called with host_target
 ALL_VARIANTS = MODULE_VARIANTS + STEP_VARIANTS
 COMPILED_VARIANTS = tuple(v for v in ALL_VARIANTS if v.endswith("-compiled"))
 GROUP_OF = {**{v: "module" for v in MODULE_VARIANTS}, **{v: "step" for v in STEP_VARIANTS}}
@@ -90,6 +95,8 @@ def variant_unavailable(variant: str, device, *, with_compile: bool, setting: Se
         return f"unknown variant {variant!r}"
     if variant == "rsg-triton" and (why := triton_unavailable(device)):
         return why
+    if variant in HOST_TARGET_VARIANTS and torch.device(device).type == "cpu":
+        return "host_target removes a device-to-host synchronisation; on the CPU there is none (same work as rsg-torch)"
     if variant in COMPILED_VARIANTS and not with_compile:
         return "torch.compile is off on CPU by default (bench: --compile; benchmarks/: RSG_BENCH_COMPILE=1)"
     if variant in STEP_VARIANTS and setting is not None and not setting.has_step:
@@ -128,8 +135,8 @@ def build_module(variant: str, setting: Setting, device, seed: int = 0, compile_
     reference = ReferenceRSG(*rsg_args(setting))
     if variant in ("reference", "reference-compiled"):
         module = reference
-    elif variant in ("rsg-torch", "rsg-triton", "rsg-compiled"):
-        backend = {"rsg-torch": "torch", "rsg-triton": "triton", "rsg-compiled": "auto"}[variant]
+    elif variant in ("rsg-torch", "rsg-triton", "rsg-host", "rsg-compiled"):
+        backend = {"rsg-torch": "torch", "rsg-triton": "triton", "rsg-host": "auto", "rsg-compiled": "auto"}[variant]
         module = RSG(*rsg_args(setting), backend=backend)
         module.load_state_dict(reference.state_dict())
     else:
@@ -168,11 +175,13 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
     epoch = phase_epoch(setting, phase)
     heads = list(setting.head_classes)
     weights: dict = {}
+    host = variant in HOST_TARGET_VARIANTS
 
     def fn() -> None:
         x, y = pool.next()
         module.zero_grad(set_to_none=True)
-        out, cesc, mv, _ = module(x, heads, y, epoch)
+        extra = {"host_target": pool.host_labels_of(y)} if host else {}
+        out, cesc, mv, _ = module(x, heads, y, epoch, **extra)
         roots, grads = [out], [pool.grad_like(out)]
         if cesc.requires_grad:
             roots.append(cesc)
@@ -210,7 +219,7 @@ def build_step_model(variant: str, setting: Setting, device, seed: int = 0, comp
     else:
         options = dict(n_center=setting.centers, contrastive_module_dim=setting.dim,
                        transfer_strength=setting.transfer_strength, epoch_thresh=setting.epoch_thresh)
-        if base == "resnet32+rsg":
+        if base in ("resnet32+rsg", "resnet32+rsg-host"):
             options["backend"] = "auto"
         model = resnet32(setting.num_classes, rsg=options, head_classes=list(setting.head_classes))
         if base == "resnet32+reference":
@@ -233,6 +242,7 @@ def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed:
                                                                    compile_backend)
     epoch = phase_epoch(setting, phase) if phase in PHASES else None
     plain = variant.removesuffix("-compiled") == "resnet32"
+    host = variant in HOST_TARGET_VARIANTS
 
     def fn() -> None:
         images, y = pool.next_images()
@@ -240,7 +250,8 @@ def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed:
         if plain:
             loss = F.cross_entropy(model(images), y)
         else:
-            logits, target_out, cesc, mv = model(images, y, epoch)
+            extra = {"host_target": pool.host_labels_of(y)} if host else {}
+            logits, target_out, cesc, mv = model(images, y, epoch, **extra)
             loss = F.cross_entropy(logits, target_out) + LAMBDA_CESC * cesc.mean() + LAMBDA_MV * mv.mean()
         loss.backward()
         opt.step()

@@ -31,7 +31,7 @@ def default_rotations(setting: Setting, device, dtype_size: int = 4) -> int:
 class InputPool:
     """Rotated inputs on one device: feature maps (leaf tensors that require grad, as a backbone's
     output would), labels (permutations of one long-tailed multiset) and, lazily, CIFAR images.
-    ``next()`` / ``next_images()`` cycle through them."""
+    ``next()`` / ``next_images()`` cycle through them; ``host_labels_of(y)`` is ``y`` on the CPU."""
 
     def __init__(self, setting: Setting, device, rotations: int | None = None, seed: int = 0,
                  dtype: torch.dtype = torch.float32):
@@ -40,8 +40,9 @@ class InputPool:
         gen = torch.Generator().manual_seed(seed)
         counts = label_counts(setting)
         base = torch.repeat_interleave(torch.arange(setting.num_classes), torch.tensor(counts))
-        self.labels = [base[torch.randperm(setting.batch, generator=gen)].to(self.device)
-                       for _ in range(self.rotations)]
+        # the labels on the host too, as a DataLoader gives them (RSG's host_target)
+        self.host_labels = [base[torch.randperm(setting.batch, generator=gen)] for _ in range(self.rotations)]
+        self.labels = [y.to(self.device) for y in self.host_labels]
         self._seed = seed
         self._maps: list[torch.Tensor] | None = None
         self._images: list[torch.Tensor] | None = None
@@ -78,6 +79,13 @@ class InputPool:
     def next_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         r = next(self._j) % self.rotations
         return self.images[r], self.labels[r]
+
+    def host_labels_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """The CPU copy of a label tensor ``next()`` / ``next_images()`` returned (made once, not per call)."""
+        for device_labels, host in zip(self.labels, self.host_labels):
+            if device_labels is labels:
+                return host
+        raise ValueError("host_labels_of takes labels this pool returned")
 
     def grad_like(self, t: torch.Tensor) -> torch.Tensor:
         """A fixed random upstream gradient for an output of ``t``'s shape (made once per shape)."""

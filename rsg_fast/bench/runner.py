@@ -268,7 +268,7 @@ def relate(rows: list[dict], copy_gbps: float) -> None:
             if base is not None and v not in ("resnet32", "resnet32-compiled"):
                 r["speedup_vs_reference"] = base / r["median_ms"]
             plain = median(s, "resnet32-compiled" if v.endswith("-compiled") else "resnet32", "-")
-            if plain is not None and v in ("resnet32+reference", "resnet32+rsg", "resnet32+rsg-compiled"):
+            if plain is not None and v.startswith("resnet32+"):
                 r["overhead_vs_no_rsg_pct"] = 100.0 * (r["median_ms"] / plain - 1.0)
         if r.get("bytes_moved"):
             r["gbps"] = r["bytes_moved"] / (r["median_ms"] * 1e-3) / 1e9

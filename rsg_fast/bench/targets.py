@@ -87,7 +87,8 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
                 out.append(_entry(TARGETS["compiled_vs_compiled_reference"], r, _ratio(ref_c, r["median_ms"])))
             if ref is not None:
                 out.append(_entry(TARGETS["compiled_vs_reference"], r, _ratio(ref, r["median_ms"])))
-        if cuda and s == "cifar10" and p == "contrastive" and v in ("resnet32+rsg", "resnet32+rsg-compiled"):
+        if cuda and s == "cifar10" and p == "contrastive" and v in ("resnet32+rsg", "resnet32+rsg-host",
+                                                                     "resnet32+rsg-compiled"):
             out.append(_entry(TARGETS["gpu_step_overhead"], r, r.get("overhead_vs_no_rsg_pct")))
         if cuda and s == "imagenet-lt" and r.get("group") == "op" and v.endswith(":triton"):
             out.append(_entry(TARGETS["kernel_bandwidth"], r, r.get("pct_copy_bw")))

@@ -85,13 +85,14 @@ class CifarResNet(RSGModelMixin, nn.Module):
         layers = [self.conv1, self.bn1, nn.ReLU(), self.layer1, self.layer2, self.layer3][:3 + self.rsg_stage]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None):
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None, *,
+                host_target: torch.Tensor | None = None):
         out = F.relu(self.bn1(self.conv1(x)))
         extra = None
         for i, layer in enumerate((self.layer1, self.layer2, self.layer3), 1):
             out = layer(out)
             if i == self.rsg_stage:
-                out, extra = self._rsg_step(out, target, epoch)
+                out, extra = self._rsg_step(out, target, epoch, host_target)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self._finish(self.linear(out), extra)
 

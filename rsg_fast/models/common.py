@@ -33,18 +33,21 @@ class RSGModelMixin:
     ``(logits, target_out, loss_cesc, loss_mv)``: in training mode RSG runs at its stage and may append
     generated rare-class samples, so ``target_out`` (N + n_new labels) is what the classifier loss must
     use; in eval mode, or without RSG, ``target_out`` is ``target`` and both losses are zero.
+    ``model(x, target, epoch, host_target=labels_on_cpu)`` passes RSG the labels the DataLoader gave
+    before they went to the GPU, so RSG's forward needs no device-to-host synchronisation.
     """
 
     rsg: nn.Module | None
     head_classes: list[int]
 
-    def _rsg_step(self, feats: torch.Tensor, target: torch.Tensor | None, epoch):
+    def _rsg_step(self, feats: torch.Tensor, target: torch.Tensor | None, epoch, host_target=None):
         if target is None:
             return feats, None
         if self.rsg is not None and self.training:
             if epoch is None:
                 raise ValueError("epoch is required when training with RSG: model(x, target, epoch)")
-            feats, cesc, mv, target = self.rsg(feats, self.head_classes, target, epoch)
+            extras = {} if host_target is None else {"host_target": host_target}
+            feats, cesc, mv, target = self.rsg(feats, self.head_classes, target, epoch, **extras)
             return feats, (target, cesc, mv)
         zero = feats.new_zeros((), dtype=torch.float32)
         return feats, (target, zero, zero)

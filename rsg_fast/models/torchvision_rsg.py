@@ -50,12 +50,13 @@ class TorchvisionRSG(RSGModelMixin, nn.Module):
                                  *[getattr(self, f"layer{i}") for i in range(1, rsg_stage + 1)])
             self.rsg = make_rsg(infer_shape(stem, input_size), num_classes, self.head_classes, dict(rsg))
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None):
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None, *,
+                host_target: torch.Tensor | None = None):
         out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         extra = None
         for i in range(1, 5):
             out = getattr(self, f"layer{i}")(out)
             if i == self.rsg_stage:
-                out, extra = self._rsg_step(out, target, epoch)
+                out, extra = self._rsg_step(out, target, epoch, host_target)
         out = torch.flatten(self.avgpool(out), 1)
         return self._finish(self.fc(out), extra)

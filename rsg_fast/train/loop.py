@@ -136,9 +136,10 @@ def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: i
     model.train()
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated, steps
     seen = generated = step_count = 0   # host-side counts: no device copy per step
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, y_out, cesc, mv = model(x, y, epoch)
+    for x, y_host in loader:
+        x, y = x.to(device, non_blocking=True), y_host.to(device, non_blocking=True)
+        # the loader's CPU labels let RSG plan its new samples without a device-to-host sync
+        logits, y_out, cesc, mv = model(x, y, epoch, host_target=y_host if y_host.device != y.device else None)
         loss_cls = criterion(logits, y_out)
         loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv
         optimizer.zero_grad(set_to_none=True)
