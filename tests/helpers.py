@@ -5,6 +5,9 @@ input values: ``rsg_fast.testing`` (its docstring has the table; ``rsg-fast chec
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pytest
 import torch
 
@@ -53,3 +56,19 @@ def grads(outputs, inputs, weights):
     if not isinstance(total, torch.Tensor):
         return [None] * len(inputs)
     return list(torch.autograd.grad(total, inputs, allow_unused=True))
+
+
+@contextlib.contextmanager
+def cuda_syncs():
+    """Collects the messages of the CUDA synchronisations inside the block (after synchronising once
+    before it), from ``torch.cuda.set_sync_debug_mode("warn")``."""
+    torch.cuda.synchronize()
+    found: list[str] = []
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    found.extend(str(w.message) for w in caught if "synchroniz" in str(w.message).lower())

@@ -13,7 +13,7 @@ import torch
 import torch._dynamo
 
 from rsg_fast import RSG, ReferenceRSG
-from helpers import requires_cuda
+from helpers import cuda_syncs, requires_cuda
 from published_rsg import PublishedRSG
 
 PUBLISHED_KEYS = {
@@ -434,18 +434,10 @@ def test_cuda_forward_and_backward_synchronise_at_most_once(backend):
     for epoch in (0, 9):
         out = fast(x, [0, 1], y, epoch)   # warm-up: caches, kernels
         (out[0].square().mean() + out[1] + out[2]).backward()
-        torch.cuda.synchronize()
-        import warnings
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                out = fast(x, [0, 1], y, epoch)
-                (out[0].square().mean() + out[1] + out[2]).backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-        assert len(syncs) <= 1, [str(w.message) for w in syncs]
+        with cuda_syncs() as syncs:
+            out = fast(x, [0, 1], y, epoch)
+            (out[0].square().mean() + out[1] + out[2]).backward()
+        assert len(syncs) <= 1, syncs
 
 
 @requires_cuda

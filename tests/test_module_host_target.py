@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from helpers import BACKENDS, close, requires_cuda
+from helpers import BACKENDS, close, cuda_syncs, requires_cuda
 from rsg_fast import RSG, ReferenceRSG
 from rsg_fast.models import build_model
 
@@ -172,8 +172,6 @@ def test_a_model_passes_host_target_to_rsg():
 @requires_cuda
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cuda_forward_and_backward_with_host_target_never_synchronise(backend):
-    import warnings
-
     fast = RSG(15, [32, 16, 16], 10, 64, [0, 1], 1.0, 3, backend=backend).cuda()
     x = torch.randn(64, 32, 16, 16, device="cuda", requires_grad=True)
     y_host = torch.randint(0, 10, (64,))
@@ -182,16 +180,9 @@ def test_cuda_forward_and_backward_with_host_target_never_synchronise(backend):
     for epoch in (0, 9):
         out = fast(x, [0, 1], y, epoch, host_target=y_host)   # warm-up: caches, kernels
         (out[0].square().mean() + out[1] + out[2]).backward()
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                out = fast(x, [0, 1], y, epoch, host_target=y_host)
-                (out[0].square().mean() + out[1] + out[2]).backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+        with cuda_syncs() as syncs:
+            out = fast(x, [0, 1], y, epoch, host_target=y_host)
+            (out[0].square().mean() + out[1] + out[2]).backward()
         assert not syncs, syncs
         reference = fast(x, [0, 1], y, epoch)
         assert torch.equal(out[0], reference[0]) and torch.equal(out[3], reference[3])
@@ -199,8 +190,6 @@ def test_cuda_forward_and_backward_with_host_target_never_synchronise(backend):
 
 @requires_cuda
 def test_cuda_compiled_with_host_target_matches_eager_without_synchronising():
-    import warnings
-
     torch.manual_seed(0)
     eager = RSG(4, [16, 8, 8], 5, 32, HEADS, 1.0, THRESH).cuda()
     compiled = torch.compile(eager, fullgraph=True)
@@ -214,14 +203,7 @@ def test_cuda_compiled_with_host_target_matches_eager_without_synchronising():
             assert torch.equal(got_out[3], want_out[3])
             for a, b in zip(got_out[:3] + got_grads, want_out[:3] + want_grads):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    maps, cesc, mv, _ = compiled(x.clone().requires_grad_(), HEADS, y, epoch, host_target=y_host)
-                    torch.autograd.backward([t for t in (maps.square().mean(), cesc, mv) if t.requires_grad])
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+            with cuda_syncs() as syncs:
+                maps, cesc, mv, _ = compiled(x.clone().requires_grad_(), HEADS, y, epoch, host_target=y_host)
+                torch.autograd.backward([t for t in (maps.square().mean(), cesc, mv) if t.requires_grad])
             assert not syncs, syncs
