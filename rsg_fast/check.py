@@ -5,7 +5,7 @@ A self-test for users (new driver, new GPU, new torch): on the best device prese
 of every differentiable input, with a float64 reference computed on the same input values
 (``rsg_fast.ops.naive``), in fp32 (plus fp16/bf16 on CUDA, fp64 on the CPU), at odd shapes and the
 paper's; then the whole ``RSG`` module against ``ReferenceRSG`` in both MV-loss modes and both
-phases. One row per case: op, backend, dtype, shape, the worst error over its outputs and gradients,
+phases (and once given ``host_target``). One row per case: op, backend, dtype, shape, the worst error over its outputs and gradients,
 the tolerance (``rsg_fast.testing``, the rule the test suite uses) and PASS/FAIL. Exit status 0
 when every row passes, 1 otherwise, 2 for a bad command line.
 
@@ -139,8 +139,10 @@ def check_op(op: str, backend: str, dtype: torch.dtype, shape, device, seed: int
 
 # ----------------------------------------------------------------------------- the whole module
 
-def check_module(mv_loss: str, phase: str, backend: str, dtype: torch.dtype, shape, device, seed: int = 0) -> Row:
-    """RSG (``dtype``) against ReferenceRSG (float64) holding the same parameter values."""
+def check_module(mv_loss: str, phase: str, backend: str, dtype: torch.dtype, shape, device, seed: int = 0,
+                 host_target: bool = False) -> Row:
+    """RSG (``dtype``) against ReferenceRSG (float64) holding the same parameter values; ``host_target``:
+    RSG is also given the labels on the CPU (its synchronisation-free path)."""
     from rsg_fast import RSG, ReferenceRSG
 
     start = time.perf_counter()
@@ -164,7 +166,8 @@ def check_module(mv_loss: str, phase: str, backend: str, dtype: torch.dtype, sha
     results = {}
     for name, module, maps in (("fast", fast, x), ("ref", ref, x.double())):
         maps = maps.clone().requires_grad_(True)
-        out, cesc, mv, _ = module(maps, heads, y, epoch)
+        extra = {"host_target": y.cpu()} if host_target and module is fast else {}
+        out, cesc, mv, _ = module(maps, heads, y, epoch, **extra)
         if phase == "generation" and out.shape[0] == N:
             raise RuntimeError(f"{PROG}: the generation-phase case made no new samples")
         weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -174,7 +177,8 @@ def check_module(mv_loss: str, phase: str, backend: str, dtype: torch.dtype, sha
     names = ["maps", "loss_cesc", "loss_mv", "grad maps"] + [f"grad {n}" for n, _ in fast.named_parameters()]
     worst, result = _worst([(name, compare(a, e, MODULE_RTOL[dtype]))
                             for name, a, e in zip(names, results["fast"], results["ref"])])
-    return Row(f"RSG ({mv_loss}, {phase})", backend, str(dtype).replace("torch.", ""), shape[0], result.max_abs,
+    label = f"RSG ({mv_loss}, {phase}{', host_target' if host_target else ''})"
+    return Row(label, backend, str(dtype).replace("torch.", ""), shape[0], result.max_abs,
                result.max_rel, result.rtol, result.passed, worst, time.perf_counter() - start)
 
 
@@ -215,15 +219,18 @@ def run(device: torch.device, level: str, backends: list[str], progress=print) -
                     for shape in module_shapes:
                         rows.append(check_module(mv_loss, phase, backend, dtype, shape, device))
                         progress(rows[-1])
+        rows.append(check_module("original", "generation", backend, torch.float32, SHAPES["odd"], device,
+                                 host_target=True))
+        progress(rows[-1])
     return rows
 
 
 def format_row(row: Row) -> str:
-    return (f"{row.op:<32} {row.backend:<7} {row.dtype:<9} {row.shape:<24} {row.max_abs:9.2e} {row.max_rel:9.2e} "
+    return (f"{row.op:<40} {row.backend:<7} {row.dtype:<9} {row.shape:<24} {row.max_abs:9.2e} {row.max_rel:9.2e} "
             f"{row.rtol:7.0e}  {'PASS' if row.passed else 'FAIL'}  {row.worst}")
 
 
-HEADER = (f"{'op':<32} {'backend':<7} {'dtype':<9} {'shape':<24} {'max abs':>9} {'max rel':>9} {'rtol':>7}  "
+HEADER = (f"{'op':<40} {'backend':<7} {'dtype':<9} {'shape':<24} {'max abs':>9} {'max rel':>9} {'rtol':>7}  "
           f"pass  worst quantity")
 
 

@@ -13,7 +13,8 @@ def test_quick_check_passes_and_prints_the_table(capsys, tmp_path):
     assert check.main(["--quick", "--device", "cpu", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[:4] == ["op", "backend", "dtype", "shape"]
-    for name in check.OPS + ("RSG (original, generation)", "RSG (paper, contrastive)"):
+    for name in check.OPS + ("RSG (original, generation)", "RSG (paper, contrastive)",
+                             "RSG (original, generation, host_target)"):
         assert name in out
     rows = json.loads(report.read_text())["rows"]
     assert rows and all(r["passed"] for r in rows)
