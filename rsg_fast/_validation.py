@@ -125,7 +125,9 @@ def check_host_target(host_target, target) -> torch.Tensor:
                         f"{type(host_target).__name__}")
     if host_target.device.type != "cpu":
         raise ValueError(f"host_target must be on the CPU (it is there so that RSG need not read target from "
-                         f"the device), got a tensor on {host_target.device}; pass the labels before .to(device)")
+                         f"the device), got a tensor on {host_target.device}; pass the labels before .to(device) "
+                         "(DistributedDataParallel(device_ids=[i]) moves every tensor argument to the GPU: build it "
+                         "with device_ids=None and move the inputs yourself)")
     if (host_target.dim() != 1 or host_target.dtype == torch.bool or host_target.is_floating_point()
             or host_target.is_complex()):
         raise TypeError(f"host_target must be a 1-D integer tensor of class labels, got a {host_target.dim()}-D "

@@ -130,7 +130,7 @@ class RSG(RSGParameters):
 
         head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend=plan_backend)
         if host_labels is not None:   # one small host-to-device copy, queued behind the work before it
-            head_index, tail_index = torch.stack([head_index, tail_index]).to(x.device, non_blocking=True).unbind(0)
+            head_index, tail_index = _to_device_async(torch.stack([head_index, tail_index]), x.device).unbind(0)
         centre_table = self.centers.detach().flatten(0, 1)                  # (L*K, C), detached
         # Eq. 3: v = x_head - up(closest centre of the head)
         v = ops.displacement(x, head_index, closest_row, centre_table, backend=backend, check_indices=False)
@@ -221,7 +221,15 @@ def _check_same_labels(labels: torch.Tensor, host_labels: torch.Tensor, compilin
         if not torch.equal(labels, host_labels):
             raise ValueError(HOST_TARGET_MESSAGE)
         return
-    torch._assert_async((labels == host_labels.to(labels.device, non_blocking=True)).all(), HOST_TARGET_MESSAGE)
+    torch._assert_async((labels == _to_device_async(host_labels, labels.device)).all(), HOST_TARGET_MESSAGE)
+
+
+def _to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The CPU tensor ``t`` on ``device`` without waiting for the device: on CUDA from pinned memory
+    (from pageable memory the driver may wait for the stream before it stages the copy)."""
+    if device.type == "cuda" and not torch.compiler.is_compiling():
+        t = t.pin_memory()     # the caching host allocator keeps the block until the copy is done
+    return t.to(device, non_blocking=True)
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:

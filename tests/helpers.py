@@ -72,3 +72,15 @@ def cuda_syncs():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     found.extend(str(w.message) for w in caught if "synchroniz" in str(w.message).lower())
+
+
+def host_waits_for_gpu(fn) -> bool:
+    """Whether ``fn()`` made the host wait for the GPU. About a second of GPU sleep is queued first,
+    so a call that never waits returns while the stream is still busy; unlike ``cuda_syncs`` this also
+    sees waits inside the driver (a copy from pageable memory may wait for the stream)."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)      # clock cycles
+    fn()
+    waited = torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    return waited

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from helpers import BACKENDS, close, cuda_syncs, requires_cuda
+from helpers import BACKENDS, close, cuda_syncs, host_waits_for_gpu, requires_cuda
 from rsg_fast import RSG, ReferenceRSG
 from rsg_fast.models import build_model
 
@@ -85,7 +85,7 @@ def test_host_target_matches_the_reference_in_float64(mv_loss):
 
 @pytest.mark.parametrize("bad, error, words", [
     ([0, 1, 2, 3], TypeError, "host_target must be a CPU torch.Tensor"),
-    (torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "host_target must be on the CPU"),
+    (torch.zeros(4, dtype=torch.long, device="meta"), ValueError, r"host_target must be on the CPU.*device_ids=None"),
     (torch.zeros(4), TypeError, "host_target must be a 1-D integer tensor"),
     (torch.zeros(4, 1, dtype=torch.long), TypeError, "host_target must be a 1-D integer tensor"),
     (torch.zeros(3, dtype=torch.long), ValueError, "target has length 4, host_target has length 3"),
@@ -184,6 +184,12 @@ def test_cuda_forward_and_backward_with_host_target_never_synchronise(backend):
             out = fast(x, [0, 1], y, epoch, host_target=y_host)
             (out[0].square().mean() + out[1] + out[2]).backward()
         assert not syncs, syncs
+
+        def step():
+            out = fast(x, [0, 1], y, epoch, host_target=y_host)
+            (out[0].square().mean() + out[1] + out[2]).backward()
+
+        assert not host_waits_for_gpu(step), "the host waited for the GPU (e.g. a copy from pageable memory)"
         reference = fast(x, [0, 1], y, epoch)
         assert torch.equal(out[0], reference[0]) and torch.equal(out[3], reference[3])
 
@@ -205,7 +211,11 @@ def test_cuda_compiled_with_host_target_matches_eager_without_synchronising():
             assert torch.equal(got_out[3], want_out[3])
             for a, b in zip(got_out[:3] + got_grads, want_out[:3] + want_grads):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-            with cuda_syncs() as syncs:
+            def step():
                 maps, cesc, mv, _ = compiled(x.clone().requires_grad_(), HEADS, y, epoch, host_target=y_host)
                 torch.autograd.backward([t for t in (maps.square().mean(), cesc, mv) if t.requires_grad])
+
+            with cuda_syncs() as syncs:
+                step()
             assert not syncs, syncs
+            assert not host_waits_for_gpu(step), "the host waited for the GPU"

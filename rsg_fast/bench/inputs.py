@@ -40,8 +40,11 @@ class InputPool:
         gen = torch.Generator().manual_seed(seed)
         counts = label_counts(setting)
         base = torch.repeat_interleave(torch.arange(setting.num_classes), torch.tensor(counts))
-        # the labels on the host too, as a DataLoader gives them (RSG's host_target)
+        # the labels on the host too, as a DataLoader gives them (RSG's host_target; pinned on CUDA,
+        # as a DataLoader with pin_memory=True gives them)
         self.host_labels = [base[torch.randperm(setting.batch, generator=gen)] for _ in range(self.rotations)]
+        if self.device.type == "cuda":
+            self.host_labels = [y.pin_memory() for y in self.host_labels]
         self.labels = [y.to(self.device) for y in self.host_labels]
         self._seed = seed
         self._maps: list[torch.Tensor] | None = None

@@ -68,8 +68,9 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         # Which RSG parameters get gradients depends on the phase (T only after epoch_thresh; the
         # contrastive module only before it) and on whether a local batch holds both heads and tails,
         # so DDP must look for unused parameters each step instead of waiting for their gradients.
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                    find_unused_parameters=cfg.rsg)
+        # device_ids=None: the loop moves the inputs itself, and DDP with device_ids would also move
+        # RSG's host_target (the labels left on the CPU on purpose) to the GPU.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=None, find_unused_parameters=cfg.rsg)
     sampler = EpochSampler(data.train.targets, cfg.seed, proc.rank, proc.world)
     pin = device.type == "cuda"
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size // proc.world, sampler=sampler,
