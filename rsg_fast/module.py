@@ -125,7 +125,9 @@ class RSG(RSGParameters):
                 logits = F.linear(pooled, wf, bf)
                 loss_cesc = loss_cesc + F.cross_entropy(_at_least_fp32(logits), same_class)
             return feature_maps, loss_cesc, loss_cesc.new_zeros(()), target
-        if not compiling and n_new == 0:   # no head or no tail in the batch: nothing to generate
+        # no head or no tail in the batch: nothing to generate. A compiled graph cannot test n_new, but
+        # it can test N < 2 (and must: with n_new <= N <= 1 the compiler cannot trace the pairs' backward)
+        if N < 2 or (not compiling and n_new == 0):
             return feature_maps, loss_cesc, loss_cesc.new_zeros(()), target
 
         head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend=plan_backend)

@@ -87,6 +87,24 @@ def test_compiled_rsg_matches_eager_with_one_graph_per_phase(compiler, maps):
 
 
 @pytest.mark.parametrize("compiler", COMPILERS)
+def test_compiled_batches_of_one_and_none(compiler):
+    """An epoch's last batch may hold one sample (or, sharded, none): no pair can be made, and the
+    compiled module must still trace (with n_new <= N = 1 it could not trace the pairs' backward)."""
+    torch.manual_seed(0)
+    eager = RSG(3, [5, 3, 7], 6, 6, [0, 2], 1.0, THRESH)
+    compiled = torch.compile(eager, backend=compiler, fullgraph=True)
+    with _compile_setting():
+        for epoch in PHASES.values():
+            for y in (torch.tensor([0]), torch.tensor([4]), torch.zeros(0, dtype=torch.long)):
+                x = torch.randn(y.shape[0], 5, 3, 7, requires_grad=True)
+                got_out, got_grads = _step(compiled, x, y, epoch)
+                want_out, want_grads = _step(eager, x, y, epoch)
+                for a, b in zip(got_out + got_grads, want_out + want_grads):
+                    assert a.shape == b.shape
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
 def test_compiled_resnet32_holding_rsg(compiler):
     """The paper's network: ResNet-32 with RSG after stage 2 (32 x 16 x 16 maps), compiled whole."""
     torch.manual_seed(0)
