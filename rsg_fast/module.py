@@ -136,7 +136,7 @@ class RSG(RSGParameters):
         centre_table = self.centers.detach().flatten(0, 1)                  # (L*K, C), detached
         # Eq. 3: v = x_head - up(closest centre of the head)
         v = ops.displacement(x, head_index, closest_row, centre_table, backend=backend, check_indices=False)
-        tv = self.vec_transformation_module(v)                               # T(x_fd-freq)
+        tv = self._transform(v)                                              # T(x_fd-freq)
         # Eq. 4 (new = x_tail + Tv) and Eq. 6's norm and cosine sums, u = x_tail - up(its centre)
         grouping = "location" if self.mv_loss == "paper" else "rows"
         new_maps, terms = ops.mv_terms(tv, v, x, tail_index, closest_row, centre_table, grouping,
@@ -145,7 +145,7 @@ class RSG(RSGParameters):
         pooled, wf, bf = self._contrastive_features(x[head_index], tv, frozen=True, backend=backend)
         # the two-way cross-entropy with label 0, -log softmax(l)[0] = log(1 + exp(l1 - l0)), from the
         # classifier's margin l1 - l0 (one output instead of two; summed over the pairs)
-        margin = F.linear(pooled, wf[1:] - wf[:1], bf[1:] - bf[:1]).squeeze(1)
+        margin = torch.mv(pooled, wf[1] - wf[0]) + (bf[1] - bf[0])
         loss_contrast = F.softplus(_at_least_fp32(margin)).sum()
         # Published scaling: mean over segments of (CE + terms / pairs) = (sum of CE + terms) / s_new.
         loss_mv = (loss_contrast + terms.sum().to(loss_contrast.dtype)) / torch.sym_max(n_new, 1)
@@ -188,6 +188,15 @@ class RSG(RSGParameters):
         if check_labels:
             raise_for_labels(values[2], values[3], self.num_classes)
         return values[1] if generation else 0
+
+    def _transform(self, v):
+        """T, the published 3x3 convolution (padding 1). On 1x1 maps only its centre tap reads data, so
+        it is that tap's matrix (inductor cannot trace the convolution's backward there when the
+        number of pairs is data-dependent)."""
+        conv = self.vec_transformation_module[0]
+        if v.shape[2] == 1 and v.shape[3] == 1:
+            return F.linear(v.flatten(1), conv.weight[:, :, 1, 1], conv.bias).view(v.shape)
+        return self.vec_transformation_module(v)
 
     def _contrastive_features(self, first, second, frozen: bool, backend: str):
         """Eq. 2 on cat[first, second] along channels, without the 3x3 convolution: returns ave(h)

@@ -86,6 +86,27 @@ def test_compiled_rsg_matches_eager_with_one_graph_per_phase(compiler, maps):
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+# Each failed to compile in the generation phase before (found by fuzzing torch.compile): D = 1 (the
+# contrastive margin's squeeze), 1x1 maps (inductor: the 3x3 convolution's backward over a
+# data-dependent batch), D = 3 (inductor: the tap sums' einsum as a bmm).
+@pytest.mark.parametrize("maps, dim", [((3, 2, 2), 1), ((1, 1, 1), 4), ((4, 3, 5), 3)])
+@pytest.mark.parametrize("compiler", COMPILERS[1:])
+def test_compiled_generation_phase_at_corner_shapes(compiler, maps, dim):
+    torch.manual_seed(0)
+    eager = RSG(3, list(maps), 5, dim, [0, 1], 1.0, THRESH)
+    with torch.no_grad():
+        eager.centers.normal_(0, 0.5)
+    compiled = torch.compile(eager, backend=compiler, fullgraph=True)
+    with _compile_setting():
+        for y in _batches(9, 5, [0, 1], 2, seed=3):
+            x = torch.randn(9, *maps, requires_grad=True)
+            got_out, got_grads = _step(compiled, x, y, PHASES["generation"])
+            want_out, want_grads = _step(eager, x, y, PHASES["generation"])
+            for a, b in zip(got_out + got_grads, want_out + want_grads):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("compiler", COMPILERS)
 def test_compiled_batches_of_one_and_none(compiler):
     """An epoch's last batch may hold one sample (or, sharded, none): no pair can be made, and the

@@ -33,7 +33,9 @@ def _forward_torch(pre: Tensor) -> Tensor:
     acc = acc_dtype(pre.dtype)
     a = pre.to(acc).relu()
     by_row = torch.matmul(_tap_reads(H, pre.device, acc), a.reshape(P, H, W * D)).view(P, 3, W, D)
-    sums = torch.einsum("piwd,jw->pdij", by_row, _tap_reads(W, pre.device, acc))       # (P, D, 3, 3)
+    # (P, D, 3, W) @ (W, 3): a matmul, not an einsum, whose bmm inductor cannot lay out for a
+    # data-dependent P (the generation phase's pair count)
+    sums = torch.matmul(by_row.permute(0, 3, 1, 2), _tap_reads(W, pre.device, acc).t())   # (P, D, 3, 3)
     return (sums / (H * W)).contiguous()
 
 
@@ -42,8 +44,9 @@ def _backward_torch(pre: Tensor, grad: Tensor) -> Tensor:
     the forward's two products transposed, then ReLU's backward."""
     P, H, W, D = pre.shape
     acc = acc_dtype(pre.dtype)
-    by_col = torch.einsum("pdij,jw->piwd", grad.to(acc) / (H * W), _tap_reads(W, pre.device, acc))  # (P, 3, W, D)
-    full = torch.matmul(_tap_reads(H, pre.device, acc).t(), by_col.reshape(P, 3, W * D)).view(P, H, W, D)
+    by_col = torch.matmul(grad.to(acc) / (H * W), _tap_reads(W, pre.device, acc))          # (P, D, 3, W)
+    by_col = by_col.permute(0, 2, 3, 1).contiguous().view(P, 3, W * D)                     # (P, 3, W*D)
+    full = torch.matmul(_tap_reads(H, pre.device, acc).t(), by_col).view(P, H, W, D)
     # ReLU's backward written over `full` (threshold_backward's out= form; masked_fill_ with a bool
     # mask was 13x slower on the CPU): no second map-sized tensor
     full = torch.ops.aten.threshold_backward.grad_input(full, pre.to(acc), 0, grad_input=full)
