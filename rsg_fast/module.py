@@ -145,7 +145,10 @@ class RSG(RSGParameters):
         pooled, wf, bf = self._contrastive_features(x[head_index], tv, frozen=True, backend=backend)
         # the two-way cross-entropy with label 0, -log softmax(l)[0] = log(1 + exp(l1 - l0)), from the
         # classifier's margin l1 - l0 (one output instead of two; summed over the pairs)
-        margin = torch.mv(pooled, wf[1] - wf[0]) + (bf[1] - bf[0])
+        dw, db = wf[1] - wf[0], bf[1] - bf[0]
+        # addmv is one op; compiled code takes mv + add (fused there), as addmv's decomposition
+        # guards on the data-dependent pair count
+        margin = torch.mv(pooled, dw) + db if compiling else torch.addmv(db, pooled, dw)
         loss_contrast = F.softplus(_at_least_fp32(margin)).sum()
         # Published scaling: mean over segments of (CE + terms / pairs) = (sum of CE + terms) / s_new.
         loss_mv = (loss_contrast + terms.sum().to(loss_contrast.dtype)) / torch.sym_max(n_new, 1)

@@ -26,7 +26,8 @@ How it measures (benchmarks/results/README.md says it for readers of the numbers
   medians and IQR from ``torch.utils.benchmark.Measurement``; the thread count is recorded.
 - CUDA: ``triton.testing.do_bench`` per case (events, L2 flushed before each call); the fused ops
   also replayed from a CUDA graph (``do_bench_cudagraph``). RSG's forward synchronises with the
-  host once (the head count), so whole-module calls are not captured in graphs.
+  host once (the head count), so whole-module calls are not captured in graphs; the ``rsg-host``
+  rows give it the labels on the host (``host_target``), its path without that synchronisation.
 - Peak memory of one call; achieved GB/s = compulsory bytes of the call / median time, and its
   share of the device copy bandwidth measured in the same run.
 """
