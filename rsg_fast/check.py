@@ -5,9 +5,9 @@ A self-test for users (new driver, new GPU, new torch): on the best device prese
 of every differentiable input, with a float64 reference computed on the same input values
 (``rsg_fast.ops.naive``), in fp32 (plus fp16/bf16 on CUDA, fp64 on the CPU), at odd shapes and the
 paper's; then the whole ``RSG`` module against ``ReferenceRSG`` in both MV-loss modes and both
-phases (and once given ``host_target``). One row per case: op, backend, dtype, shape, the worst error over its outputs and gradients,
-the tolerance (``rsg_fast.testing``, the rule the test suite uses) and PASS/FAIL. Exit status 0
-when every row passes, 1 otherwise, 2 for a bad command line.
+phases (and once given ``host_target``). One row per case: op, backend, dtype, shape, the worst
+error over its outputs and gradients, the tolerance (``rsg_fast.testing``, the rule the test suite
+uses) and PASS/FAIL. Exit status 0 when every row passes, 1 otherwise, 2 for a bad command line.
 
 ``--quick``: odd shapes only (seconds). Default: the ops also at the paper's CIFAR shape (under 2
 minutes on a 2-core CPU), the module too on CUDA. ``--full``: the ops also at the ImageNet-LT maps

@@ -54,16 +54,14 @@ class RSG(RSGParameters):
         check, never the shape, dtype and device checks.
       check_finite: also reject feature maps holding NaN/Inf (with or without ``validate``).
 
-    ``forward(feature_maps, head_class_lists, target, epoch, *, host_target=None)``: ``host_target``
-    (optional, keyword-only) is ``target`` as a CPU tensor, e.g. the labels from the DataLoader before
-    they were moved to the GPU. Algorithm 1's counts and pairs are then computed on the CPU and copied
-    to the device, so a forward makes no device-to-host synchronisation (``check_finite=True`` and a
-    tensor ``epoch`` on the device still do). With ``validate`` its equality with ``target`` is checked
-    asynchronously on the device.
-
-    ``forward(feature_maps, head_class_lists, target, epoch)`` returns
+    ``forward(feature_maps, head_class_lists, target, epoch, *, host_target=None)`` returns
     ``(feature_maps, loss_cesc, loss_mv, target)``: after the threshold the batch is extended by the
     new rare-class samples and their labels; the losses are 0-d tensors in fp32 (fp64 for fp64 input).
+    ``host_target`` (optional) is ``target`` as a CPU tensor, e.g. the DataLoader's labels before
+    they were moved to the GPU: Algorithm 1's counts and pairs are then computed on the CPU and
+    copied to the device, so a forward makes no device-to-host synchronisation (``check_finite=True``
+    and ``epoch`` or ``head_class_lists`` given as CUDA tensors still do). With ``validate`` its
+    equality with ``target`` is checked too: at once on the CPU, by a device assert on CUDA.
     """
 
     def __init__(self, n_center=3, feature_maps_shape=[32, 16, 16], num_classes=10,  # noqa: B006 (published API)
@@ -146,8 +144,8 @@ class RSG(RSGParameters):
         # the two-way cross-entropy with label 0, -log softmax(l)[0] = log(1 + exp(l1 - l0)), from the
         # classifier's margin l1 - l0 (one output instead of two; summed over the pairs)
         dw, db = wf[1] - wf[0], bf[1] - bf[0]
-        # addmv is one op; compiled code takes mv + add (fused there), as addmv's decomposition
-        # guards on the data-dependent pair count
+        # addmv is one op; compiled code takes mv + add (inductor fuses the add), as addmv's
+        # decomposition guards on the data-dependent pair count
         margin = torch.mv(pooled, dw) + db if compiling else torch.addmv(db, pooled, dw)
         loss_contrast = F.softplus(_at_least_fp32(margin)).sum()
         # Published scaling: mean over segments of (CE + terms / pairs) = (sum of CE + terms) / s_new.
@@ -165,8 +163,9 @@ class RSG(RSGParameters):
         return table.to(device)
 
     def _check_and_count(self, x, counts, generation: bool, check_labels: bool, compiling: bool):
-        """The value checks and the number of new samples, from one device-to-host copy (eager) or as
-        asynchronous device asserts and a data-dependent size (torch.compile)."""
+        """The value checks and the number of new samples, from one device-to-host copy (eager; none
+        when ``counts`` came from host_target) or as asynchronous device asserts and a data-dependent
+        size (torch.compile)."""
         finite = torch.isfinite(x).all() if self.check_finite else None
         if compiling:
             if check_labels:
@@ -193,11 +192,11 @@ class RSG(RSGParameters):
         return values[1] if generation else 0
 
     def _transform(self, v):
-        """T, the published 3x3 convolution (padding 1). On 1x1 maps only its centre tap reads data, so
-        it is that tap's matrix (inductor cannot trace the convolution's backward there when the
-        number of pairs is data-dependent)."""
-        conv = self.vec_transformation_module[0]
-        if v.shape[2] == 1 and v.shape[3] == 1:
+        """T, the published 3x3 convolution (padding 1). Compiled, on 1x1 maps, it is its centre tap's
+        matrix, the only tap that reads data there: inductor cannot trace the convolution's backward
+        over a data-dependent number of 1x1 maps. Eager mode always calls the module (its hooks run)."""
+        if torch.compiler.is_compiling() and v.shape[2] == 1 and v.shape[3] == 1:
+            conv = self.vec_transformation_module[0]
             return F.linear(v.flatten(1), conv.weight[:, :, 1, 1], conv.bias).view(v.shape)
         return self.vec_transformation_module(v)
 

@@ -250,11 +250,18 @@ def test_host_target_variants_run_their_calls_on_the_cpu_too():
     their calls still run here, so the first GPU run cannot find them broken."""
     setting = bc.SETTINGS["tiny"]
     pool = bc.InputPool(setting, "cpu", rotations=2)
-    for make, variant in ((bc.module_case, "rsg-host"), (bc.step_case, "resnet32+rsg-host")):
-        for phase in bc.PHASES:
-            case = make(variant, setting, phase, pool)
+    module = bc.build_module("rsg-host", setting, "cpu")
+    model, optimiser = bc.build_step_model("resnet32+rsg-host", setting, "cpu")
+    given = []
+    for rsg in (module, model.rsg):       # record what RSG is called with
+        real = rsg.forward
+        rsg.forward = lambda *a, real=real, **kw: (given.append(kw.get("host_target")), real(*a, **kw))[1]
+    for phase in bc.PHASES:
+        for case in (bc.module_case("rsg-host", setting, phase, pool, module=module),
+                     bc.step_case("resnet32+rsg-host", setting, phase, pool, model=(model, optimiser))):
             case.fn()
             case.fn()
+    assert len(given) == 8 and all(isinstance(y, torch.Tensor) and y.device.type == "cpu" for y in given)
     assert torch.equal(pool.host_labels_of(pool.labels[1]), pool.labels[1].cpu())
     with pytest.raises(ValueError, match="labels this pool returned"):
         pool.host_labels_of(pool.labels[1].clone())
