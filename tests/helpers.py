@@ -84,3 +84,24 @@ def host_waits_for_gpu(fn) -> bool:
     waited = torch.cuda.current_stream().query()
     torch.cuda.synchronize()
     return waited
+
+
+# torch.compile backends the compile tests run on the CPU (inductor from torch 2.14, the tested version)
+COMPILERS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.skipif(
+    torch.torch_version.TorchVersion(torch.__version__) < "2.14",
+    reason="inductor's C++ code generator before torch 2.14 (seen with 2.9.1 and 2.10.0; 2.11-2.13 not tried) "
+           "emits a tiled transpose of RSG's gathered rows that uses an index before declaring it ('tmpN was not "
+           "declared'); torch 2.14.1, the version this project is tested with, compiles it (README: torch versions)"))]
+
+
+@contextlib.contextmanager
+def compile_setting():
+    """What the README asks a user to set (on the CPU also inductor's layout optimisation off: it
+    mispredicts the strides of convolutions whose batch size is data-dependent), and a clean cache."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_scalar_outputs=True), inductor_config.patch(layout_optimization=False):
+        yield
+    torch._dynamo.reset()

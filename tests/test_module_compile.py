@@ -3,35 +3,16 @@ it (aot_eager and inductor, both phases, one graph per phase however the labels 
 of ops one forward+backward dispatches, higher-order gradients and torch.func."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch._dynamo
 
-from helpers import close
+from helpers import COMPILERS, close, compile_setting
 from rsg_fast import RSG, ReferenceRSG
 from rsg_fast.models import build_model
 
 THRESH = 3
 PHASES = {"contrastive": 1, "generation": THRESH + 2}
-COMPILERS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.skipif(
-    torch.torch_version.TorchVersion(torch.__version__) < "2.14",
-    reason="inductor's C++ code generator before torch 2.14 (seen with 2.9.1 and 2.10.0; 2.11-2.13 not tried) "
-           "emits a tiled transpose of RSG's gathered rows that uses an index before declaring it ('tmpN was not "
-           "declared'); torch 2.14.1, the version this project is tested with, compiles it (README: torch versions)"))]
-
-
-@contextlib.contextmanager
-def _compile_setting():
-    """What the README asks a user to set (on the CPU also inductor's layout optimisation off: it
-    mispredicts the strides of convolutions whose batch size is data-dependent), and a clean cache."""
-    import torch._inductor.config as inductor_config
-
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(capture_scalar_outputs=True), inductor_config.patch(layout_optimization=False):
-        yield
-    torch._dynamo.reset()
 
 
 def _graphs() -> int:
@@ -70,7 +51,7 @@ def test_compiled_rsg_matches_eager_with_one_graph_per_phase(compiler, maps):
     torch.manual_seed(0)
     eager = RSG(4, list(maps), 5, 8, [0, 1], 1.0, THRESH)        # the module's default arguments
     compiled = torch.compile(eager, backend=compiler, fullgraph=True)
-    with _compile_setting():
+    with compile_setting():
         for phase, epoch in PHASES.items():
             before = None
             for y in _batches(10, 5, [0, 1], 3, seed=epoch):
@@ -98,7 +79,7 @@ def test_compiled_generation_phase_at_corner_shapes(compiler, maps, dim):
     with torch.no_grad():
         eager.centers.normal_(0, 0.5)
     compiled = torch.compile(eager, backend=compiler, fullgraph=True)
-    with _compile_setting():
+    with compile_setting():
         for y in _batches(9, 5, [0, 1], 2, seed=3):
             x = torch.randn(9, *maps, requires_grad=True)
             got_out, got_grads = _step(compiled, x, y, PHASES["generation"])
@@ -115,7 +96,7 @@ def test_compiled_batches_of_one_and_none(compiler):
     torch.manual_seed(0)
     eager = RSG(3, [5, 3, 7], 6, 6, [0, 2], 1.0, THRESH)
     compiled = torch.compile(eager, backend=compiler, fullgraph=True)
-    with _compile_setting():
+    with compile_setting():
         for epoch in PHASES.values():
             for y in (torch.tensor([0]), torch.tensor([4]), torch.zeros(0, dtype=torch.long)):
                 x = torch.randn(y.shape[0], 5, 3, 7, requires_grad=True)
@@ -136,7 +117,7 @@ def test_compiled_resnet32_holding_rsg(compiler):
         model.rsg.centers.normal_(0, 0.5)
     compiled = torch.compile(model, backend=compiler, fullgraph=True)
     images = torch.randn(8, 3, 32, 32)
-    with _compile_setting():
+    with compile_setting():
         for epoch in PHASES.values():
             y = torch.tensor([0, 1, 0, 2, 3, 4, 5, 0])
             model.zero_grad(set_to_none=True)
@@ -226,7 +207,7 @@ def test_compiled_label_check_is_a_device_assert():
     rsg = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, THRESH)
     compiled = torch.compile(rsg, backend="aot_eager", fullgraph=True)
     x = torch.randn(6, 4, 3, 3)
-    with _compile_setting():
+    with compile_setting():
         compiled(x, [0], torch.tensor([0, 1, 0, 2, 3, 0]), 0)
         with pytest.raises(RuntimeError, match=r"target holds a label outside \[0, num_classes=4\)"):
             compiled(x, [0], torch.tensor([0, 1, 0, 2, 9, 0]), 0)

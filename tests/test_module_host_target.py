@@ -5,13 +5,11 @@ MV-loss groupings, both backends, at odd and degenerate batches, eager and compi
 a clear error that changes no state. The no-synchronisation claim itself needs a GPU (the last test)."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch._dynamo
 
-from helpers import BACKENDS, close, cuda_syncs, host_waits_for_gpu, requires_cuda
+from helpers import BACKENDS, COMPILERS, close, compile_setting, cuda_syncs, host_waits_for_gpu, requires_cuda
 from rsg_fast import RSG, ReferenceRSG
 from rsg_fast.models import build_model
 
@@ -121,24 +119,12 @@ def test_without_validate_a_mismatch_is_not_checked():
     assert out[0].shape[0] == 4 + 3 and torch.equal(out[3], torch.tensor([0, 1, 2, 3, 0, 1, 2]))
 
 
-@contextlib.contextmanager
-def _compile_setting():
-    import torch._inductor.config as inductor_config
-
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(capture_scalar_outputs=True), inductor_config.patch(layout_optimization=False):
-        yield
-    torch._dynamo.reset()
-
-
-@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("compiler", COMPILERS)
 def test_compiled_with_host_target_matches_eager_with_one_graph_per_phase(compiler):
-    if compiler == "inductor" and torch.torch_version.TorchVersion(torch.__version__) < "2.14":
-        pytest.skip("inductor on the CPU before torch 2.14: see test_module_compile.COMPILERS")
     _, eager = _modules("torch", "original")
     compiled = torch.compile(eager, backend=compiler, fullgraph=True)
     gen = torch.Generator().manual_seed(5)
-    with _compile_setting():
+    with compile_setting():
         for phase, epoch in PHASES.items():
             graphs = None
             for heads_in_batch in (2, 5, 8):   # a different number of new samples each time
@@ -204,7 +190,7 @@ def test_cuda_compiled_with_host_target_matches_eager_without_synchronising():
     y_host = torch.tensor([0, 1, 0, 2, 3, 4, 0, 1] * 2)
     y = y_host.cuda()
     x = torch.randn(16, 16, 8, 8, device="cuda")
-    with _compile_setting():
+    with compile_setting():
         epoch = PHASES["generation"]
         got_out, got_grads = _step(compiled, x, y, epoch, host_target=y_host)   # compiles
         want_out, want_grads = _step(eager, x, y, epoch)
