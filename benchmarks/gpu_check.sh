@@ -234,7 +234,7 @@ if [ $rc -eq 0 ]; then
     if "$PY" -c "import xdist" > /dev/null 2>&1; then XDIST=(-n "$([ "$DRY_RUN" = 1 ] && echo 2 || echo 8)"); fi
     # exit status 5 (no test selected) is not a failure: a commit may mark nothing `cuda`
     step tests 150 135 bash -c '"$@"; rc=$?; [ $rc -eq 5 ] && exit 0; exit $rc' _ \
-        "$PY" -m pytest -q -p no:cacheprovider -m cuda -ra "${XDIST[@]}" --junitxml="$OUT/pytest-cuda.xml" tests
+        "$PY" -m pytest -q -p no:cacheprovider --basetemp="$WORK/pytest-tmp" -m cuda -ra "${XDIST[@]}" --junitxml="$OUT/pytest-cuda.xml" tests
     mkdir -p "$WORK/bench"
     step ops 100 90 "$PY" -m rsg_fast.bench "${DEVICE[@]}" --groups op --shapes "$OPS_SHAPES" --dtypes fp32,bf16 \
         --op-impls torch,triton --budget 15 --no-progress --out "$WORK/bench" --tag bench-ops
