@@ -73,7 +73,12 @@ class RSG(RSGParameters):
                          transfer_strength, epoch_thresh, mv_loss=mv_loss, validate=validate,
                          check_finite=check_finite)
         self.backend = backend
-        self._head_tables: dict = {}
+        # The constructor's head classes as a (num_classes,) bool table that moves with the module:
+        # forward reads it when given the same classes, so neither eager nor compiled code copies a
+        # host list to the device (non-persistent: the state_dict keeps the published keys).
+        self._table_heads = frozenset(self.head_class_lists)
+        self.register_buffer("_head_table", self._new_head_table(self._table_heads, None), persistent=False)
+        self._head_tables: dict = {}      # other head lists, per device (eager only)
 
     def forward(self, feature_maps, head_class_lists, target, epoch, *, host_target=None):
         epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
@@ -93,7 +98,10 @@ class RSG(RSGParameters):
         # given host_target, on the CPU from those labels, with no sync at all.
         plan_labels, plan_backend = (labels, backend) if host_labels is None else (host_labels, "torch")
         key = (heads, plan_labels.device)
-        head_table = None if compiling else self._head_tables.get(key)
+        if frozenset(heads) == self._table_heads and self._head_table.device == plan_labels.device:
+            head_table = self._head_table
+        else:
+            head_table = None if compiling else self._head_tables.get(key)
         new_table = head_table is None
         if new_table:
             head_table = self._new_head_table(heads, plan_labels.device)
@@ -155,12 +163,11 @@ class RSG(RSGParameters):
         return out_maps, loss_cesc, loss_mv, torch.cat([target, target[tail_index]])
 
     # -- pieces of forward -------------------------------------------------------------------------
-    def _new_head_table(self, heads: tuple[int, ...], device) -> torch.Tensor:
-        """A (num_classes,) bool table of the head classes on ``device`` (forward keeps it per head list
-        and device, so an eager forward does not copy a host list to the device every step)."""
-        table = torch.zeros(self.num_classes, dtype=torch.bool)
-        table[list(heads)] = True
-        return table.to(device)
+    def _new_head_table(self, heads, device) -> torch.Tensor:
+        """A (num_classes,) bool table of the head classes on ``device``: one host-to-device copy (compiled
+        code makes it a constant, copied once at compile time), so forward keeps it per head list."""
+        members = set(heads)
+        return torch.tensor([c in members for c in range(self.num_classes)], dtype=torch.bool, device=device)
 
     def _check_and_count(self, x, counts, generation: bool, check_labels: bool, compiling: bool):
         """The value checks and the number of new samples, from one device-to-host copy (eager; none

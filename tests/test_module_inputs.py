@@ -125,6 +125,27 @@ def test_a_rejected_call_leaves_the_head_table_cache_alone():
     assert len(m._head_tables) == 1
 
 
+def test_the_constructors_head_classes_are_a_buffer_that_moves_with_the_module():
+    """The constructor's head classes, in any order, are read from a non-persistent buffer (no
+    host-to-device copy on CUDA, eager or compiled: tests/test_compile_for_cuda.py); other head
+    lists go through the per-device cache. Both give ReferenceRSG's results."""
+    fast = RSG(3, [4, 3, 3], 5, 6, [3, 0], 1.0, 2)
+    ref = ReferenceRSG(3, [4, 3, 3], 5, 6, [3, 0], 1.0, 2)
+    ref.load_state_dict(fast.state_dict())               # no buffer in the published keys
+    assert "_head_table" not in fast.state_dict()
+    assert fast._head_table.tolist() == [True, False, False, True, False]
+    assert fast.to(torch.float64)._head_table.dtype == torch.bool      # a dtype cast leaves it alone
+    ref.double()
+    x, y = torch.randn(8, 4, 3, 3, dtype=torch.float64), torch.tensor([0, 1, 3, 2, 0, 4, 3, 1])
+    for heads in ([0, 3], [3, 0], None):
+        close(fast(x, heads, y, 5)[2], ref(x, heads, y, 5)[2], rtol=1e-9)
+    assert fast._head_tables == {}
+    close(fast(x, [0, 1], y, 5)[2], ref(x, [0, 1], y, 5)[2], rtol=1e-9)
+    assert list(fast._head_tables) == [((0, 1), torch.device("cpu"))]
+    meta = RSG(3, [4, 3, 3], 5, 6, [3, 0], 1.0, 2).to("meta")
+    assert meta._head_table.device.type == "meta"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_channels_last_maps_and_deterministic_mode(backend):
     """channels_last feature maps give the NCHW results, and under

@@ -1,0 +1,295 @@
+"""torch.compile of RSG for a CUDA GPU, traced and code-generated on a machine without one.
+
+The CPU tests compile RSG with the PyTorch path only: the Triton path cannot run on fake tensors
+under the interpreter. On CUDA, torch.compile traces into the Triton kernels instead (the ops are
+``triton_op``s launching through ``wrap_triton``), a path no CPU test reached. This test takes it
+as far as it goes without a GPU: in a subprocess WITHOUT TRITON_INTERPRET, on fake CUDA tensors,
+with the few CUDA queries dynamo and inductor make answered as an H100 would (``_pretend_h100``),
+dynamo, AOT autograd and inductor compile RSG's forward, and the Python wrapper inductor writes
+(the host code of the compiled graph) is captured instead of loaded. Each backward op is compiled
+the same way on its own. What the wrapper must show:
+- every fused op runs its Triton kernels (the wrapper launches them by name);
+- host synchronisations: one ``.item()`` (the number of new samples) in the generation phase, none
+  in the contrastive phase and none at all given ``host_target``;
+- no host-to-device copy and no CPU buffer (a non_blocking=False copy from the host syncs the
+  stream), except the pair indices and labels that ``host_target`` sends.
+
+Limits: the forward is compiled for inference (AOT autograd's joint forward+backward graph runs the
+autograd engine, which needs a real device), and nothing is executed: the values are the CUDA
+tests' and ``rsg-fast check``'s job on a GPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import pytest
+
+# user-defined Triton kernels each case must launch
+FORWARD_KERNELS = {"_batch_plan_kernel", "_center_assign_fwd_kernel"}
+GENERATION_KERNELS = FORWARD_KERNELS | {"_pair_indices_kernel", "_displacement_fwd_kernel", "_mv_terms_fwd_kernel",
+                                        "_relu_tap_window_means_fwd_kernel"}
+CONTRASTIVE_KERNELS = FORWARD_KERNELS | {"_relu_tap_window_means_fwd_kernel"}
+BACKWARD_KERNELS = {"center_assign_backward": {"_center_assign_param_grad_kernel", "_center_assign_x_grad_kernel"},
+                    "displacement_backward": {"_index_add_kernel"},
+                    "mv_terms_backward": {"_mv_terms_bwd_kernel"},
+                    "relu_tap_window_means_backward": {"_relu_tap_window_means_bwd_kernel"}}
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "report.json")
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor")
+        proc = subprocess.run([sys.executable, __file__, path], env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+        with open(path) as f:
+            return json.load(f)
+
+
+def _case(report, name):
+    case = report[name]
+    assert case["error"] is None, f"{name}: {case['error']}\n{case.get('wrapper', '')[-3000:]}"
+    return case
+
+
+# launch budgets: what torch 2.14's inductor gives (18, 11, 18, 25, 157 on 2026-12-06) plus slack
+# for other versions' fusion choices; over budget means glue crept back in around the fused ops
+@pytest.mark.parametrize("name, kernels, syncs, launches", [
+    ("generation", GENERATION_KERNELS, 1, 22),
+    ("contrastive", CONTRASTIVE_KERNELS, 0, 14),
+    ("generation-1x1-dim3", GENERATION_KERNELS, 1, 22),
+    ("generation-bf16-autocast", GENERATION_KERNELS, 1, 30),
+    ("resnet32-generation", GENERATION_KERNELS, 1, 175),
+])
+def test_compiled_forward_runs_the_triton_kernels_with_one_sync_and_no_host_copy(report, name, kernels, syncs,
+                                                                                 launches):
+    case = _case(report, name)
+    assert kernels <= set(case["user_kernels"]), (name, sorted(kernels - set(case["user_kernels"])))
+    assert case["device_syncs"] == syncs, (name, case["device_syncs"])
+    assert case["host_copies"] == [], (name, case["host_copies"])
+    assert case["cpu_buffers"] == 0, name
+    assert case["launches"] <= launches, (name, case["launches"])
+
+
+def test_compiled_forward_with_host_target_never_syncs(report):
+    case = _case(report, "generation-host-target")
+    assert GENERATION_KERNELS - {"_batch_plan_kernel", "_pair_indices_kernel"} <= set(case["user_kernels"])
+    assert case["device_syncs"] == 0
+    # what crosses to the device: the labels for the equality assert and the stacked pair indices,
+    # both asynchronous (non_blocking=True)
+    assert len(case["host_copies"]) == 2, case["host_copies"]
+    assert all(c.endswith(", True)") for c in case["host_copies"]), case["host_copies"]
+
+
+@pytest.mark.parametrize("op", sorted(BACKWARD_KERNELS))
+def test_compiled_backward_op_runs_its_triton_kernels(report, op):
+    case = _case(report, op)
+    assert BACKWARD_KERNELS[op] <= set(case["user_kernels"]), (op, case["user_kernels"])
+    assert case["device_syncs"] == 0 and case["host_copies"] == [] and case["cpu_buffers"] == 0, case
+
+
+def test_the_wrapper_reader_sees_what_it_counts():
+    """The counts above come from this reader; it must find each thing it looks for."""
+    text = "\n".join([
+        "    buf0 = empty_strided_cpu((5, ), (1, ), torch.bool)",
+        "    buf1 = reinterpret_tensor(buf0, (1, ), (1, ), 3)  # alias",
+        "    u0 = reinterpret_tensor(buf1, (), (), 1).item()",
+        "    u1 = reinterpret_tensor(buf4, (), (), 1).item()",
+        "    u2 = buf5.item()",
+        "    buf2.copy_(buf0, False)",
+        "    _mv_terms_fwd_kernel_4.run(buf39, buf33, stream=raw_stream0)",
+        "    triton_poi_fused_cat_4.run(arg0_1, stream=raw_stream0)",
+        "    buf44 = extern_kernels.addmm(arg8_1, buf43, arg7_1)",
+    ])
+    got = _read_wrapper(text)
+    assert got["device_syncs"] == 2 and got["cpu_buffers"] == 1 and got["host_copies"] == ["buf2.copy_(buf0, False)"]
+    assert got["user_kernels"] == ["_mv_terms_fwd_kernel"] and got["launches"] == 3
+
+
+def _read_wrapper(code: str) -> dict:
+    """What the wrapper's host code does: device-to-host syncs (``.item()`` of a device buffer; one of
+    a CPU buffer is no sync), host-to-device copies, CPU buffers, kernel launches."""
+    on_cpu = set(re.findall(r"^\s*(\w+) = empty_strided_cpu\(", code, re.M))
+    for alias, base in re.findall(r"^\s*(\w+) = reinterpret_tensor\((\w+),", code, re.M):
+        if base in on_cpu:
+            on_cpu.add(alias)
+    items = re.findall(r"^\s*\w+ = (?:reinterpret_tensor\()?(\w+)\b.*\.item\(\)", code, re.M)
+    return {"device_syncs": sum(name not in on_cpu for name in items),
+            "cpu_buffers": len(re.findall(r"\bempty_strided_cpu\(", code)),
+            "host_copies": [m.strip() for m in re.findall(r"^\s*(\w+\.copy_\(.*\))\s*$", code, re.M)],
+            "user_kernels": sorted(set(re.findall(r"\b(_\w+_kernel)_\d+\.run\(", code))),
+            "launches": len(re.findall(r"\.run\(|\bextern_kernels\.\w+\(", code))}
+
+
+# ----------------------------------------------------------------------------- the subprocess
+
+class _Captured(Exception):
+    """Raised instead of loading the wrapper inductor wrote (loading would compile for a real GPU)."""
+
+
+def _pretend_h100():
+    """Answer the CUDA queries dynamo and inductor make while compiling as an H100 would. Called after
+    the fake inputs exist (random initialisation must not believe a GPU is there)."""
+    import types
+
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    class FakeDriver:   # what inductor's Triton-kernel analysis asks of Triton's active driver
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_active_torch_device(self):
+            return torch.device("cuda", 0)
+
+    triton.runtime.driver.set_active(FakeDriver())
+    props = types.SimpleNamespace(
+        name="NVIDIA H100 80GB HBM3 (pretended)", major=9, minor=0, multi_processor_count=132,
+        max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536, warp_size=32,
+        total_memory=80 * 2**30, L2_cache_size=50 * 2**20, shared_memory_per_block_optin=227 * 1024,
+        shared_memory_per_multiprocessor=228 * 1024, shared_memory_per_block=48 * 1024,
+        max_threads_per_block=1024, clock_rate=1980000, memory_clock_rate=2619000, memory_bus_width=5120,
+        gcnArchName="", uuid="pretended", is_integrated=False, is_multi_gpu_board=False)
+    cuda = torch.cuda
+    for name, value in {
+        "is_available": lambda: True, "device_count": lambda: 1, "current_device": lambda: 0,
+        "get_device_properties": lambda *a, **k: props, "_get_device_properties": lambda *a, **k: props,
+        "get_device_capability": lambda *a, **k: (9, 0), "get_device_name": lambda *a, **k: props.name,
+        "get_rng_state": lambda *a, **k: torch.zeros(16, dtype=torch.uint8),
+        "set_rng_state": lambda *a, **k: None, "is_current_stream_capturing": lambda: False,
+        "synchronize": lambda *a, **k: None, "_lazy_init": lambda: None, "set_device": lambda *a: None,
+        "_exchange_device": lambda idx: 0, "_maybe_exchange_device": lambda idx: 0,
+    }.items():
+        setattr(cuda, name, value)
+    torch.cuda.graphs.is_current_stream_capturing = lambda: False
+    # inductor's pattern libraries and its constant folding run sample ops on real tensors of the
+    # device: not here (the generated code differs from a GPU's only by those rewrites)
+    import torch._inductor.config
+    import torch._inductor.fx_passes.joint_graph as joint_graph
+    import torch._inductor.fx_passes.post_grad as post_grad
+    joint_graph.lazy_init = post_grad.lazy_init = lambda *a, **k: None
+    torch._inductor.config.joint_graph_constant_folding = False
+    from torch._inductor.codecache import PyCodeCache
+
+    def capture(key, path, *args, **kwargs):
+        with open(path) as f:
+            _WRAPPERS.append(f.read())
+        raise _Captured
+    PyCodeCache.load_by_key_path = capture
+
+
+_WRAPPERS: list[str] = []
+
+
+def _compile_and_capture(fn, *args, **kwargs) -> dict:
+    """Compile ``fn`` with inductor (fullgraph) on fake inputs; the wrapper of its last graph, read."""
+    import torch
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    _WRAPPERS.clear()
+    error = None
+    try:
+        torch.compile(fn, backend="inductor", fullgraph=True)(*args, **kwargs)
+        error = "the compiled call returned: the wrapper was never captured"
+    except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
+        chain, e = [], exc
+        while e is not None:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if not any(isinstance(e, _Captured) for e in chain) or len(_WRAPPERS) == 0:
+            error = "".join(traceback.format_exception(chain[-1]))[-6000:]
+    out = _read_wrapper(_WRAPPERS[-1]) if _WRAPPERS else {}
+    out.update(error=error, wrapper=_WRAPPERS[-1] if _WRAPPERS else "")
+    return out
+
+
+def _main(report_path):
+    assert "TRITON_INTERPRET" not in os.environ
+    import torch
+    import torch._dynamo
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from rsg_fast import RSG, ops  # noqa: F401  registers the ops
+    from rsg_fast.models import build_model
+
+    torch._dynamo.config.capture_scalar_outputs = True        # the README's compile setting
+    torch.manual_seed(0)
+    N, C, H, W, L, K, D, heads, thresh = 128, 32, 16, 16, 10, 15, 256, [0, 1, 2], 3   # the paper's CIFAR
+    cases = {}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.device("cuda"):
+            rsg = RSG(K, [C, H, W], L, D, heads, 1.0, thresh)
+            rsg_small = RSG(4, [6, 1, 1], 5, 3, [0, 1], 1.0, thresh)       # 1x1 maps, contrastive dim 3
+            net = build_model("resnet32", L, rsg=dict(n_center=K, contrastive_module_dim=D, epoch_thresh=thresh),
+                              head_classes=heads)
+            x = torch.randn(N, C, H, W)
+            y = torch.randint(0, L, (N,))
+            x_small, y_small = torch.randn(10, 6, 1, 1), torch.randint(0, 5, (10,))
+            images = torch.randn(N, 3, 32, 32)
+            bwd = _backward_inputs(N, C, H, W, L, K, D)
+        host_y = torch.randint(0, L, (N,))
+        for module in (rsg, rsg_small, net):
+            for p in module.parameters():
+                p.requires_grad_(False)
+        _pretend_h100()
+        gen = thresh + 2
+        cases["generation"] = _compile_and_capture(rsg, x, heads, y, gen)
+        cases["contrastive"] = _compile_and_capture(rsg, x, heads, y, 1)
+        cases["generation-1x1-dim3"] = _compile_and_capture(rsg_small, x_small, [0, 1], y_small, gen)
+        cases["generation-host-target"] = _compile_and_capture(rsg, x, heads, y, gen, host_target=host_y)
+
+        def autocast_forward(x, y):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return rsg(x, heads, y, gen)
+        cases["generation-bf16-autocast"] = _compile_and_capture(autocast_forward, x.bfloat16(), y)
+        cases["resnet32-generation"] = _compile_and_capture(net, images, y, gen)
+        for name, args in bwd.items():
+            op = getattr(torch.ops.rsg_fast, name)
+            cases[name] = _compile_and_capture(lambda *a, op=op: op(*a), *args)
+    for name, case in cases.items():
+        print(name, {k: v for k, v in case.items() if k != "wrapper"})
+    with open(report_path, "w") as f:
+        json.dump(cases, f)
+
+
+def _backward_inputs(N, C, H, W, L, K, D):
+    """Arguments of each backward op, as one forward at these sizes would give them (fake CUDA)."""
+    import torch
+
+    M = N // 3
+    x, target = torch.randn(N, C, H, W), torch.randint(0, L, (N,))
+    centers, linear, bias = torch.randn(L, K, C), torch.randn(L, C, K), torch.randn(L, K)
+    index, row = torch.randint(0, N, (M,)), torch.randint(0, L * K, (N,))
+    table = torch.randn(L * K, C)
+    tv, v = torch.randn(M, C, H, W), torch.randn(M, C, H, W)
+    gamma, dist, shift, dmean = torch.rand(N, K), torch.rand(N, K), torch.randn(N, C), torch.randn(N, C)
+    stats = torch.randn(M, H * W, 5)
+    pre = torch.randn(M, H, W, D)
+    return {
+        "center_assign_backward": (x, target, centers, linear, bias, gamma, dist, shift, dmean, torch.randn(N, K),
+                                   None, torch.randn(N), True, True, True, True, "triton"),
+        "displacement_backward": (torch.randn(M, C, H, W), x, index, row, table, True, True, "triton"),
+        "mv_terms_backward": (tv, v, x, index, row, table, stats, torch.randn(M, C, H, W), torch.randn(2), "rows",
+                              True, True, True, True, "triton"),
+        "relu_tap_window_means_backward": (pre, torch.randn(M, D, 3, 3), "triton"),
+    }
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
