@@ -89,7 +89,7 @@ def host_waits_for_gpu(fn) -> bool:
 # torch.compile backends the compile tests run on the CPU (inductor from torch 2.14, the tested version)
 COMPILERS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.skipif(
     torch.torch_version.TorchVersion(torch.__version__) < "2.14",
-    reason="inductor's C++ code generator before torch 2.14 (seen with 2.9.1 and 2.10.0; 2.11-2.13 not tried) "
+    reason="inductor's C++ code generator before torch 2.14 (seen with 2.9.1, 2.10.0 and 2.11.0; 2.12-2.13 not tried) "
            "emits a tiled transpose of RSG's gathered rows that uses an index before declaring it ('tmpN was not "
            "declared'); torch 2.14.1, the version this project is tested with, compiles it (README: torch versions)"))]
 
