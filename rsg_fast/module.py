@@ -73,12 +73,7 @@ class RSG(RSGParameters):
                          transfer_strength, epoch_thresh, mv_loss=mv_loss, validate=validate,
                          check_finite=check_finite)
         self.backend = backend
-        # The constructor's head classes as a (num_classes,) bool table that moves with the module:
-        # forward reads it when given the same classes, so neither eager nor compiled code copies a
-        # host list to the device (non-persistent: the state_dict keeps the published keys).
-        self._table_heads = frozenset(self.head_class_lists)
-        self.register_buffer("_head_table", self._new_head_table(self._table_heads, None), persistent=False)
-        self._head_tables: dict = {}      # other head lists, per device (eager only)
+        self._head_tables: dict = {}      # per head list and device (eager mode)
 
     def forward(self, feature_maps, head_class_lists, target, epoch, *, host_target=None):
         epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
@@ -98,10 +93,7 @@ class RSG(RSGParameters):
         # given host_target, on the CPU from those labels, with no sync at all.
         plan_labels, plan_backend = (labels, backend) if host_labels is None else (host_labels, "torch")
         key = (heads, plan_labels.device)
-        if frozenset(heads) == self._table_heads and self._head_table.device == plan_labels.device:
-            head_table = self._head_table
-        else:
-            head_table = None if compiling else self._head_tables.get(key)
+        head_table = None if compiling else self._head_tables.get(key)
         new_table = head_table is None
         if new_table:
             head_table = self._new_head_table(heads, plan_labels.device)
@@ -164,10 +156,15 @@ class RSG(RSGParameters):
 
     # -- pieces of forward -------------------------------------------------------------------------
     def _new_head_table(self, heads, device) -> torch.Tensor:
-        """A (num_classes,) bool table of the head classes on ``device``: one host-to-device copy (compiled
-        code makes it a constant, copied once at compile time), so forward keeps it per head list."""
-        members = set(heads)
-        return torch.tensor([c in members for c in range(self.num_classes)], dtype=torch.bool, device=device)
+        """A (num_classes,) bool table of the head classes, written on ``device`` one run of consecutive
+        classes at a time: no host tensor, so no host-to-device copy, which from a CPU buffer would
+        synchronise the stream (compiled code builds it in every call, in one fused kernel; eager mode
+        keeps it per head list and device). Not a buffer: it is derived state that load_state_dict,
+        to_empty and averaging of buffers would not keep right."""
+        table = torch.zeros(self.num_classes, dtype=torch.bool, device=device)
+        for start, stop in _runs(sorted(heads)):
+            table[start:stop] = True
+        return table
 
     def _check_and_count(self, x, counts, generation: bool, check_labels: bool, compiling: bool):
         """The value checks and the number of new samples, from one device-to-host copy (eager; none
@@ -242,6 +239,17 @@ def _check_same_labels(labels: torch.Tensor, host_labels: torch.Tensor, compilin
             raise ValueError(HOST_TARGET_MESSAGE)
         return
     torch._assert_async((labels == _to_device_async(host_labels, labels.device)).all(), HOST_TARGET_MESSAGE)
+
+
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct integers as [start, stop) runs of consecutive values: [0, 1, 2, 5] -> [(0, 3), (5, 6)]."""
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and runs[-1][1] == v:
+            runs[-1] = (runs[-1][0], v + 1)
+        else:
+            runs.append((v, v + 1))
+    return runs
 
 
 def _to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
