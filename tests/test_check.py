@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 
+import pytest
+import torch
+
 from rsg_fast import check, cli
 
 
@@ -17,7 +20,7 @@ def test_quick_check_passes_and_prints_the_table(capsys, tmp_path):
                              "RSG (original, generation, host_target)"):
         assert name in out
     rows = json.loads(report.read_text())["rows"]
-    assert rows and all(r["passed"] for r in rows)
+    assert rows and all(r["passed"] for r in rows) and json.loads(report.read_text())["complete"]
     assert {r["dtype"] for r in rows} == {"float32", "float64"}
     assert f"{len(rows)} of {len(rows)} passed" in out
 
@@ -40,3 +43,26 @@ def test_command_line(capsys):
     assert check.main(["--backends", "jax"]) == 2
     err = capsys.readouterr().err
     assert "rsg-fast check: error:" in err and "--device must be" in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", check.OPS)
+def test_half_precision_rows_pass_with_the_pytorch_path(op, dtype):
+    """The fp16/bf16 rows `rsg-fast check` runs on CUDA, here with the PyTorch path on the CPU: the
+    centre table's gradient passes through a tensor of the maps' dtype (check.ROUNDED_ON_THE_WAY),
+    so one rounding of that dtype is its tolerance, not the fp32-statistics one (which failed it)."""
+    for shape in ("odd", "cifar"):
+        row = check.check_op(op, "torch", dtype, check.SHAPES[shape], torch.device("cpu"))
+        assert row.passed, check.format_row(row)
+
+
+def test_full_fp32_turns_tf32_off_and_restores_the_settings():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, True
+    try:
+        with check.full_fp32():
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32 and cudnn.benchmark
+        assert cudnn.allow_tf32 and matmul.allow_tf32 and cudnn.benchmark
+    finally:
+        cudnn.allow_tf32, (matmul.allow_tf32, cudnn.benchmark) = before[0], before[1:]

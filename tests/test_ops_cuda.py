@@ -43,7 +43,9 @@ def test_cuda_lowp_paper_shapes(dtype, tol, shape):
     assert out.dtype == dtype
     close(out, naive.displacement(x.double(), index, row, table.double()), rtol=tol)
 
-    tv, v = (torch.randn(M, C, H, W, device=DEV).to(dtype) for _ in range(2))
+    # |v| about twice |tv| at every location: the MV term |(|tv| - |v|)| has a kink where the norms tie,
+    # and at a near-tie the fp32 and float64 signs can differ (a gradient jump, not an error)
+    tv, v = torch.randn(M, C, H, W, device=DEV).to(dtype), (2 * torch.randn(M, C, H, W, device=DEV)).to(dtype)
     for grouping in ("location", "rows"):
         tvl = leaf(tv)
         new, terms = ops.mv_terms(tvl, v, x, index, row, table, grouping, backend="triton")
@@ -66,7 +68,7 @@ def test_cuda_triton_matches_torch_large_fp32(grouping):
     target = torch.randint(0, L, (N,), device=DEV)
     params = _params(L, K, C)
     index = torch.randint(0, N, (M,), device=DEV)
-    tv, v = (torch.randn(M, C, H, W, device=DEV) for _ in range(2))
+    tv, v = torch.randn(M, C, H, W, device=DEV), 2 * torch.randn(M, C, H, W, device=DEV)   # no near-ties (above)
     res = {}
     for be in ("torch", "triton"):
         xs, tvs, vs = leaf(x), leaf(tv), leaf(v)
