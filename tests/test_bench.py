@@ -410,3 +410,13 @@ def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
     assert got["reference"]["median_ms"] == pytest.approx(2.0) and got["reference"]["peak_mem_bytes"] == 1234
     assert got["rsg-torch"]["status"] == "error: RuntimeError: a kernel failed"
     assert "peak_mem_bytes" not in got["displacement:torch"]   # ops: no memory rows
+
+    # --variants given (variants_in_order): ops first, then the variants in the order given
+    order.clear()
+    plan.variants_in_order = True
+    planned = runner.plan_rows(plan, setting)
+    one = runner._SettingRun(plan, setting, planned, {p.key: p.row() for p in planned}, runner._Bar(10, False),
+                             lambda: None)
+    one.run_cuda()
+    one.close()
+    assert order == ["displacement:torch", "reference-compiled", "reference", "rsg-torch"]

@@ -48,9 +48,10 @@ def test_command_line(capsys):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("op", check.OPS)
 def test_half_precision_rows_pass_with_the_pytorch_path(op, dtype):
-    """The fp16/bf16 rows `rsg-fast check` runs on CUDA, here with the PyTorch path on the CPU: the
-    centre table's gradient passes through a tensor of the maps' dtype (check.ROUNDED_ON_THE_WAY),
-    so one rounding of that dtype is its tolerance, not the fp32-statistics one (which failed it)."""
+    """The fp16/bf16 rows `rsg-fast check` runs on CUDA, here with the PyTorch path on the CPU. They
+    failed correct results: the output weights were not representable in the dtype (autograd rounds a
+    half-precision output's gradient), and the MV terms' centre-table gradient passes through a tensor
+    of the maps' dtype (check.ROUNDED_ON_THE_WAY: one rounding of it is the tolerance there)."""
     for shape in ("odd", "cifar"):
         row = check.check_op(op, "torch", dtype, check.SHAPES[shape], torch.device("cpu"))
         assert row.passed, check.format_row(row)

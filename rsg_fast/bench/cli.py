@@ -159,6 +159,7 @@ def make_plan(args, argv: list[str]) -> Plan:
         raise _usage(f"--tag must be a plain file stem, got {tag!r}")
     plan = Plan(
         device=device, settings=settings, groups=groups, variants=args.variants or list(bc.ALL_VARIANTS),
+        variants_in_order=bool(args.variants),
         phases=args.phases, ops=args.ops or list(op_cases.OPS), op_impls=args.op_impls or list(op_cases.OP_IMPLS),
         dtypes=args.dtypes or ["fp32"], cuda_graphs=args.cuda_graphs,
         compile=cuda if args.compile is None else args.compile, compile_backend=args.compile_backend,

@@ -39,6 +39,7 @@ class Plan:
     groups: list[str]                  # "module", "step", "op"
     variants: list[str]                # module and step variants to plan
     phases: list[str]
+    variants_in_order: bool = False    # --variants given: on CUDA run them in that order
     ops: list[str] = field(default_factory=lambda: list(op_cases.OPS))
     op_impls: list[str] = field(default_factory=lambda: list(op_cases.OP_IMPLS))
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
@@ -209,8 +210,10 @@ class _SettingRun:
             gc.collect()
 
     def run_cuda(self) -> None:
-        # ops first, then eager module/step cases, compiled cases last (they take longest to start)
-        order = sorted(self.runnable, key=lambda p: (p.group != "op", p.variant.endswith("-compiled")))
+        # ops first, then eager module/step cases, compiled cases last (they take longest to start),
+        # unless --variants gave an order (a run with a time limit puts what it needs first)
+        order = sorted(self.runnable, key=lambda p: (p.group != "op",
+                                                     not self.plan.variants_in_order and p.variant.endswith("-compiled")))
         per_group = {g: sum(p.group == g for p in self.runnable) for g in self.share}
         for p in order:
             cases = self.build([p])
