@@ -17,9 +17,11 @@ the same way on its own. What the wrapper must show:
 Positive controls (a table sent from the CPU, ``.item()``, ``torch.nonzero``) compiled by the same
 inductor show that the wrapper reader sees copies and syncs in the form this torch writes them.
 
-Limits: the forward is compiled for inference (AOT autograd's joint forward+backward graph runs the
-autograd engine, which needs a real device), and nothing is executed: the values are the CUDA
-tests' and ``rsg-fast check``'s job on a GPU.
+Limits: inductor compiles the forward for inference only (AOT autograd's joint forward+backward
+graph runs the autograd engine, which needs a real device for CUDA tensors). The training graph is
+traced on meta tensors instead (``_trace_training_on_meta``, generation phase) and split into its
+forward and backward, whose Triton kernels are checked, but not compiled. Nothing is executed: the
+values are the CUDA tests' and ``rsg-fast check``'s job on a GPU.
 """
 from __future__ import annotations
 
@@ -102,6 +104,18 @@ def test_compiled_backward_op_runs_its_triton_kernels(report, op):
     assert case["device_syncs"] == 0 and case["copies"] == [] and case["cpu_buffers"] == 0, case
 
 
+def test_the_training_graph_traces_on_the_triton_path(report):
+    """The generation phase's forward+backward as torch.compile trains with it, split by inductor's
+    partitioner: the forward launches every fused forward kernel, the backward the three backward
+    kernels RSG needs (its maps are detached: no x-gradient kernels; so is the centre table the
+    displacement reads: no displacement backward)."""
+    case = _case(report, "training-generation")
+    assert GENERATION_KERNELS <= set(case["forward_kernels"]), case
+    assert set(case["backward_kernels"]) == {"_center_assign_param_grad_kernel", "_mv_terms_bwd_kernel",
+                                             "_relu_tap_window_means_bwd_kernel"}, case
+    assert not set(case["forward_kernels"]) & set(case["backward_kernels"]), case
+
+
 def test_the_wrapper_reader_finds_a_blocking_copy_and_syncs_in_real_wrappers(report):
     """Positive controls, compiled by the same inductor: a table built on the CPU and sent with
     ``.to(device)`` (what RSG did before), a ``.item()`` and a ``torch.nonzero`` (data-dependent size)."""
@@ -174,11 +188,9 @@ class _Captured(Exception):
     """Raised instead of loading the wrapper inductor wrote (loading would compile for a real GPU)."""
 
 
-def _pretend_h100():
-    """Answer the CUDA queries dynamo and inductor make while compiling as an H100 would. Called after
-    the fake inputs exist (random initialisation must not believe a GPU is there)."""
-    import types
-
+def _pretend_h100_triton_driver():
+    """Triton's active driver as an H100's: inductor asks it for the target when it compiles a kernel
+    to its intermediate form to see which arguments the kernel writes."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -197,6 +209,16 @@ def _pretend_h100():
             return torch.device("cuda", 0)
 
     triton.runtime.driver.set_active(FakeDriver())
+
+
+def _pretend_h100():
+    """Answer the CUDA queries dynamo and inductor make while compiling as an H100 would. Called after
+    the fake inputs exist (random initialisation must not believe a GPU is there)."""
+    import types
+
+    import torch
+
+    _pretend_h100_triton_driver()
     props = types.SimpleNamespace(
         name="NVIDIA H100 80GB HBM3 (pretended)", major=9, minor=0, multi_processor_count=132,
         max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536, warp_size=32,
@@ -216,6 +238,11 @@ def _pretend_h100():
     }.items():
         setattr(cuda, name, value)
     torch.cuda.graphs.is_current_stream_capturing = lambda: False
+    import torch.utils._triton
+    for name in dir(torch.utils._triton):   # "is triton usable here?" answers cached before the pretence
+        cache_clear = getattr(getattr(torch.utils._triton, name), "cache_clear", None)
+        if cache_clear is not None:
+            cache_clear()
     # inductor's pattern libraries and its constant folding run sample ops on real tensors of the
     # device: not here (the generated code differs from a GPU's only by those rewrites)
     import torch._inductor.config
@@ -272,6 +299,10 @@ def _main(report_path):
     N, C, H, W, L, K, D, heads, thresh = 128, 32, 16, 16, 10, 15, 256, [0, 1, 2], 3   # the paper's CIFAR
     cases = {}
     lt_heads = sorted(torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:390].tolist())
+    _pretend_h100_triton_driver()
+    # the generation phase only: on meta tensors AOT autograd drops cross_entropy's gradient (a plain
+    # F.cross_entropy(F.linear(x, w), y) shows it), which the contrastive phase's loss uses
+    cases["training-generation"] = _trace_training_on_meta(K, [C, H, W], L, D, heads, thresh, N, thresh + 2)
     with FakeTensorMode(allow_non_fake_inputs=True):
         with torch.device("cuda"):
             rsg = RSG(K, [C, H, W], L, D, heads, 1.0, thresh)
@@ -319,6 +350,71 @@ def _main(report_path):
         print(name, {k: v for k, v in case.items() if k != "wrapper"})
     with open(report_path, "w") as f:
         json.dump(cases, f)
+
+
+def _trace_training_on_meta(K, maps, L, D, heads, thresh, N, epoch) -> dict:
+    """The training graph of RSG on the Triton path: AOT autograd's joint forward+backward, traced and
+    split into forward and backward by inductor's partitioner, on meta tensors (the autograd engine
+    cannot run on fake CUDA tensors). rsg_fast is told that the Triton path may run there (its guards
+    refuse non-CUDA tensors); the Triton driver is the pretended H100's, so inductor's analysis of
+    which kernel arguments are written sees the kernels as a GPU run would. Returns the Triton
+    kernels each graph launches, or the error."""
+    import importlib
+
+    import torch
+    import torch._dynamo
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    import rsg_fast.backend
+    from rsg_fast import RSG
+
+    op_files = [importlib.import_module(f"rsg_fast.ops.{name}")
+                for name in ("center_assign", "displacement", "mv_terms", "tap_window_means", "pairs")]
+    saved = [(rsg_fast.backend, "triton_interpret", rsg_fast.backend.triton_interpret),
+             (torch, "is_autocast_enabled", torch.is_autocast_enabled)] + \
+        [(f, "interpreter_guard", f.interpreter_guard) for f in op_files]
+    rsg_fast.backend.triton_interpret = lambda: True
+    for f in op_files:
+        f.interpreter_guard = lambda *a: None
+    autocast_enabled = torch.is_autocast_enabled
+    torch.is_autocast_enabled = lambda *a: False if a and a[0] == "meta" else autocast_enabled(*a)
+    graphs = {}
+
+    def capture(gm, example_inputs):
+        def keep(name):
+            def compiler(graph, inputs):
+                graphs[name] = sorted(kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__
+                                      for n in graph.graph.nodes if "triton_kernel_wrapper" in str(n.target))
+                if name == "backward":
+                    raise _Captured
+                return graph
+            return compiler
+        return aot_module_simplified(gm, example_inputs, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+                                     partition_fn=min_cut_rematerialization_partition)
+
+    torch._dynamo.reset()
+    error = None
+    try:
+        with torch.device("meta"):
+            rsg = RSG(K, maps, L, D, heads, 1.0, thresh, backend="triton")
+            x, y = torch.randn(N, *maps, requires_grad=True), torch.randint(0, L, (N,))
+        with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):   # both graphs now
+            torch.compile(rsg, backend=capture, fullgraph=True)(x, heads, y, epoch)
+        error = "the compiled call returned: the graphs were never captured"
+    except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
+        chain, e = [], exc
+        while e is not None:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if not any(isinstance(e, _Captured) for e in chain) or len(graphs) != 2:
+            error = "".join(traceback.format_exception(chain[-1]))[-6000:]
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+        torch._dynamo.reset()
+    return {"error": error, "forward_kernels": graphs.get("forward"), "backward_kernels": graphs.get("backward")}
 
 
 def _control_host_table(x):
