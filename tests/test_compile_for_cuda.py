@@ -262,6 +262,18 @@ def _pretend_h100():
 _WRAPPERS: list[str] = []
 
 
+def _unless_captured(exc: BaseException, captured: bool) -> str | None:
+    """None when ``exc`` is our ``_Captured`` (anywhere in its chain) and the capture is complete;
+    otherwise the innermost exception's traceback, the finding."""
+    chain, e = [], exc
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if captured and any(isinstance(e, _Captured) for e in chain):
+        return None
+    return "".join(traceback.format_exception(chain[-1]))[-6000:]
+
+
 def _compile_and_capture(fn, *args, **kwargs) -> dict:
     """Compile ``fn`` with inductor (fullgraph) on fake inputs; the wrapper of its last graph, read."""
     import torch
@@ -274,12 +286,7 @@ def _compile_and_capture(fn, *args, **kwargs) -> dict:
         torch.compile(fn, backend="inductor", fullgraph=True)(*args, **kwargs)
         error = "the compiled call returned: the wrapper was never captured"
     except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
-        chain, e = [], exc
-        while e is not None:
-            chain.append(e)
-            e = e.__cause__ or e.__context__
-        if not any(isinstance(e, _Captured) for e in chain) or len(_WRAPPERS) == 0:
-            error = "".join(traceback.format_exception(chain[-1]))[-6000:]
+        error = _unless_captured(exc, captured=len(_WRAPPERS) > 0)
     out = _read_wrapper(_WRAPPERS[-1]) if _WRAPPERS else {}
     out.update(error=error, wrapper=_WRAPPERS[-1] if _WRAPPERS else "")
     return out
@@ -404,12 +411,7 @@ def _trace_training_on_meta(K, maps, L, D, heads, thresh, N, epoch) -> dict:
             torch.compile(rsg, backend=capture, fullgraph=True)(x, heads, y, epoch)
         error = "the compiled call returned: the graphs were never captured"
     except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
-        chain, e = [], exc
-        while e is not None:
-            chain.append(e)
-            e = e.__cause__ or e.__context__
-        if not any(isinstance(e, _Captured) for e in chain) or len(graphs) != 2:
-            error = "".join(traceback.format_exception(chain[-1]))[-6000:]
+        error = _unless_captured(exc, captured=len(graphs) == 2)
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
