@@ -19,7 +19,7 @@ inductor show that the wrapper reader sees copies and syncs in the form this tor
 
 Limits: inductor compiles the forward for inference only (AOT autograd's joint forward+backward
 graph runs the autograd engine, which needs a real device for CUDA tensors). The training graph is
-traced on meta tensors instead (``_trace_training_on_meta``, generation phase) and split into its
+traced on meta tensors instead (``_trace_training_on_meta``, both phases) and split into its
 forward and backward, whose Triton kernels are checked, but not compiled. Nothing is executed: the
 values are the CUDA tests' and ``rsg-fast check``'s job on a GPU.
 """
@@ -104,15 +104,20 @@ def test_compiled_backward_op_runs_its_triton_kernels(report, op):
     assert case["device_syncs"] == 0 and case["copies"] == [] and case["cpu_buffers"] == 0, case
 
 
-def test_the_training_graph_traces_on_the_triton_path(report):
-    """The generation phase's forward+backward as torch.compile trains with it, split by inductor's
-    partitioner: the forward launches every fused forward kernel, the backward the three backward
-    kernels RSG needs (its maps are detached: no x-gradient kernels; so is the centre table the
-    displacement reads: no displacement backward)."""
-    case = _case(report, "training-generation")
-    assert GENERATION_KERNELS <= set(case["forward_kernels"]), case
-    assert set(case["backward_kernels"]) == {"_center_assign_param_grad_kernel", "_mv_terms_bwd_kernel",
-                                             "_relu_tap_window_means_bwd_kernel"}, case
+@pytest.mark.parametrize("phase, forward, backward", [
+    ("generation", GENERATION_KERNELS, {"_center_assign_param_grad_kernel", "_mv_terms_bwd_kernel",
+                                        "_relu_tap_window_means_bwd_kernel"}),
+    ("contrastive", CONTRASTIVE_KERNELS, {"_center_assign_param_grad_kernel", "_relu_tap_window_means_bwd_kernel"}),
+])
+def test_the_training_graph_traces_on_the_triton_path(report, phase, forward, backward):
+    """Forward+backward as torch.compile trains with it, split by inductor's partitioner: the forward
+    launches every fused forward kernel, the backward exactly the backward kernels RSG needs (its
+    maps are detached: no x-gradient kernels; so is the centre table the displacement reads: no
+    displacement backward; the contrastive phase trains the contrastive head: its tap-window means'
+    backward)."""
+    case = _case(report, f"training-{phase}")
+    assert forward <= set(case["forward_kernels"]), case
+    assert set(case["backward_kernels"]) == backward, case
     assert not set(case["forward_kernels"]) & set(case["backward_kernels"]), case
 
 
@@ -307,9 +312,8 @@ def _main(report_path):
     cases = {}
     lt_heads = sorted(torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:390].tolist())
     _pretend_h100_triton_driver()
-    # the generation phase only: on meta tensors AOT autograd drops cross_entropy's gradient (a plain
-    # F.cross_entropy(F.linear(x, w), y) shows it), which the contrastive phase's loss uses
-    cases["training-generation"] = _trace_training_on_meta(K, [C, H, W], L, D, heads, thresh, N, thresh + 2)
+    for phase, epoch in (("generation", thresh + 2), ("contrastive", 1)):
+        cases[f"training-{phase}"] = _trace_training_on_meta(K, [C, H, W], L, D, heads, thresh, N, epoch)
     with FakeTensorMode(allow_non_fake_inputs=True):
         with torch.device("cuda"):
             rsg = RSG(K, [C, H, W], L, D, heads, 1.0, thresh)
@@ -379,9 +383,14 @@ def _trace_training_on_meta(K, maps, L, D, heads, thresh, N, epoch) -> dict:
 
     op_files = [importlib.import_module(f"rsg_fast.ops.{name}")
                 for name in ("center_assign", "displacement", "mv_terms", "tap_window_means", "pairs")]
+    import torch.nn.functional as F
+
     saved = [(rsg_fast.backend, "triton_interpret", rsg_fast.backend.triton_interpret),
-             (torch, "is_autocast_enabled", torch.is_autocast_enabled)] + \
+             (torch, "is_autocast_enabled", torch.is_autocast_enabled), (F, "cross_entropy", F.cross_entropy)] + \
         [(f, "interpreter_guard", f.interpreter_guard) for f in op_files]
+    # on meta tensors AOT autograd drops F.cross_entropy's gradient (a plain
+    # F.cross_entropy(F.linear(x, w), y) shows it): the same loss from log_softmax keeps it
+    F.cross_entropy = lambda logits, y: -F.log_softmax(logits, 1).gather(1, y[:, None]).mean()
     rsg_fast.backend.triton_interpret = lambda: True
     for f in op_files:
         f.interpreter_guard = lambda *a: None
