@@ -298,17 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     done: list[Row] = []
 
-    def report(row: Row, complete: bool = False) -> None:
-        if row is not None:
-            done.append(row)
-            print(format_row(row), flush=True)
-        if args.json:       # rewritten after every row: a run stopped by a time limit keeps its rows
+    def save(complete: bool) -> None:
+        if args.json:
             Path(args.json).write_text(json.dumps({"device": str(device), "device_name": name,
                                                    "torch": torch.__version__, "complete": complete,
                                                    "rows": [asdict(r) for r in done]}, indent=1))
+
+    def report(row: Row) -> None:     # the file is rewritten after every row: a time limit keeps them
+        done.append(row)
+        print(format_row(row), flush=True)
+        save(complete=False)
     with full_fp32():
         rows = run(device, level, backends, progress=report)
-    report(None, complete=True)
+    save(complete=True)
     failed = [r for r in rows if not r.passed]
     print(f"{len(rows) - len(failed)} of {len(rows)} passed in {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0
