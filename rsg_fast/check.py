@@ -243,16 +243,31 @@ def run(device: torch.device, level: str, backends: list[str], progress=print) -
 @contextlib.contextmanager
 def full_fp32():
     """fp32 convolutions and matmuls in full precision while checking: cuDNN's default TF32 rounds T's
-    convolution to 10 mantissa bits on Ampere and later, about 3e-4 off a float64 reference."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    convolution to 10 mantissa bits on Ampere and later, about 3e-4 off a float64 reference. The
+    caller's settings come back afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     try:
-        cudnn = torch.backends.cudnn
+        saved_matmul, _ = matmul.allow_tf32, cudnn.allow_tf32
+    except RuntimeError:
+        # torch >= 2.9 raises on reading the legacy flags once the process has set the new
+        # fp32_precision ones: such a caller is served in the new API's terms
+        flags = (matmul, cudnn.conv, cudnn.rnn)
+        saved = [f.fp32_precision for f in flags]
+        for f in flags:
+            f.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for f, value in zip(flags, saved):
+                f.fp32_precision = value
+        return
+    matmul.allow_tf32 = False
+    try:
         with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                          allow_tf32=False):
             yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        matmul.allow_tf32 = saved_matmul
 
 
 def format_row(row: Row) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,3 +69,25 @@ def test_full_fp32_turns_tf32_off_and_restores_the_settings():
         assert cudnn.allow_tf32 and matmul.allow_tf32 and cudnn.benchmark
     finally:
         cudnn.allow_tf32, (matmul.allow_tf32, cudnn.benchmark) = before[0], before[1:]
+
+
+NEW_PRECISION_API_CALLER = """
+import torch
+from rsg_fast import check
+flags = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+for f in flags:
+    f.fp32_precision = "tf32"                  # a caller of the new API (torch >= 2.9)
+with check.full_fp32():
+    assert [f.fp32_precision for f in flags] == ["ieee"] * 3
+assert [f.fp32_precision for f in flags] == ["tf32"] * 3
+print("restored")
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_full_fp32_serves_a_caller_of_the_new_precision_api():
+    """Once a process has set the new fp32_precision flags, reading the legacy allow_tf32 ones raises
+    (torch >= 2.9); in a fresh process, since that state sticks to it."""
+    done = subprocess.run([sys.executable, "-c", NEW_PRECISION_API_CALLER], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "restored" in done.stdout, done.stderr[-2000:]
