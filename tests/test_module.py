@@ -47,13 +47,14 @@ def make_pair(C, H, W, K, D, L, heads, beta=1.0, thresh=3, mv_loss="paper", back
     return ref, fast
 
 
-def run(module, x, heads, y, epoch, seed=1, forward_context=None):
-    """Forward (inside ``forward_context`` if given, e.g. autocast), then backward of a random linear
-    function of all four outputs, outside it, as training loops do."""
+def run(module, x, heads, y, epoch, seed=1, forward_context=None, **forward_kwargs):
+    """Forward (inside ``forward_context`` if given, e.g. autocast; ``forward_kwargs`` such as
+    ``host_target`` passed on), then backward of a random linear function of all four outputs,
+    outside it, as training loops do."""
     x = x.detach().clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
     with forward_context if forward_context is not None else contextlib.nullcontext():
-        out, cesc, mv, y_out = module(x, heads, y, epoch)
+        out, cesc, mv, y_out = module(x, heads, y, epoch, **forward_kwargs)
     g = torch.Generator(device="cpu").manual_seed(seed)
     weight = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
     objective = (out * weight).sum() + 0.37 * cesc + 1.3 * mv
