@@ -89,6 +89,28 @@ def test_compiled_generation_phase_at_corner_shapes(compiler, maps, dim):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_a_run_of_epochs_compiles_three_graphs_at_most():
+    """Training calls RSG with a new epoch every epoch: dynamo specialises the first epoch, makes it
+    dynamic at the first change, and the phase test splits that graph at the threshold; then no more
+    graphs however long the run (with dynamic=False each epoch would be a graph of its own, and
+    fullgraph=True fails at dynamo's recompile limit: README). The graph count does not depend on the
+    backend, so aot_eager (compiled values per phase are compared with eager mode above)."""
+    torch.manual_seed(0)
+    eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
+    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
+    y = _batches(10, 5, [0, 1], 1, seed=0)[0]
+    with compile_setting():
+        start = _graphs()
+        for epoch in range(THRESH + 12):       # more epochs than dynamo's recompile limit (8)
+            x = torch.randn(10, 4, 3, 5, requires_grad=True)
+            got_out, _ = _step(compiled, x, y, epoch)
+            want_out, _ = _step(eager, x, y, epoch)
+            assert got_out[0].shape == want_out[0].shape, f"epoch {epoch}"
+            assert (got_out[0].shape[0] > 10) == (epoch > THRESH)
+            torch.testing.assert_close(got_out[1], want_out[1], rtol=1e-4, atol=1e-4)
+        assert 2 <= _graphs() - start <= 3      # one graph per phase, one more for the first epoch
+
+
 @pytest.mark.parametrize("compiler", COMPILERS)
 def test_compiled_batches_of_one_and_none(compiler):
     """An epoch's last batch may hold one sample (or, sharded, none): no pair can be made, and the
