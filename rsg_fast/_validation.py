@@ -71,6 +71,25 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
     return tuple(heads)
 
 
+def check_maps_dtype(maps: torch.dtype, params: torch.dtype, device_type: str) -> None:
+    """The feature maps' dtype must suit the parameters' (T and the contrastive module are convolutions):
+    the same one outside autocast; under autocast, float32 or autocast's dtype (which autocast casts to),
+    unless the parameters are float64, which autocast leaves alone."""
+    if not torch.is_autocast_enabled(device_type):
+        if maps != params:
+            raise TypeError(f"feature_maps is {maps} but the RSG parameters are {params}; outside torch.autocast "
+                            f"they must match: convert the module (rsg.to({maps})) or run the network under "
+                            "torch.autocast")
+        return
+    cast_to = torch.get_autocast_dtype(device_type)
+    allowed = (params,) if params == torch.float64 else (torch.float32, cast_to)
+    if maps not in allowed:
+        names = " or ".join(dict.fromkeys(str(d) for d in allowed))
+        raise TypeError(f"feature_maps is {maps}; under torch.autocast(dtype={cast_to}) with RSG parameters in "
+                        f"{params} it must be {names}"
+                        + (" (autocast leaves float64 alone)" if params == torch.float64 else ""))
+
+
 def check_forward_arguments(module, feature_maps, target, epoch):
     """Host-side checks of forward's arguments (always on, even with ``validate=False``): shapes,
     dtypes, devices and the epoch. Returns the epoch as a Python number (a 1-element tensor is read
@@ -99,11 +118,7 @@ def check_forward_arguments(module, feature_maps, target, epoch):
     if feature_maps.device != param.device:
         raise ValueError(f"feature_maps is on {feature_maps.device} but the RSG parameters are on {param.device}; "
                          "move the module with .to(device)")
-    if feature_maps.dtype != param.dtype and not torch.is_autocast_enabled(feature_maps.device.type):
-        # the transformation T and the contrastive module are convolutions with the parameters' dtype
-        raise TypeError(f"feature_maps is {feature_maps.dtype} but the RSG parameters are {param.dtype}; outside "
-                        f"torch.autocast they must match: convert the module (rsg.to({feature_maps.dtype})) or "
-                        "run the network under torch.autocast")
+    check_maps_dtype(feature_maps.dtype, param.dtype, feature_maps.device.type)
     if isinstance(epoch, torch.Tensor):
         if epoch.numel() != 1:
             raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")

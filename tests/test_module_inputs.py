@@ -54,6 +54,32 @@ def test_maps_of_another_dtype_than_the_module_are_rejected_at_the_first_call(cl
         m(torch.randn(4, 4, 3, 3, dtype=torch.bfloat16), [0], y, 9)
 
 
+FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("module_dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_under_autocast_maps_of_a_dtype_that_cannot_run_are_rejected_at_the_first_call(module_dtype, autocast_dtype):
+    """Under autocast the maps may be float32 or autocast's dtype (float64 parameters: only float64,
+    which autocast leaves alone). Any other dtype once passed the first epochs and crashed in T's
+    convolution at the first generation epoch (or deep in autocast), after caching its head table."""
+    y = torch.tensor([0, 0, 1, 2, 3, 0, 1, 2])
+    for maps_dtype in FLOATS:
+        runs = maps_dtype in ((torch.float64,) if module_dtype == torch.float64 else (torch.float32, autocast_dtype))
+        for cls in (RSG, ReferenceRSG):
+            m = cls(3, [4, 3, 3], 4, 6, [0, 1], 1.0, 3).to(module_dtype)
+            x = torch.randn(8, 4, 3, 3).to(maps_dtype).requires_grad_(True)
+            with torch.autocast("cpu", dtype=autocast_dtype):
+                if not runs:
+                    with pytest.raises(TypeError, match=f"feature_maps is {maps_dtype}; under torch.autocast"):
+                        m(x, [1], y, 0)        # at the first call, before the threshold
+                    assert not getattr(m, "_head_tables", None)
+                    continue
+                out = m(x, [1], y, 9)          # the generation phase runs forward and backward
+            (out[0].float().sum() + out[1] + out[2]).backward()
+            assert out[0].shape[0] > 8 and torch.isfinite(x.grad).all(), (cls.__name__, maps_dtype)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("offset", [1e3, 1e4])
 def test_large_common_offset_keeps_the_cesc_loss_and_centre_gradients_exact(backend, offset):
