@@ -79,3 +79,15 @@ def test_arguments_are_checked():
     is_head, counts = ops.batch_plan(labels, table, 1.0)
     with pytest.raises(ValueError, match="n_new"):
         ops.pair_indices(is_head, counts, 4)
+    # each of these crashed inside the kernel or read out of bounds before it was checked
+    for bad_head in (is_head[None], is_head.long(), [True, False, True]):
+        with pytest.raises(TypeError, match="is_head"):
+            ops.pair_indices(bad_head, counts, 1)
+    for bad_counts in (counts[:0], counts.double(), counts[None], counts.tolist()):
+        with pytest.raises(TypeError, match="counts"):
+            ops.pair_indices(is_head, bad_counts, 1)
+    for bad_n in (True, 1.0, counts[1]):
+        with pytest.raises(TypeError, match="n_new"):
+            ops.pair_indices(is_head, counts, bad_n)
+    with pytest.raises(ValueError, match="n_new"):
+        ops.pair_indices(is_head, counts, -1)

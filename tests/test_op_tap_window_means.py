@@ -68,6 +68,9 @@ def test_bad_arguments():
         ops.relu_tap_window_means(torch.randn(2, 3, 4))
     with pytest.raises(TypeError, match="pre must be a floating-point"):
         ops.relu_tap_window_means(torch.ones(2, 3, 4, 5, dtype=torch.long))
+    for empty_map in ((2, 0, 3, 4), (2, 3, 0, 4)):   # NaN on Triton, an IndexError on the torch path
+        with pytest.raises(ValueError, match="H, W >= 1"):
+            ops.relu_tap_window_means(torch.randn(empty_map))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -79,6 +79,13 @@ def batch_plan(labels: Tensor, head_table: Tensor, beta: float, *, backend: str 
 def pair_indices(is_head: Tensor, counts: Tensor, n_new: int, *, backend: str | None = "auto"):
     """``(head_index, tail_index)``, each (n_new,) int64: the published pairs, from ``batch_plan``'s
     outputs; ``n_new`` is ``counts[1]`` on the host (at most N with beta <= 1)."""
+    if not isinstance(is_head, Tensor) or is_head.dtype != torch.bool or is_head.dim() != 1:
+        raise TypeError(f"is_head must be batch_plan's 1-D bool tensor, got {_describe(is_head)}")
+    if not isinstance(counts, Tensor) or counts.dtype != torch.int64 or tuple(counts.shape) != (4,):
+        raise TypeError(f"counts must be batch_plan's (4,) int64 tensor, got {_describe(counts)}")
+    check_device("is_head", is_head, "counts", counts)
+    if isinstance(n_new, bool) or not isinstance(n_new, (int, torch.SymInt)):
+        raise TypeError(f"n_new must be an int (counts[1] on the host), got {type(n_new).__name__}")
     N = is_head.shape[0]
     if not torch.compiler.is_compiling() and not 0 <= n_new <= N:
         raise ValueError(f"n_new must be counts[1] of batch_plan, in [0, N={N}], got {n_new}")
@@ -86,3 +93,7 @@ def pair_indices(is_head: Tensor, counts: Tensor, n_new: int, *, backend: str | 
     torch._check(n_new <= N)          # under torch.compile: a run-time check of the data-dependent size
     return torch.ops.rsg_fast.pair_indices(is_head.contiguous(), counts.contiguous(), n_new,
                                            resolve_backend(backend, is_head.device))
+
+
+def _describe(t) -> str:
+    return f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__

@@ -90,4 +90,6 @@ def relu_tap_window_means(pre: Tensor, *, backend: str | None = "auto") -> Tenso
     over that tap's window divided by H*W. pre: (P, H, W, D) floating; returns (P, D, 3, 3) in the acc
     dtype (float64 for float64 input, else float32); differentiable w.r.t. pre."""
     check_tensor("pre", pre, 4)
+    if min(pre.shape[1:3]) < 1:
+        raise ValueError(f"pre must have H, W >= 1, got shape {tuple(pre.shape)}")
     return torch.ops.rsg_fast.relu_tap_window_means(pre, resolve_backend(backend, pre.device))
