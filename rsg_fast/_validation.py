@@ -18,10 +18,16 @@ MV_LOSS_CHOICES = ("paper", "original")
 
 
 def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_module_dim,
-                      head_class_lists, transfer_strength, epoch_thresh, mv_loss):
+                      head_class_lists, transfer_strength, epoch_thresh, mv_loss, validate=True,
+                      check_finite=False):
     """Validate the constructor's arguments; return ``(C, H, W)`` and the head classes as a tuple."""
+    for name, flag in (("validate", validate), ("check_finite", check_finite)):
+        if not isinstance(flag, (bool, np.bool_)):     # validate="no" would have meant True
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     if isinstance(n_center, bool) or not isinstance(n_center, numbers.Integral) or n_center < 1:
         raise ValueError(f"n_center must be an integer >= 1, got {n_center!r}")
+    if isinstance(feature_maps_shape, (np.ndarray, torch.Tensor)) and feature_maps_shape.ndim == 1:
+        feature_maps_shape = feature_maps_shape.tolist()          # e.g. np.array([C, H, W])
     if (not isinstance(feature_maps_shape, (Sequence, torch.Size)) or len(feature_maps_shape) != 3
             or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
                        for s in feature_maps_shape)):
@@ -36,7 +42,7 @@ def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_mod
         raise ValueError(f"transfer_strength must be a number in (0, 1], got {transfer_strength!r}")
     if isinstance(epoch_thresh, bool) or not isinstance(epoch_thresh, numbers.Real):
         raise TypeError(f"epoch_thresh must be a number, got {type(epoch_thresh).__name__}")
-    if math.isnan(epoch_thresh):   # every comparison with NaN is False: generation would never start
+    if epoch_thresh != epoch_thresh:   # NaN: generation would never start (not float(): it overflows)
         raise ValueError("epoch_thresh must be a number (inf: never generate), got nan")
     if mv_loss not in MV_LOSS_CHOICES:
         raise ValueError(f"mv_loss must be one of {MV_LOSS_CHOICES}, got {mv_loss!r}")

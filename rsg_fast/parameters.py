@@ -41,7 +41,8 @@ class RSGParameters(nn.Module):
                  epoch_thresh=100, *, mv_loss="original", validate=True, check_finite=False):
         super().__init__()
         (C, H, W), heads = check_constructor(n_center, feature_maps_shape, num_classes, contrastive_module_dim,
-                                             head_class_lists, transfer_strength, epoch_thresh, mv_loss)
+                                             head_class_lists, transfer_strength, epoch_thresh, mv_loss,
+                                             validate, check_finite)
         self.n_center = int(n_center)
         self.feature_maps_shape = [C, H, W]
         self.num_classes = int(num_classes)
@@ -77,7 +78,7 @@ class RSGParameters(nn.Module):
     # -- helpers shared by both modules -------------------------------------------------------
     def _phase_is_generation(self, epoch) -> bool:
         """Algorithm 1: contrastive training while epoch <= epoch_thresh, generation after it."""
-        return float(epoch) > self.epoch_thresh
+        return epoch > self.epoch_thresh      # exact for any int (float() overflows above 1e308)
 
     def _head_classes(self, head_class_lists) -> tuple[int, ...]:
         if head_class_lists is None:

@@ -407,6 +407,21 @@ def test_bad_constructor_arguments(kwargs, words):
         RSG(**args)
 
 
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+def test_constructor_flags_and_sizes_in_other_forms(cls):
+    """validate="no" once meant True and None False; a shape given as an array was refused; an epoch
+    threshold or epoch too large for a float overflowed in float()."""
+    for kwargs in (dict(validate="no"), dict(validate=None), dict(check_finite=1)):
+        with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be True or False"):
+            cls(2, [4, 3, 3], 4, 5, [0], 1.0, 3, **kwargs)
+    import numpy as np
+    for shape in (np.array([4, 3, 3]), torch.tensor([4, 3, 3])):
+        assert cls(2, shape, 4, 5, [0], 1.0, 3, validate=np.bool_(True)).feature_maps_shape == [4, 3, 3]
+    m = cls(2, [4, 3, 3], 4, 5, [0], 1.0, 10**400)
+    x, y = torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 2, 0])
+    assert m(x, [0], y, 10**400)[0].shape[0] == 4 and m(x, [0], y, 10**401)[0].shape[0] == 6
+
+
 # -- CUDA ----------------------------------------------------------------------------------------
 @requires_cuda
 @pytest.mark.parametrize("backend", ["torch", "triton"])
