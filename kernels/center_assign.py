@@ -16,8 +16,11 @@ large numbers (V is also merged per spatial block, Chan's method). The kernels s
 d = mean(x - s) for the backward.
 
 Backward (segmented, deterministic): the incoming gradients are first folded into
-g_gamma += g_cesc * dist and g_dist += g_cesc * gamma; then, with
-g_logit = gamma * (g_gamma - sum_k gamma g_gamma),
+g_gamma += g_cesc * mean_dist and g_dist += g_cesc * gamma, where mean_dist[n, k] = dist[n, k] - V[n]
+= HW sum_c (mean - centre)^2 (saved by the forward): g_gamma only enters through the softmax, where a
+constant per sample cancels, and V (thousands at large maps) would leave the rounding of dist in the
+difference; then, with g_logit_k = gamma_k sum_j gamma_j (g_gamma_k - g_gamma_j) (= gamma_k (g_gamma_k -
+sum_j gamma_j g_gamma_j), without the cancellation of that form where the softmax saturates),
     grad_linear[l, c, k] = sum_{n in l} mean[n, c] g_logit[n, k]
     grad_bias[l, k]      = sum_{n in l} g_logit[n, k]
     grad_centers[l, k, c] = -2 HW sum_{n in l} g_dist[n, k] (mean[n, c] - centers[l, k, c])
@@ -44,10 +47,10 @@ def _class(y, L):
 
 
 @triton.jit
-def _assign(n, y, logits, sq, var, gamma_ptr, dist_ptr, row_ptr, cesc_ptr,
+def _assign(n, y, logits, sq, var, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr,
             K: tl.constexpr, HW: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Softmax over the K logits, the distances, their gamma-weighted sum and the closest centre of
-    sample n; stores them."""
+    """Softmax over the K logits, the distances (and their centre-dependent parts HW * sq, for the
+    backward), their gamma-weighted sum and the closest centre of sample n; stores them."""
     offs_k = tl.arange(0, BLOCK_K)
     kmask = offs_k < K
     logits = tl.where(kmask, logits, float("-inf"))
@@ -61,6 +64,7 @@ def _assign(n, y, logits, sq, var, gamma_ptr, dist_ptr, row_ptr, cesc_ptr,
     tl.store(gamma_ptr + n * K + offs_k, gamma, mask=kmask)
     dist = var + HW * sq
     tl.store(dist_ptr + n * K + offs_k, dist, mask=kmask)
+    tl.store(mdist_ptr + n * K + offs_k, HW * sq, mask=kmask)
     tl.store(cesc_ptr + n, tl.sum(tl.where(kmask, gamma * dist, 0.0), axis=0))
     tl.store(row_ptr + n, y * K + best)
 
@@ -68,7 +72,7 @@ def _assign(n, y, logits, sq, var, gamma_ptr, dist_ptr, row_ptr, cesc_ptr,
 @triton.jit
 def _center_assign_fwd_kernel(
     x_ptr, y_ptr, cen_ptr, lin_ptr, bias_ptr,
-    shift_ptr, dmean_ptr, part_ptr, gamma_ptr, dist_ptr, row_ptr, cesc_ptr,
+    shift_ptr, dmean_ptr, part_ptr, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr,
     L, sxn, sxc, sxh, sxw, scl, sck, scc, sll, slc, slk, sbl, sbk,
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, K: tl.constexpr, LAYOUT: tl.constexpr,
     N_CB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -76,12 +80,13 @@ def _center_assign_fwd_kernel(
     """Program (n, cb) over channels [cb*BLOCK_C, ...) of sample n.
 
     Stores shift[n, c] and dmean[n, c] (acc dtype, (N, C)). With one channel block (N_CB == 1) it
-    also finishes the sample (gamma (N, K), dist (N, K), row (N,) int64, cesc (N,)); otherwise it stores its
+    also finishes the sample (gamma (N, K), dist (N, K), row (N,) int64, cesc (N,), mean_dist (N, K));
+    otherwise it stores its
     partial sums part[n, cb] = (logit part [K], squared-distance part [K], V part) for
     ``_center_assign_finish_kernel``.
     Shapes: x (N, C, H, W) in any layout; y (N,) int64; centers (L, K, C), linear (L, C, K),
     bias (L, K), any strides. Bytes: reads N*C*HW of x, plus 2*N*K*C + N*K parameter values;
-    writes 2*N*C + 2*N*K + 2*N (+ N*N_CB*(2K+1) partials).
+    writes 2*N*C + 3*N*K + 2*N (+ N*N_CB*(2K+1) partials).
     """
     HW: tl.constexpr = H * W
     n = tl.program_id(0).to(tl.int64)
@@ -125,8 +130,8 @@ def _center_assign_fwd_kernel(
     var_part = tl.sum(tl.where(cmask, run_m2, 0.0), axis=0)
     if N_CB == 1:
         bias = tl.load(bias_ptr + cls * sbl + offs_k * sbk, mask=kmask, other=0.0).to(acc_ty)
-        _assign(n, cls, logit_part + bias, sq_part, var_part, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, K, HW,
-                BLOCK_K)
+        _assign(n, cls, logit_part + bias, sq_part, var_part, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr,
+                K, HW, BLOCK_K)
     else:
         p = part_ptr + (n * N_CB + cb) * (2 * K + 1)
         tl.store(p + offs_k, logit_part, mask=kmask)
@@ -136,11 +141,11 @@ def _center_assign_fwd_kernel(
 
 @triton.jit
 def _center_assign_finish_kernel(
-    y_ptr, bias_ptr, part_ptr, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, L, sbl, sbk,
+    y_ptr, bias_ptr, part_ptr, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr, L, sbl, sbk,
     H: tl.constexpr, W: tl.constexpr, K: tl.constexpr, N_CB: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program n: adds the N_CB channel-block partials of sample n in order, then finishes it.
-    Bytes: reads N*N_CB*(2K+1) partials, writes 2*N*K + 2*N."""
+    Bytes: reads N*N_CB*(2K+1) partials, writes 3*N*K + 2*N."""
     n = tl.program_id(0).to(tl.int64)
     acc_ty = part_ptr.dtype.element_ty
     offs_k = tl.arange(0, BLOCK_K)
@@ -155,16 +160,16 @@ def _center_assign_finish_kernel(
         var += tl.load(p + 2 * K + offs_k, mask=offs_k < 1, other=0.0)
     cls = _class(tl.load(y_ptr + n), L)
     bias = tl.load(bias_ptr + cls * sbl + offs_k * sbk, mask=kmask, other=0.0).to(acc_ty)
-    _assign(n, cls, logits + bias, sq, tl.sum(var, axis=0), gamma_ptr, dist_ptr, row_ptr, cesc_ptr, K, H * W,
-            BLOCK_K)
+    _assign(n, cls, logits + bias, sq, tl.sum(var, axis=0), gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr,
+            K, H * W, BLOCK_K)
 
 
 @triton.jit
-def _incoming(n, gamma_ptr, dist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k, kmask, acc_ty,
+def _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k, kmask, acc_ty,
               K: tl.constexpr, HAS_GGAMMA: tl.constexpr, HAS_GDIST: tl.constexpr, HAS_GCESC: tl.constexpr):
     """(g_logit [BLOCK_K], g_dist [BLOCK_K]) of sample n: the incoming gradients of gamma, dist and
     cesc (each optional, any strides: an expanded gradient of a sum is read in place), with cesc's
-    folded into the other two and gamma's taken through the softmax."""
+    folded into the other two (through mean_dist: module docstring) and gamma's taken through the softmax."""
     gamma = tl.load(gamma_ptr + n * K + offs_k, mask=kmask, other=0.0)
     g_gamma = tl.zeros_like(gamma)
     g_dist = tl.zeros_like(gamma)
@@ -174,15 +179,18 @@ def _incoming(n, gamma_ptr, dist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, 
         g_dist += tl.load(gd_ptr + n * sgdn + offs_k * sgdk, mask=kmask, other=0.0).to(acc_ty)
     if HAS_GCESC:
         g_cesc = tl.load(gc_ptr + n * sgc).to(acc_ty)
-        g_gamma += g_cesc * tl.load(dist_ptr + n * K + offs_k, mask=kmask, other=0.0)
+        g_gamma += g_cesc * tl.load(mdist_ptr + n * K + offs_k, mask=kmask, other=0.0)
         g_dist += g_cesc * gamma
-    g_logit = gamma * (g_gamma - tl.sum(gamma * g_gamma, axis=0))
+    # gamma_k (g_k - sum_j gamma_j g_j) as gamma_k sum_j gamma_j (g_k - g_j): where the softmax
+    # saturates the sum is nearly g_k and subtracting it would cancel (K x K, K is small)
+    pair = tl.where(kmask[None, :], g_gamma[:, None] - g_gamma[None, :], 0.0)
+    g_logit = gamma * tl.sum(gamma[None, :] * pair, axis=1)
     return g_logit, g_dist
 
 
 @triton.jit
 def _center_assign_param_grad_kernel(
-    perm_ptr, off_ptr, shift_ptr, dmean_ptr, gamma_ptr, dist_ptr, gg_ptr, gd_ptr, gc_ptr, cen_ptr,
+    perm_ptr, off_ptr, shift_ptr, dmean_ptr, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, cen_ptr,
     gcen_ptr, glin_ptr, gbias_ptr,
     sggn, sggk, sgdn, sgdk, sgc, scl, sck, scc,
     C: tl.constexpr, K: tl.constexpr, HW: tl.constexpr,
@@ -216,8 +224,8 @@ def _center_assign_param_grad_kernel(
         n = tl.load(perm_ptr + j).to(tl.int64)
         s = tl.load(shift_ptr + n * C + offs_c, mask=cmask, other=0.0)
         d = tl.load(dmean_ptr + n * C + offs_c, mask=cmask, other=0.0)
-        g_logit, g_dist = _incoming(n, gamma_ptr, dist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k, kmask,
-                                    acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
+        g_logit, g_dist = _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k,
+                                    kmask, acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
         acc_lin += g_logit[:, None] * (s + d)[None, :]
         acc_bias += g_logit
         acc_cen += g_dist[:, None] * ((s[None, :] - cen) + d[None, :])
@@ -234,7 +242,7 @@ def _center_assign_param_grad_kernel(
 
 @triton.jit
 def _center_assign_x_grad_kernel(
-    x_ptr, y_ptr, lin_ptr, cen_ptr, shift_ptr, dmean_ptr, gamma_ptr, dist_ptr, gg_ptr, gd_ptr, gc_ptr, gx_ptr,
+    x_ptr, y_ptr, lin_ptr, cen_ptr, shift_ptr, dmean_ptr, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, gx_ptr,
     L, sxn, sxc, sxh, sxw, sll, slc, slk, scl, sck, scc, sggn, sggk, sgdn, sgdk, sgc, son, soc, soh, sow,
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, K: tl.constexpr,
     LAYOUT_X: tl.constexpr, LAYOUT_G: tl.constexpr,
@@ -255,8 +263,8 @@ def _center_assign_x_grad_kernel(
     cls = _class(tl.load(y_ptr + n), L)
     s = tl.load(shift_ptr + n * C + offs_c, mask=cmask, other=0.0)
     d = tl.load(dmean_ptr + n * C + offs_c, mask=cmask, other=0.0)
-    g_logit, g_dist = _incoming(n, gamma_ptr, dist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k, kmask,
-                                acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
+    g_logit, g_dist = _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k,
+                                kmask, acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
     lin = tl.load(lin_ptr + cls * sll + offs_c[None, :] * slc + offs_k[:, None] * slk, mask=km, other=0.0)
     cen = tl.load(cen_ptr + cls * scl + offs_k[:, None] * sck + offs_c[None, :] * scc, mask=km, other=0.0)
     diff = tl.where(km, (s[None, :] - cen.to(acc_ty)) + d[None, :], 0.0)
@@ -284,8 +292,8 @@ def _blocks(C: int, HW: int):
 
 
 def center_assign_forward(x, target, centers, linear, bias):
-    """Returns ``(gamma (N, K), dist (N, K), row (N,) int64, cesc (N,), shift (N, C), dmean (N, C))``;
-    the statistics are in the acc dtype (float64 if any input is, else float32). N may be 0 (a grid of
+    """Returns ``(gamma (N, K), dist (N, K), row (N,) int64, cesc (N,), shift (N, C), dmean (N, C),
+    mean_dist (N, K))``; the statistics are in the acc dtype (float64 if any input is, else float32). N may be 0 (a grid of
     zero programs: nothing runs)."""
     N, C, H, W = x.shape
     K = centers.shape[1]
@@ -300,16 +308,17 @@ def center_assign_forward(x, target, centers, linear, bias):
     dist = new_empty((N, K), acc, x.device)
     row = new_empty((N,), torch.int64, x.device)
     cesc = new_empty((N,), acc, x.device)
+    mean_dist = new_empty((N, K), acc, x.device)
     launch(_center_assign_fwd_kernel, (N, n_cb))(
-        x, target, centers, linear, bias, shift, dmean, part, gamma, dist, row, cesc, centers.shape[0],
+        x, target, centers, linear, bias, shift, dmean, part, gamma, dist, row, cesc, mean_dist, centers.shape[0],
         *strides4(x), *centers.stride(), *linear.stride(), *bias.stride(),
         C=C, H=H, W=W, K=K, LAYOUT=layout_code(x), N_CB=n_cb, BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_K=bk,
         num_warps=4)
     if n_cb > 1:
         launch(_center_assign_finish_kernel, (N,))(
-            target, bias, part, gamma, dist, row, cesc, centers.shape[0], *bias.stride(), H=H, W=W, K=K, N_CB=n_cb, BLOCK_K=bk,
-            num_warps=1)
-    return gamma, dist, row, cesc, shift, dmean
+            target, bias, part, gamma, dist, row, cesc, mean_dist, centers.shape[0], *bias.stride(), H=H, W=W, K=K,
+            N_CB=n_cb, BLOCK_K=bk, num_warps=1)
+    return gamma, dist, row, cesc, shift, dmean, mean_dist
 
 
 def _incoming_args(gamma, g_gamma, g_dist, g_cesc):
@@ -323,7 +332,7 @@ def _incoming_args(gamma, g_gamma, g_dist, g_cesc):
     return ptrs, strides, flags
 
 
-def center_assign_param_grads(target, centers, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc, HW: int,
+def center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g_gamma, g_dist, g_cesc, HW: int,
                               need_centers: bool, need_linear: bool, need_bias: bool, linear_dtype, bias_dtype):
     """``(grad_centers (L, K, C), grad_linear (L, C, K), grad_bias (L, K))``, contiguous, each a
     0-element tensor where not needed. The incoming gradients may be None (zero)."""
@@ -339,13 +348,13 @@ def center_assign_param_grads(target, centers, shift, dmean, gamma, dist, g_gamm
     perm, offsets = csr_by_index(target, L)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_param_grad_kernel, (L, triton.cdiv(C, bc)))(
-        perm, offsets, shift, dmean, gamma, dist, *ptrs, centers, gc, gl, gb, *strides, *centers.stride(),
+        perm, offsets, shift, dmean, gamma, mean_dist, *ptrs, centers, gc, gl, gb, *strides, *centers.stride(),
         C=C, K=K, HW=HW, **flags, NEED_CEN=need_centers, NEED_LIN=need_linear, NEED_BIAS=need_bias,
         BLOCK_C=bc, BLOCK_K=bk, num_warps=4)
     return gc, gl, gb
 
 
-def center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc):
+def center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_dist, g_gamma, g_dist, g_cesc):
     """grad_x with x's dtype and memory format."""
     N, C, H, W = x.shape
     K = centers.shape[1]
@@ -353,7 +362,7 @@ def center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, dist, 
     gx = new_empty_like(x)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_x_grad_kernel, (N, triton.cdiv(C, bc)))(
-        x, target, linear, centers, shift, dmean, gamma, dist, *ptrs, gx, centers.shape[0],
+        x, target, linear, centers, shift, dmean, gamma, mean_dist, *ptrs, gx, centers.shape[0],
         *strides4(x), *linear.stride(), *centers.stride(), *strides, *strides4(gx),
         C=C, H=H, W=W, K=K, LAYOUT_X=layout_code(x), LAYOUT_G=layout_code(gx), **flags,
         BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_K=pow2(K), num_warps=4)

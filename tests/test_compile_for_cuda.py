@@ -447,11 +447,11 @@ def _backward_inputs(N, C, H, W, L, K, D):
     index, row = torch.randint(0, N, (M,)), torch.randint(0, L * K, (N,))
     table = torch.randn(L * K, C)
     tv, v = torch.randn(M, C, H, W), torch.randn(M, C, H, W)
-    gamma, dist, shift, dmean = torch.rand(N, K), torch.rand(N, K), torch.randn(N, C), torch.randn(N, C)
+    gamma, mean_dist, shift, dmean = torch.rand(N, K), torch.rand(N, K), torch.randn(N, C), torch.randn(N, C)
     stats = torch.randn(M, H * W, 5)
     pre = torch.randn(M, H, W, D)
     return {
-        "center_assign_backward": (x, target, centers, linear, bias, gamma, dist, shift, dmean, torch.randn(N, K),
+        "center_assign_backward": (x, target, centers, linear, bias, gamma, mean_dist, shift, dmean, torch.randn(N, K),
                                    None, torch.randn(N), True, True, True, True, "triton"),
         "displacement_backward": (torch.randn(M, C, H, W), x, index, row, table, True, True, "triton"),
         "mv_terms_backward": (tv, v, x, index, row, table, stats, torch.randn(M, C, H, W), torch.randn(2), "rows",

@@ -85,6 +85,31 @@ def test_large_common_offset_keeps_its_digits(backend, offset):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_large_maps_keep_the_digits_of_the_softmax_gradient(backend):
+    """cesc reaches the logits as gamma_k (dist_k - sum_j gamma_j dist_j), two cancellations in fp32
+    (a fuzzer's finding; at the paper's CIFAR stage below, grad_linear and grad_bias were 7e-3 off):
+    - the distances share V = sum (x - mean)^2, which dwarfs their differences once the centres sit
+      near the data, as trained ones do: the backward uses HW |mean - centre|^2, where V cancels exactly;
+    - where the softmax saturates, sum_j gamma_j dist_j is nearly dist_k: the backward forms
+      gamma_k sum_j gamma_j (dist_k - dist_j) instead.
+    32 x 16 x 16 maps, centres near the channel means, biases that saturate some samples' softmax."""
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(4, 32, 16, 16, generator=g, dtype=torch.float64)
+        centers = x.mean((0, 2, 3))[None, None, :] + 0.1 * torch.randn(1, 3, 32, generator=g, dtype=torch.float64)
+        linear = torch.randn(1, 32, 3, generator=g, dtype=torch.float64)
+        bias = 3 * torch.randn(1, 3, generator=g, dtype=torch.float64)
+        target = torch.zeros(4, dtype=torch.long)
+        ref_in = [leaf(t) for t in (linear, bias)]
+        want = torch.autograd.grad(naive.center_assign(x, target, centers, *ref_in)[3].sum(), ref_in)
+        ins = [leaf(t.float().to(DEVICE)) for t in (linear, bias)]
+        cesc = ops.center_assign(x.float().to(DEVICE), target.to(DEVICE), centers.float().to(DEVICE), *ins,
+                                 backend=backend)[3]
+        for got, expected in zip(torch.autograd.grad(cesc.sum(), ins), want):
+            close(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_near_tied_logits_pick_the_first_centre_like_the_softmax(backend):
     """Two logits one float32 ulp apart round to the same softmax weight: the closest centre is the
     argmax of gamma (the first of the tie), as in ReferenceRSG and the published code, not of the logits."""

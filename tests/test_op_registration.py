@@ -64,10 +64,10 @@ def _backward_samples(device, backend):
     for name, args in _samples(device, backend):
         if name == "center_assign":
             x, target, centers, linear, bias, be = args
-            gamma, dist, _, cesc, shift, dmean = torch.ops.rsg_fast.center_assign(*[a.detach() if isinstance(
+            gamma, _, _, cesc, shift, dmean, mean_dist = torch.ops.rsg_fast.center_assign(*[a.detach() if isinstance(
                 a, torch.Tensor) else a for a in args])
             out.append(("center_assign_backward", (x.detach(), target, centers.detach(), linear.detach(),
-                        bias.detach(), gamma, dist, shift, dmean, rand(*gamma.shape), None, rand(*cesc.shape),
+                        bias.detach(), gamma, mean_dist, shift, dmean, rand(*gamma.shape), None, rand(*cesc.shape),
                         True, True, True, True, be)))
         elif name == "displacement":
             x, index, row, table, be = args

@@ -130,14 +130,14 @@ def _run_launchers(x, K, L, D, kinds):
     dt = x.dtype
     target = torch.randint(0, L, (N,))
     centers, linear, bias = torch.randn(L, K, C), torch.randn(L, C, K), torch.randn(L, K)
-    gamma, dist, row, shift, dmean = (torch.rand(N, K), torch.rand(N, K), torch.zeros(N, dtype=torch.long),
-                                      torch.randn(N, C), torch.randn(N, C))
+    gamma, mean_dist, row, shift, dmean = (torch.rand(N, K), torch.rand(N, K), torch.zeros(N, dtype=torch.long),
+                                           torch.randn(N, C), torch.randn(N, C))
     kca.center_assign_forward(x, target, centers, linear, bias)
-    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, dist, gamma, dist, gamma[:, 0], H * W,
+    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, gamma, gamma, gamma[:, 0], H * W,
                                   True, True, True, linear.dtype, bias.dtype)
-    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, dist, None, None, gamma[:, 0], H * W,
+    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, None, None, gamma[:, 0], H * W,
                                   True, False, False, linear.dtype, bias.dtype)
-    kca.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, dist, gamma, dist, None)
+    kca.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_dist, gamma, gamma, None)
     M = max(2, N // 2)
     index = torch.arange(M) % N
     table = centers.flatten(0, 1).to(dt)

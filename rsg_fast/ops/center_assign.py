@@ -42,22 +42,27 @@ def _forward_torch(x, target, centers, linear, bias):
     logits = torch.einsum("nc,nck->nk", shift + dmean, linear[target].to(acc)) + bias[target].to(acc)
     gamma = torch.softmax(logits, dim=1)
     diff = _mean_minus_centre(shift, dmean, centers, target, acc)
-    dist = var[:, None] + (H * W) * diff.square().sum(dim=2)
+    mean_dist = (H * W) * diff.square().sum(dim=2)        # dist - V: what depends on the centre
+    dist = var[:, None] + mean_dist
     row = target * K + gamma.argmax(dim=1)
-    return gamma, dist, row, (gamma * dist).sum(dim=1), shift, dmean
+    return gamma, dist, row, (gamma * dist).sum(dim=1), shift, dmean, mean_dist
 
 
-def _fold_incoming(gamma, dist, g_gamma, g_dist, g_cesc):
+def _fold_incoming(gamma, mean_dist, g_gamma, g_dist, g_cesc):
     """(g_logit, g_dist): the gradient of cesc folded into those of gamma and dist, gamma's taken
-    through the softmax; None where no gradient arrives."""
+    through the softmax; None where no gradient arrives. cesc's part of g_gamma is g_cesc * mean_dist,
+    not g_cesc * dist: the softmax's backward drops a constant per sample, and the constant V, thousands
+    at large maps, would leave dist's rounding in the differences (kernels' module docstring)."""
     acc = gamma.dtype
     g_gamma = None if g_gamma is None else g_gamma.to(acc)
     g_dist = None if g_dist is None else g_dist.to(acc)
     if g_cesc is not None:
         g_cesc = g_cesc.to(acc)[:, None]
-        g_gamma = g_cesc * dist if g_gamma is None else g_gamma + g_cesc * dist
+        g_gamma = g_cesc * mean_dist if g_gamma is None else g_gamma + g_cesc * mean_dist
         g_dist = g_cesc * gamma if g_dist is None else g_dist + g_cesc * gamma
-    g_logit = None if g_gamma is None else gamma * (g_gamma - (gamma * g_gamma).sum(1, keepdim=True))
+    # gamma_k sum_j gamma_j (g_k - g_j): the usual gamma * (g - sum gamma g) cancels where gamma saturates
+    g_logit = None if g_gamma is None else gamma * torch.einsum(
+        "nj,nkj->nk", gamma, g_gamma[:, :, None] - g_gamma[:, None, :])
     return g_logit, g_dist
 
 
@@ -103,8 +108,8 @@ def _x_grad_torch(x, target, linear, shift, dmean, glogit, g_dist, diff):
 
 @define("center_assign")
 def _center_assign(x: Tensor, target: Tensor, centers: Tensor, linear: Tensor, bias: Tensor,
-                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(gamma, dist, row, cesc, shift, dmean); shift and dmean are saved for the backward."""
+                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(gamma, dist, row, cesc, shift, dmean, mean_dist); the last three are saved for the backward."""
     if backend == "triton":
         interpreter_guard(x)
         return kernels("center_assign").center_assign_forward(x, target, centers, linear, bias)
@@ -113,7 +118,7 @@ def _center_assign(x: Tensor, target: Tensor, centers: Tensor, linear: Tensor, b
 
 @define("center_assign_backward")
 def _center_assign_backward(x: Tensor, target: Tensor, centers: Tensor, linear: Tensor, bias: Tensor,
-                            gamma: Tensor, dist: Tensor, shift: Tensor, dmean: Tensor, g_gamma: Tensor | None,
+                            gamma: Tensor, mean_dist: Tensor, shift: Tensor, dmean: Tensor, g_gamma: Tensor | None,
                             g_dist: Tensor | None, g_cesc: Tensor | None, need_x: bool, need_centers: bool,
                             need_linear: bool,
                             need_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -122,14 +127,14 @@ def _center_assign_backward(x: Tensor, target: Tensor, centers: Tensor, linear: 
     if backend == "triton":
         interpreter_guard(x)
         k = kernels("center_assign")
-        gc, gl, gb = k.center_assign_param_grads(target, centers, shift, dmean, gamma, dist, g_gamma, g_dist,
+        gc, gl, gb = k.center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g_gamma, g_dist,
                                                  g_cesc, HW, need_centers, need_linear, need_bias, linear.dtype,
                                                  bias.dtype)
-        gx = (k.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, dist, g_gamma, g_dist, g_cesc)
-              if need_x else x.new_empty(0))
+        gx = (k.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_dist, g_gamma, g_dist,
+                                     g_cesc) if need_x else x.new_empty(0))
         return gx, gc, gl, gb
     # fold the incoming gradients and form mean - centre once, for both the parameters and x
-    glogit, g_dist = _fold_incoming(gamma, dist, g_gamma, g_dist, g_cesc)
+    glogit, g_dist = _fold_incoming(gamma, mean_dist, g_gamma, g_dist, g_cesc)
     diff = None if g_dist is None else _mean_minus_centre(shift, dmean, centers, target, gamma.dtype)
     gc, gl, gb = _param_grads_torch(target, centers, shift, dmean, glogit, g_dist, diff, HW,
                                     need_centers, need_linear, need_bias, linear.dtype, bias.dtype)
@@ -139,15 +144,15 @@ def _center_assign_backward(x: Tensor, target: Tensor, centers: Tensor, linear: 
 
 def _setup_context(ctx, inputs, output):
     x, target, centers, linear, bias, backend = inputs
-    gamma, dist, row, _, shift, dmean = output
+    gamma, _, row, _, shift, dmean, mean_dist = output
     ctx.backend = backend
     ctx.set_materialize_grads(False)           # absent gradients stay None: no zero tensors launched
-    ctx.mark_non_differentiable(row, shift, dmean)
-    ctx.save_for_backward(x, target, centers, linear, bias, gamma, dist, shift, dmean)
+    ctx.mark_non_differentiable(row, shift, dmean, mean_dist)
+    ctx.save_for_backward(x, target, centers, linear, bias, gamma, mean_dist, shift, dmean)
 
 
-def _backward(ctx, g_gamma, g_dist, _g_row, g_cesc, _g_shift, _g_dmean):
-    x, target, centers, linear, bias, gamma, dist, shift, dmean = ctx.saved_tensors
+def _backward(ctx, g_gamma, g_dist, _g_row, g_cesc, _g_shift, _g_dmean, _g_mean_dist):
+    x, target, centers, linear, bias, gamma, mean_dist, shift, dmean = ctx.saved_tensors
     need_x, _, need_c, need_l, need_b = ctx.needs_input_grad[:5]
     if torch.is_grad_enabled():   # create_graph=True: differentiable recomputation
         gx, _, gc, gl, gb = double_backward(
@@ -155,7 +160,7 @@ def _backward(ctx, g_gamma, g_dist, _g_row, g_cesc, _g_shift, _g_dmean):
             (need_x, False, need_c, need_l, need_b), (g_gamma, g_dist, None, g_cesc))
         return gx, None, gc, gl, gb, None
     gx, gc, gl, gb = torch.ops.rsg_fast.center_assign_backward(
-        x, target, centers, linear, bias, gamma, dist, shift, dmean, g_gamma, g_dist, g_cesc,
+        x, target, centers, linear, bias, gamma, mean_dist, shift, dmean, g_gamma, g_dist, g_cesc,
         need_x, need_c, need_l, need_b, ctx.backend)
     return (gx if need_x else None), None, (gc if need_c else None), (gl if need_l else None), \
         (gb if need_b else None), None
@@ -196,5 +201,5 @@ def center_assign(x: Tensor, target: Tensor, centers: Tensor, linear: Tensor, bi
         raise ValueError(f"bias must have shape (L, K) = ({L}, {K}), got {tuple(bias.shape)}")
     target = check_index("target", target, N, L, "x", x, check_target)
     be = resolve_backend(backend, x.device)
-    gamma, dist, row, cesc, _, _ = torch.ops.rsg_fast.center_assign(x, target, centers, linear, bias, be)
+    gamma, dist, row, cesc, _, _, _ = torch.ops.rsg_fast.center_assign(x, target, centers, linear, bias, be)
     return gamma, dist, row, cesc
