@@ -175,7 +175,8 @@ def test_head_lists_in_any_form_and_order_and_a_module_built_on_meta():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_channels_last_maps_and_deterministic_mode(backend):
-    """channels_last feature maps give the NCHW results, and under
+    """channels_last feature maps give the NCHW results, the batch RSG returns stays channels_last
+    (as ReferenceRSG's does; downstream convolutions of a channels_last network expect it), and under
     torch.use_deterministic_algorithms(True) two runs give the same bits."""
     ref, fast = _pair(backend=backend)
     x = torch.randn(8, 4, 3, 3)
@@ -188,6 +189,8 @@ def test_channels_last_maps_and_deterministic_mode(backend):
                 fast.zero_grad(set_to_none=True)
                 leaf = maps.clone().requires_grad_(True)
                 out, cesc, mv, _ = fast(leaf, [0], y, epoch)
+                assert out.shape[0] > 8 or epoch == 0
+                assert out.is_contiguous(memory_format=torch.channels_last) == (maps.stride(1) == 1)
                 (out.square().mean() + cesc + mv).backward()
                 runs.append([out.detach(), cesc.detach(), mv.detach(), leaf.grad]
                             + [p.grad.clone() for p in fast.parameters() if p.grad is not None])
