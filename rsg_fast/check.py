@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise cli_args.UsageError(PROG, f"--backends {','.join(missing)} is not available on {device} (Triton "
                                       "needs CUDA, or TRITON_INTERPRET=1 set before triton is imported)")
+        if args.json:   # before any row runs: a bad path would otherwise end the run after the first row
+            try:
+                Path(args.json).open("a").close()
+            except OSError as exc:
+                raise cli_args.UsageError(PROG, f"--json {args.json}: cannot write it ({exc.strerror})") from None
     except cli_args.UsageError as exc:
         return cli_args.usage_error_exit(exc)
     except SystemExit as exc:   # --help

@@ -45,6 +45,10 @@ def test_command_line(capsys):
     assert check.main(["--backends", "jax"]) == 2
     err = capsys.readouterr().err
     assert "rsg-fast check: error:" in err and "--device must be" in err
+    # an unwritable --json is a usage error before any row runs (it was a traceback after the first)
+    assert check.main(["--quick", "--json", "/nonexistent-folder/rows.json"]) == 2
+    captured = capsys.readouterr()
+    assert "--json /nonexistent-folder/rows.json: cannot write it" in captured.err and "PASS" not in captured.out
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
