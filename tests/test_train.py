@@ -271,6 +271,27 @@ def test_resuming_a_finished_run_trains_nothing_and_writes_nothing(learned_run, 
     assert {f: (tmp_path / "done" / f).read_bytes() for f in before} == before
 
 
+def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):
+    """--epoch-thresh at or past the last epoch index never generates, --stop-after-epoch past --epochs
+    never stops: both were accepted silently. Said as warnings (a schedule may be meant for a run
+    continued later), before any work."""
+    from rsg_fast.train.cli import _settings_that_do_nothing
+
+    def notes(*flags):
+        args = build_parser().parse_args(TINY + ["--out", str(tmp_path / "x"), *flags])
+        return _settings_that_do_nothing(resolve_config(args, 1), args.stop_after_epoch)
+
+    assert notes("--epochs", "20") == [] and notes("--epochs", "20", "--epoch-thresh", "18") == []
+    (thresh,) = notes("--epochs", "20", "--epoch-thresh", "19")
+    assert "--epoch-thresh 19" in thresh and "no new samples" in thresh
+    assert notes("--epochs", "20", "--epoch-thresh", "500", "--no-rsg") == []
+    (stop,) = notes("--epochs", "6", "--stop-after-epoch", "9")
+    assert "--stop-after-epoch 9 is past --epochs 6" in stop
+    assert main(TINY + ["--epochs", "2", "--epoch-thresh", "3", "--synthetic-max", "1", "--out",
+                        str(tmp_path / "y")]) == 2                      # warned, then refused for the data
+    assert "warning: --epoch-thresh 3" in capsys.readouterr().err
+
+
 def test_full_disk_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     real_save = torch.save

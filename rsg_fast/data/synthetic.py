@@ -30,7 +30,8 @@ class SyntheticLT(Dataset):
         self.counts = (img_num_per_cls(n_max, num_classes, imb_type, imb_factor) if train
                        else [test_per_class] * num_classes)
         if min(self.counts) < 1:
-            raise ValueError(f"synthetic-lt: per-class counts {self.counts} leave a class empty; raise n_max")
+            raise ValueError(f"synthetic-lt: per-class counts {self.counts} leave a class empty; raise n_max "
+                             "(rsg-fast train: --synthetic-max) or imb_factor (--imb-factor)")
 
         # The class patterns depend on the seed only, so train and test share them.
         g = torch.Generator().manual_seed(seed)

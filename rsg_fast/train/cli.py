@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(config.out)
         if resume is not None and not os.path.isfile(resume):
             raise ValueError(f"--resume: checkpoint not found: {os.path.abspath(resume)!r}")
+        if proc.is_main:
+            for line in _settings_that_do_nothing(config, args.stop_after_epoch):
+                print(f"{PROG}: warning: {line}", file=sys.stderr)
     except UsageError as err:
         return usage_error_exit(err)
     except ValueError as err:
@@ -109,3 +112,17 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
     print("configuration:\n" + json.dumps(config, indent=2), flush=True)
     if setup.resumed is not None:
         print(f"resuming at epoch {setup.start_epoch + 1}/{cfg.epochs} ({best})", flush=True)
+
+
+def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
+    """Accepted settings that a run of ``config.epochs`` epochs can never act on (said, not refused:
+    a schedule may be set up on purpose for a longer run continued later)."""
+    notes = []
+    if config.rsg and config.epoch_thresh >= config.epochs - 1:
+        notes.append(f"--epoch-thresh {config.epoch_thresh}: RSG generates from epoch index "
+                     f"{config.epoch_thresh + 1}, after the last one ({config.epochs - 1} of --epochs "
+                     f"{config.epochs}); this run makes no new samples")
+    if stop_after_epoch is not None and stop_after_epoch > config.epochs:
+        notes.append(f"--stop-after-epoch {stop_after_epoch} is past --epochs {config.epochs}: the run stops at "
+                     f"--epochs")
+    return notes
