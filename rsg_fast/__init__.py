@@ -5,7 +5,7 @@
 (``center_assign``, ``displacement``, ``mv_terms``, ``relu_tap_window_means``; see ``rsg_fast.ops``)
 are exported too.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"   # a development build after 0.1.0 (CHANGELOG: Unreleased)
 __all__ = ["RSG", "ReferenceRSG", "center_assign", "displacement", "mv_terms", "relu_tap_window_means",
            "__version__"]
 _OPS = ("center_assign", "displacement", "mv_terms", "relu_tap_window_means")

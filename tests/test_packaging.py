@@ -14,7 +14,16 @@ def test_one_version_source_and_a_changelog_entry_for_it():
     assert 'dynamic = ["version"]' in project
     assert 'version = { attr = "rsg_fast.__version__" }' in PYPROJECT
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    assert "## Unreleased" in changelog and f"## {rsg_fast.__version__} " in changelog
+    assert "## Unreleased" in changelog
+    released = re.findall(r"^## (\d+\.\d+\.\d+) ", changelog, flags=re.M)
+    version = rsg_fast.__version__
+    if version in released:
+        return
+    # a development build says so (PEP 440 .devN) and names the next release, past the last one, so
+    # `rsg-fast --version` tells it apart from the release before the Unreleased changes
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)\.dev\d+", version)
+    assert match, f"__version__ {version!r} is neither a released version in CHANGELOG.md nor X.Y.Z.devN"
+    assert tuple(map(int, match.groups())) > tuple(map(int, released[0].split("."))), (version, released[0])
 
 
 def test_licence_is_mit_in_pep_639_form():

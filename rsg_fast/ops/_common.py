@@ -113,8 +113,8 @@ def check_index(name: str, index, length, bound, ref_name: str, ref: torch.Tenso
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (int64), got dtype {index.dtype}")
     if index.dim() != 1 or (length is not None and index.shape[0] != length):
-        want = f"({length},)" if length is not None else "a 1-D shape"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(index.shape)}")
+        want = f"shape ({length},)" if length is not None else "one dimension"
+        raise ValueError(f"{name} must have {want}, got shape {tuple(index.shape)}")
     check_device(ref_name, ref, name, index)
     index = index.to(torch.int64).contiguous()  # the kernels index it as a flat array
     if check_values and index.numel():
