@@ -6,6 +6,7 @@ and exit status are. One thread: on a loaded 2-core machine two OpenMP threads c
 """
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.util
 import json
@@ -170,6 +171,18 @@ def test_report_lists_op_rows_and_skipped_variants(small_run):
     text = report.format_report(small_run[0])
     assert "fused ops, one call each" in text and "center_assign:torch" in text
     assert "rsg-triton" in text and "(contrastive) skipped: needs CUDA" in text
+
+
+def test_report_warns_when_other_work_shared_the_cpus(small_run):
+    """A loaded machine made every row of a --baseline comparison read 'missed' and a negative RSG
+    overhead read 'met', with nothing said but the load average."""
+    quiet, busy = (copy.deepcopy(small_run[0]) for _ in range(2))
+    cpus, threads = quiet["device"]["cpu_count"], quiet["device"]["threads"]
+    quiet["load_average"] = {"start": [threads + 0.2, 1, 1], "end": [threads, 1, 1]}
+    busy["load_average"] = {"start": [threads, 1, 1], "end": [threads + cpus, 1, 1]}
+    assert "warning: other work" not in report.format_report(quiet)
+    assert f"warning: other work shared the CPUs (load average {threads + cpus:.2f} on {cpus} CPUs" in \
+        report.format_report(busy)
 
 
 # ----------------------------------------------------------------------------- the command line

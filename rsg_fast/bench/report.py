@@ -83,6 +83,9 @@ def format_report(result: dict) -> str:
              f"{'+dirty' if commit.get('dirty') else ''}",
              f"copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s; timing: {result['timing']['method']}; "
              f"load average {result['load_average']['start']} -> {result['load_average']['end']}"]
+    busy = busy_note(result)
+    if busy:
+        lines.append(busy)
     cuda = dev["type"] == "cuda"
     for s in result["settings"]:
         rows = [r for r in result["rows"] if r["setting"] == s["name"]]
@@ -111,6 +114,23 @@ def format_report(result: dict) -> str:
         lines += ["  goals:"] + [f"    {name}: {goal}" for name, goal in goals.items()]
     lines.append(f"\nwall time {result['wall_s']} s")
     return "\n".join(lines)
+
+
+def busy_note(result: dict) -> str | None:
+    """A warning line when other work shared the CPUs: the 1-minute load average at the start or end,
+    less the bench's own threads, above half the CPUs. CPU timings then stall on other processes
+    (README: benchmarks/results; a loaded 2-core VM once read 4.8 s for a 0.5 s step)."""
+    dev, load = result["device"], result.get("load_average") or {}
+    cpus = dev.get("cpu_count") or 0
+    ones = [point[0] for point in (load.get("start"), load.get("end")) if point]
+    if dev["type"] != "cpu" or not cpus or not ones:
+        return None
+    others = max(ones) - dev.get("threads", 1)
+    if others <= cpus / 2:
+        return None
+    return (f"warning: other work shared the CPUs (load average {max(ones):.2f} on {cpus} CPUs, this bench "
+            f"using {dev.get('threads')} threads): these timings and the targets below are not comparable; "
+            "rerun on a quiet machine")
 
 
 def write_json(result: dict, path: Path) -> None:
