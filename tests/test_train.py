@@ -3,6 +3,7 @@ exact resume, RSG-free inference checkpoints, clear errors."""
 import csv
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -271,6 +272,37 @@ def test_resuming_a_finished_run_trains_nothing_and_writes_nothing(learned_run, 
     assert {f: (tmp_path / "done" / f).read_bytes() for f in before} == before
 
 
+def test_speed_flags_bf16_channels_last_and_compile(tmp_path, monkeypatch):
+    """--amp bf16 --channels-last and --compile train through RSG's generation phase (3 epochs:
+    threshold 1) and write checkpoints that load into the plain network. --compile is checked with
+    dynamo's aot_eager backend (inductor on a CPU would take minutes): the compiled step is the one
+    that trains, and its losses are the eager run's."""
+    base = TINY + ["--epochs", "3", "--loss-type", "CE", "--train-rule", "None"]
+    fast = str(tmp_path / "bf16")
+    assert main(base + ["--amp", "bf16", "--channels-last", "--out", fast]) == 0
+    records = _records(fast)
+    assert records[-1]["n_generated"] > 0 and all(math.isfinite(r["loss"]) for r in records)
+    saved = torch.load(os.path.join(fast, ckpt.BEST), weights_only=True)
+    build_model("resnet8", 10).load_state_dict(saved["model"], strict=True)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["amp"] == "bf16"
+
+    compiled_calls, real_compile = [], torch.compile
+
+    def compile_with_aot_eager(model, **kwargs):
+        compiled_calls.append(model)
+        return real_compile(model, backend="aot_eager")
+
+    eager, compiled = str(tmp_path / "eager"), str(tmp_path / "compiled")
+    assert main(base + ["--out", eager]) == 0
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    assert main(base + ["--compile", "--out", compiled]) == 0
+    assert len(compiled_calls) == 1
+    for a, b in zip(_records(compiled), _records(eager)):
+        assert a["n_generated"] == b["n_generated"]
+        for key in ("loss_cls", "loss_cesc", "loss_mv"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-6), (a["epoch"], key, a[key], b[key])
+
+
 def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):
     """--epoch-thresh at or past the last epoch index never generates, --stop-after-epoch past --epochs
     never stops: both were accepted silently. Said as warnings (a schedule may be meant for a run
@@ -373,7 +405,7 @@ def test_help_shows_real_defaults_grouped_without_rst(capsys):
     entries = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
     for entry in entries[1:]:
         flag = entry.split()[0]
-        if flag in ("-h,", "--download", "--no-rsg", "--no-progress"):
+        if flag in ("-h,", "--download", "--no-rsg", "--no-progress", "--channels-last", "--compile"):   # switches
             continue
         assert entry.count("default") == 1, entry
     flat = " ".join(text.split())

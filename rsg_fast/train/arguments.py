@@ -102,6 +102,16 @@ def build_parser() -> Parser:
     t.add_argument("--lr-factors", type=positive_float("--lr-factors"), nargs="+", default=[0.01, 0.0001],
                    help="lr = base lr x factor from each milestone on")
 
+    f = p.add_argument_group("speed (the same training maths, faster on a GPU)")
+    f.add_argument("--amp", choices=("off", "bf16"), default="off",
+                   help="bf16 autocast for the forward pass and the losses (Ampere and later GPUs; RSG's losses "
+                        "still accumulate in fp32)")
+    f.add_argument("--channels-last", action="store_true",
+                   help="the network and its input batches in channels_last memory format")
+    f.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step's network, RSG included (the first epoch and the first "
+                        "generation epoch compile; the evaluation runs the network uncompiled)")
+
     u = p.add_argument_group("run")
     u.add_argument("--out", default="runs/rsg", help="run folder: config, metrics, checkpoints")
     u.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",

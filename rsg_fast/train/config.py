@@ -78,6 +78,10 @@ class TrainConfig:
     seed: int
     device: str
     rsg: bool
+    # speed: the same maths (checkpoints of runs that predate these say nothing: off)
+    amp: str
+    channels_last: bool
+    compile: bool
     # from the data (None until ``with_data``)
     cls_num_list: list[int] | None = None
     world_size: int | None = None
@@ -148,7 +152,8 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         warmup_epochs=given(args.warmup_epochs, min(5, max(first - 1, 0))), lr_milestones=list(milestones),
         lr_factors=list(args.lr_factors), out=args.out, seed=args.seed,
-        device=str(resolve_device(args.device, "--device")), rsg=not args.no_rsg)
+        device=str(resolve_device(args.device, "--device")), rsg=not args.no_rsg, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile)
 
 
 def head_classes(cls_num_list: list[int], ratio: float, family: str) -> list[int]:

@@ -71,6 +71,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         # device_ids=None: the loop moves the inputs itself, and DDP with device_ids would also move
         # RSG's host_target (the labels left on the CPU on purpose) to the GPU.
         model = nn.parallel.DistributedDataParallel(model, device_ids=None, find_unused_parameters=cfg.rsg)
+    step_model = compile_for_training(model, device) if cfg.compile else model   # same parameters
     sampler = EpochSampler(data.train.targets, cfg.seed, proc.rank, proc.world)
     pin = device.type == "cuda"
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size // proc.world, sampler=sampler,
@@ -98,7 +99,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             w = rule.weights(epoch)
             criterion.weight = None if w is None else w.to(device)
             sampler.set_epoch(epoch, rule.balanced_sampling(epoch))
-            sums = _train_epoch(model, train_loader, criterion, setup.optimizer, cfg, epoch, device, proc, bar)
+            sums = _train_epoch(step_model, train_loader, criterion, setup.optimizer, cfg, epoch, device, proc, bar)
 
             # The bare module: DDP's forward would broadcast buffers, a collective that processes with
             # unequal numbers of test batches would not all reach.
@@ -131,18 +132,35 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
               f"few {format_acc(last['few_acc'])}; run folder {cfg.out}", flush=True)
 
 
+def compile_for_training(model: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile`` of the training network with the settings the README asks for: the number of
+    new samples as a data-dependent size, and on the CPU inductor's layout optimisation off (it
+    mispredicts the strides of convolutions with a data-dependent batch). Not fullgraph: DDP splits the
+    graph at its buckets."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._dynamo.config.capture_scalar_outputs = True
+    if device.type == "cpu":
+        torch._inductor.config.layout_optimization = False
+    return torch.compile(model)
+
+
 def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: int, device, proc: Process,
                  bar: RunProgress) -> dict:
     """One pass over the training data; the loss parts' means and the counts, summed over processes."""
     model.train()
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated, steps
     seen = generated = step_count = 0   # host-side counts: no device copy per step
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for x, y_host in loader:
-        x, y = x.to(device, non_blocking=True), y_host.to(device, non_blocking=True)
-        # the loader's CPU labels let RSG plan its new samples without a device-to-host sync
-        logits, y_out, cesc, mv = model(x, y, epoch, host_target=y_host if y_host.device != y.device else None)
-        loss_cls = criterion(logits, y_out)
-        loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y_host.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            # the loader's CPU labels let RSG plan its new samples without a device-to-host sync
+            logits, y_out, cesc, mv = model(x, y, epoch, host_target=y_host if y_host.device != y.device else None)
+            loss_cls = criterion(logits, y_out)
+            loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -55,6 +55,8 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
     model = build_model(config.arch, data.num_classes, rsg=config.rsg_options(), rsg_stage=config.rsg_stage,
                         use_norm=config.use_norm, head_classes=config.head_classes,
                         input_size=config.input_size).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if proc.world > 1:
         # Same initial weights everywhere (DDP broadcasts them anyway), different augmentation per process.
         torch.manual_seed(config.seed + 1_000 * proc.rank)
