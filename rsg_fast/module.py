@@ -151,9 +151,12 @@ class RSG(RSGParameters):
         # Published scaling: mean over segments of (CE + terms / pairs) = (sum of CE + terms) / s_new.
         loss_mv = (loss_contrast + terms.sum().to(loss_contrast.dtype)) / torch.sym_max(n_new, 1)
 
-        # the batch keeps the maps' memory format (channels_last networks): the ops write new samples
-        # NCHW, and cat of two formats would give NCHW
-        new_maps = new_maps.to(feature_maps.dtype, memory_format=_memory_format(feature_maps))
+        new_maps = new_maps.to(feature_maps.dtype)
+        if not compiling and _is_channels_last(feature_maps):
+            # the batch keeps the maps' format (channels_last networks): the ops write new samples NCHW,
+            # and cat of two formats gives NCHW. Compiled code leaves layouts to the compiler (a format
+            # test on the data-dependent batch would be a guard it cannot make).
+            new_maps = new_maps.contiguous(memory_format=torch.channels_last)
         out_maps = torch.cat([feature_maps, new_maps], dim=0)
         return out_maps, loss_cesc, loss_mv, torch.cat([target, target[tail_index]])
 
@@ -268,8 +271,6 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels_last where ``t`` is in it (and not also NCHW-contiguous, as a 1 x 1 or single-channel
-    map can be), else contiguous."""
-    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """In channels_last and not also NCHW-contiguous (as a 1 x 1 or single-channel map can be)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
