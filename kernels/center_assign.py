@@ -19,8 +19,9 @@ Backward (segmented, deterministic): the incoming gradients are first folded int
 g_gamma += g_cesc * mean_dist and g_dist += g_cesc * gamma, where mean_dist[n, k] = dist[n, k] - V[n]
 = HW sum_c (mean - centre)^2 (saved by the forward): g_gamma only enters through the softmax, where a
 constant per sample cancels, and V (thousands at large maps) would leave the rounding of dist in the
-difference; then, with g_logit_k = gamma_k sum_j gamma_j (g_gamma_k - g_gamma_j) (= gamma_k (g_gamma_k -
-sum_j gamma_j g_gamma_j), without the cancellation of that form where the softmax saturates),
+difference; then, with h = g_gamma - g_gamma[argmax gamma] (the same constant argument: where the
+softmax saturates, sum_k gamma h is nearly 0 instead of nearly g_gamma_k, so nothing cancels) and
+g_logit = gamma * (h - sum_k gamma h),
     grad_linear[l, c, k] = sum_{n in l} mean[n, c] g_logit[n, k]
     grad_bias[l, k]      = sum_{n in l} g_logit[n, k]
     grad_centers[l, k, c] = -2 HW sum_{n in l} g_dist[n, k] (mean[n, c] - centers[l, k, c])
@@ -35,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, csr_by_index, launch, layout_code, new_empty, new_empty_like, pow2, sample_offset, strides4
+from ._common import (acc_dtype, csr_by_index, launch, layout_code, new_empty, new_empty_like, pow2, sample_offset,
+                      strides4)
 
 
 @triton.jit
@@ -81,8 +83,7 @@ def _center_assign_fwd_kernel(
 
     Stores shift[n, c] and dmean[n, c] (acc dtype, (N, C)). With one channel block (N_CB == 1) it
     also finishes the sample (gamma (N, K), dist (N, K), row (N,) int64, cesc (N,), mean_dist (N, K));
-    otherwise it stores its
-    partial sums part[n, cb] = (logit part [K], squared-distance part [K], V part) for
+    otherwise it stores its partial sums part[n, cb] = (logit part [K], squared-distance part [K], V part) for
     ``_center_assign_finish_kernel``.
     Shapes: x (N, C, H, W) in any layout; y (N,) int64; centers (L, K, C), linear (L, C, K),
     bias (L, K), any strides. Bytes: reads N*C*HW of x, plus 2*N*K*C + N*K parameter values;
@@ -181,10 +182,12 @@ def _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn,
         g_cesc = tl.load(gc_ptr + n * sgc).to(acc_ty)
         g_gamma += g_cesc * tl.load(mdist_ptr + n * K + offs_k, mask=kmask, other=0.0)
         g_dist += g_cesc * gamma
-    # gamma_k (g_k - sum_j gamma_j g_j) as gamma_k sum_j gamma_j (g_k - g_j): where the softmax
-    # saturates the sum is nearly g_k and subtracting it would cancel (K x K, K is small)
-    pair = tl.where(kmask[None, :], g_gamma[:, None] - g_gamma[None, :], 0.0)
-    g_logit = gamma * tl.sum(gamma[None, :] * pair, axis=1)
+    # gamma_k (g_k - sum_j gamma_j g_j) with g first shifted by its value at the largest gamma (the
+    # softmax's backward drops a constant): where the softmax saturates, the sum is nearly g_k and
+    # subtracting it would cancel; after the shift it is nearly 0
+    top = tl.argmax(tl.where(kmask, gamma, -1.0), axis=0, tie_break_left=True)
+    h = tl.where(kmask, g_gamma - tl.sum(tl.where(offs_k == top, g_gamma, 0.0), axis=0), 0.0)
+    g_logit = gamma * (h - tl.sum(gamma * h, axis=0))
     return g_logit, g_dist
 
 
@@ -224,8 +227,8 @@ def _center_assign_param_grad_kernel(
         n = tl.load(perm_ptr + j).to(tl.int64)
         s = tl.load(shift_ptr + n * C + offs_c, mask=cmask, other=0.0)
         d = tl.load(dmean_ptr + n * C + offs_c, mask=cmask, other=0.0)
-        g_logit, g_dist = _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k,
-                                    kmask, acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
+        g_logit, g_dist = _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc,
+                                    offs_k, kmask, acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
         acc_lin += g_logit[:, None] * (s + d)[None, :]
         acc_bias += g_logit
         acc_cen += g_dist[:, None] * ((s[None, :] - cen) + d[None, :])
@@ -293,8 +296,8 @@ def _blocks(C: int, HW: int):
 
 def center_assign_forward(x, target, centers, linear, bias):
     """Returns ``(gamma (N, K), dist (N, K), row (N,) int64, cesc (N,), shift (N, C), dmean (N, C),
-    mean_dist (N, K))``; the statistics are in the acc dtype (float64 if any input is, else float32). N may be 0 (a grid of
-    zero programs: nothing runs)."""
+    mean_dist (N, K))``; the statistics are in the acc dtype (float64 if any input is, else float32).
+    N may be 0 (a grid of zero programs: nothing runs)."""
     N, C, H, W = x.shape
     K = centers.shape[1]
     acc = acc_dtype(x.dtype, centers.dtype, linear.dtype, bias.dtype)

@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         done.append(row)
         print(format_row(row), flush=True)
         save(complete=False)
+
+    save(complete=False)              # valid JSON (no rows yet) from the start, not the probe's empty file
     with full_fp32():
         rows = run(device, level, backends, progress=report)
     save(complete=True)

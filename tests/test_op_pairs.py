@@ -91,3 +91,6 @@ def test_arguments_are_checked():
             ops.pair_indices(is_head, counts, bad_n)
     with pytest.raises(ValueError, match="n_new"):
         ops.pair_indices(is_head, counts, -1)
+    import numpy as np
+    assert [t.tolist() for t in ops.pair_indices(is_head, counts, np.int64(1))] == \
+        [t.tolist() for t in ops.pair_indices(is_head, counts, 1)]

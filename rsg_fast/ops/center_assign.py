@@ -60,9 +60,12 @@ def _fold_incoming(gamma, mean_dist, g_gamma, g_dist, g_cesc):
         g_cesc = g_cesc.to(acc)[:, None]
         g_gamma = g_cesc * mean_dist if g_gamma is None else g_gamma + g_cesc * mean_dist
         g_dist = g_cesc * gamma if g_dist is None else g_dist + g_cesc * gamma
-    # gamma_k sum_j gamma_j (g_k - g_j): the usual gamma * (g - sum gamma g) cancels where gamma saturates
-    g_logit = None if g_gamma is None else gamma * torch.einsum(
-        "nj,nkj->nk", gamma, g_gamma[:, :, None] - g_gamma[:, None, :])
+    g_logit = None
+    if g_gamma is not None:
+        # g shifted by its value at the largest gamma (a constant the softmax's backward drops): where
+        # the softmax saturates, sum gamma h is then nearly 0 instead of nearly g_k, and nothing cancels
+        h = g_gamma - g_gamma.gather(1, gamma.argmax(1, keepdim=True))
+        g_logit = gamma * (h - (gamma * h).sum(1, keepdim=True))
     return g_logit, g_dist
 
 

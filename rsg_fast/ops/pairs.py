@@ -84,8 +84,10 @@ def pair_indices(is_head: Tensor, counts: Tensor, n_new: int, *, backend: str | 
     if not isinstance(counts, Tensor) or counts.dtype != torch.int64 or tuple(counts.shape) != (4,):
         raise TypeError(f"counts must be batch_plan's (4,) int64 tensor, got {_describe(counts)}")
     check_device("is_head", is_head, "counts", counts)
-    if isinstance(n_new, bool) or not isinstance(n_new, (int, torch.SymInt)):
+    if isinstance(n_new, bool) or not isinstance(n_new, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"n_new must be an int (counts[1] on the host), got {type(n_new).__name__}")
+    if isinstance(n_new, numbers.Integral):
+        n_new = int(n_new)                      # e.g. a numpy integer
     N = is_head.shape[0]
     if not torch.compiler.is_compiling() and not 0 <= n_new <= N:
         raise ValueError(f"n_new must be counts[1] of batch_plan, in [0, N={N}], got {n_new}")
