@@ -33,6 +33,7 @@ from rsg_fast.bench.inputs import InputPool, default_rotations
 from rsg_fast.bench.settings import (
     PHASES, PUBLIC_SHAPES, SETTINGS, Setting, label_counts, pair_count, phase_epoch,
 )
+from rsg_fast.compiling import compile_with_rsg
 
 __all__ = [
     "SETTINGS", "PUBLIC_SHAPES", "PHASES", "Setting", "label_counts", "pair_count", "phase_epoch",
@@ -104,20 +105,6 @@ def variant_unavailable(variant: str, device, *, with_compile: bool, setting: Se
     return None
 
 
-def _compile(module: nn.Module, backend: str) -> nn.Module:
-    """``torch.compile`` with the default mode and the settings the README asks for (the number of
-    new samples becomes a data-dependent size instead of a graph break; on the CPU, inductor's
-    layout optimisation off). Compilation happens during the first calls (the bench's warm-up); a
-    failure there becomes the row's error."""
-    import torch._dynamo
-    import torch._inductor.config
-
-    torch._dynamo.config.capture_scalar_outputs = True
-    if not next(module.parameters()).is_cuda:
-        torch._inductor.config.layout_optimization = False
-    return torch.compile(module, backend=backend)
-
-
 # ----------------------------------------------------------------------------- module cases
 
 def rsg_args(setting: Setting) -> tuple:
@@ -142,7 +129,8 @@ def build_module(variant: str, setting: Setting, device, seed: int = 0, compile_
     else:
         raise ValueError(f"not a module variant: {variant!r}")
     module = module.to(device).train()
-    return _compile(module, compile_backend) if variant.endswith("-compiled") else module
+    # compiled during the first calls (the bench's warm-up): a failure there becomes the row's error
+    return compile_with_rsg(module, compile_backend) if variant.endswith("-compiled") else module
 
 
 def module_bytes(setting: Setting, phase: str) -> int:
@@ -231,7 +219,7 @@ def build_step_model(variant: str, setting: Setting, device, seed: int = 0, comp
             model.rsg = reference
     model = model.to(device).train()
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    return (_compile(model, compile_backend) if variant.endswith("-compiled") else model), optimiser
+    return (compile_with_rsg(model, compile_backend) if variant.endswith("-compiled") else model), optimiser
 
 
 def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed: int = 0,

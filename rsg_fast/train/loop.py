@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from rsg_fast import checkpoint as ckpt
+from rsg_fast.compiling import compile_with_rsg
 from rsg_fast.losses import TrainRule, build_loss, paper_lr
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.train.config import TrainConfig
@@ -71,7 +72,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         # device_ids=None: the loop moves the inputs itself, and DDP with device_ids would also move
         # RSG's host_target (the labels left on the CPU on purpose) to the GPU.
         model = nn.parallel.DistributedDataParallel(model, device_ids=None, find_unused_parameters=cfg.rsg)
-    step_model = compile_for_training(model, device) if cfg.compile else model   # same parameters
+    step_model = compile_with_rsg(model) if cfg.compile else model   # same parameters; trains only
     sampler = EpochSampler(data.train.targets, cfg.seed, proc.rank, proc.world)
     pin = device.type == "cuda"
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size // proc.world, sampler=sampler,
@@ -130,20 +131,6 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         print(f"done: best top-1 {best_acc:.2f}% at epoch {best_epoch + 1}; last epoch top-1 "
               f"{last['test_acc']:.2f}%, many {format_acc(last['many_acc'])} medium {format_acc(last['medium_acc'])} "
               f"few {format_acc(last['few_acc'])}; run folder {cfg.out}", flush=True)
-
-
-def compile_for_training(model: nn.Module, device: torch.device) -> nn.Module:
-    """``torch.compile`` of the training network with the settings the README asks for: the number of
-    new samples as a data-dependent size, and on the CPU inductor's layout optimisation off (it
-    mispredicts the strides of convolutions with a data-dependent batch). Not fullgraph: DDP splits the
-    graph at its buckets."""
-    import torch._dynamo
-    import torch._inductor.config
-
-    torch._dynamo.config.capture_scalar_outputs = True
-    if device.type == "cpu":
-        torch._inductor.config.layout_optimization = False
-    return torch.compile(model)
 
 
 def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: int, device, proc: Process,
