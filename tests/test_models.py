@@ -101,3 +101,16 @@ def test_model_errors_name_the_argument():
         build_model("resnet32", 10, rsg=RSG_OPTS, rsg_stage=4)
     with pytest.raises(TypeError, match="unknown RSG option"):
         build_model("resnet32", 10, rsg=dict(n_centre=3))
+
+
+@pytest.mark.parametrize("arch, size", [("resnet8", 16), ("resnet18", 32)])
+def test_eval_network_with_rsg_exports_for_deployment(arch, size):
+    """RSG is training-only: a trained network holding it, in eval mode, is what users deploy, so
+    ``torch.export`` must trace it without RSG's ops and give its outputs."""
+    torch.manual_seed(0)
+    m = build_model(arch, 10, rsg=RSG_OPTS, input_size=size, head_classes=[0, 1]).eval()
+    x = torch.randn(3, 3, size, size)
+    program = torch.export.export(m, (x,))
+    assert not [n for n in program.graph.nodes if "rsg_fast" in str(n.target)]
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), m(x), rtol=1e-5, atol=1e-6)

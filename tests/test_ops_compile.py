@@ -179,7 +179,6 @@ def _main(report_path):
         return compiled
 
     # every dtype and layout class at small odd shapes, plus C = K = W = 1 specialisations
-    variants = {}
     for dt, layouts in [(torch.float32, ("contiguous", "channels_last", "sliced")), (torch.float16, ("contiguous",)),
                         (torch.bfloat16, ("contiguous",)), (torch.float64, ("contiguous",))]:
         base = torch.randn(3, 5, 6, 7).to(dt)
