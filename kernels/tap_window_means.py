@@ -53,9 +53,10 @@ def _relu_tap_window_means_fwd_kernel(
     s20 = tl.zeros([BLOCK_D], acc_ty)
     s21 = tl.zeros([BLOCK_D], acc_ty)
     s22 = tl.zeros([BLOCK_D], acc_ty)
+    d_off = offs_d.to(tl.int64) * spd     # int64: a channel stride can span the whole tensor
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
-        off = p * spp + hw.to(tl.int64)[:, None] * sphw + offs_d[None, :] * spd
+        off = p * spp + hw.to(tl.int64)[:, None] * sphw + d_off[None, :]
         a = tl.load(pre_ptr + off, mask=(hw < HW)[:, None] & dmask[None, :], other=0.0).to(acc_ty)
         a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)   # ReLU keeps NaN, as torch's does
         # (masked lanes load 0: they add nothing below)
@@ -96,16 +97,21 @@ def _relu_tap_window_means_bwd_kernel(
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     acc_ty = gs_ptr.dtype.element_ty         # grad_S comes in S's (acc) dtype
-    g = gs_ptr + p * sgp + offs_d * sgd
-    g00 = tl.load(g, mask=dmask, other=0.0).to(acc_ty)
-    g01 = tl.load(g + sgj, mask=dmask, other=0.0).to(acc_ty)
-    g02 = tl.load(g + 2 * sgj, mask=dmask, other=0.0).to(acc_ty)
-    g10 = tl.load(g + sgi, mask=dmask, other=0.0).to(acc_ty)
-    g11 = tl.load(g + sgi + sgj, mask=dmask, other=0.0).to(acc_ty)
-    g12 = tl.load(g + sgi + 2 * sgj, mask=dmask, other=0.0).to(acc_ty)
-    g20 = tl.load(g + 2 * sgi, mask=dmask, other=0.0).to(acc_ty)
-    g21 = tl.load(g + 2 * sgi + sgj, mask=dmask, other=0.0).to(acc_ty)
-    g22 = tl.load(g + 2 * sgi + 2 * sgj, mask=dmask, other=0.0).to(acc_ty)
+    # int64 offsets: a stride here may span the whole tensor (e.g. channels outermost)
+    d64 = offs_d.to(tl.int64)
+    pre_d, out_d = d64 * spd, d64 * sod
+    g0 = gs_ptr + p * sgp + d64 * sgd        # grad_S[p, d, 0, 0]; the other taps add one stride at a time
+    g1 = g0 + sgi                            # (no 2 * sgi: a 32-bit product)
+    g2 = g1 + sgi
+    g00 = tl.load(g0, mask=dmask, other=0.0).to(acc_ty)
+    g01 = tl.load(g0 + sgj, mask=dmask, other=0.0).to(acc_ty)
+    g02 = tl.load(g0 + sgj + sgj, mask=dmask, other=0.0).to(acc_ty)
+    g10 = tl.load(g1, mask=dmask, other=0.0).to(acc_ty)
+    g11 = tl.load(g1 + sgj, mask=dmask, other=0.0).to(acc_ty)
+    g12 = tl.load(g1 + sgj + sgj, mask=dmask, other=0.0).to(acc_ty)
+    g20 = tl.load(g2, mask=dmask, other=0.0).to(acc_ty)
+    g21 = tl.load(g2 + sgj, mask=dmask, other=0.0).to(acc_ty)
+    g22 = tl.load(g2 + sgj + sgj, mask=dmask, other=0.0).to(acc_ty)
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         m = (hw < HW)[:, None] & dmask[None, :]
@@ -116,9 +122,9 @@ def _relu_tap_window_means_bwd_kernel(
         row2 = tl.where(c0[:, None], g20[None, :], 0.0) + g21[None, :] + tl.where(c2[:, None], g22[None, :], 0.0)
         gsum = tl.where(r0[:, None], row0, 0.0) + row1 + tl.where(r2[:, None], row2, 0.0)
         hw64 = hw.to(tl.int64)[:, None]
-        a = tl.load(pre_ptr + p * spp + hw64 * sphw + offs_d[None, :] * spd, mask=m, other=0.0)
+        a = tl.load(pre_ptr + p * spp + hw64 * sphw + pre_d[None, :], mask=m, other=0.0)
         grad = tl.where(a > 0, gsum / HW, 0.0)
-        tl.store(gpre_ptr + p * sop + hw64 * sohw + offs_d[None, :] * sod, grad.to(gpre_ptr.dtype.element_ty),
+        tl.store(gpre_ptr + p * sop + hw64 * sohw + out_d[None, :], grad.to(gpre_ptr.dtype.element_ty),
                  mask=m)
 
 
