@@ -122,15 +122,16 @@ def _center_assign_fwd_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     kmask = offs_k < K
     km = kmask[:, None] & cmask[None, :]
+    c64, k64 = offs_c.to(tl.int64), offs_k.to(tl.int64)   # int64: a parameter's strides may span the tensor
     cls = _class(y, L)
-    lin = tl.load(lin_ptr + cls * sll + offs_c[None, :] * slc + offs_k[:, None] * slk, mask=km, other=0.0)
+    lin = tl.load(lin_ptr + cls * sll + c64[None, :] * slc + k64[:, None] * slk, mask=km, other=0.0)
     logit_part = tl.sum(lin.to(acc_ty) * (shift + run_mean)[None, :], axis=1)
-    cen = tl.load(cen_ptr + cls * scl + offs_k[:, None] * sck + offs_c[None, :] * scc, mask=km, other=0.0)
+    cen = tl.load(cen_ptr + cls * scl + k64[:, None] * sck + c64[None, :] * scc, mask=km, other=0.0)
     diff = tl.where(km, (shift[None, :] - cen.to(acc_ty)) + run_mean[None, :], 0.0)
     sq_part = tl.sum(diff * diff, axis=1)
     var_part = tl.sum(tl.where(cmask, run_m2, 0.0), axis=0)
     if N_CB == 1:
-        bias = tl.load(bias_ptr + cls * sbl + offs_k * sbk, mask=kmask, other=0.0).to(acc_ty)
+        bias = tl.load(bias_ptr + cls * sbl + offs_k.to(tl.int64) * sbk, mask=kmask, other=0.0).to(acc_ty)
         _assign(n, cls, logit_part + bias, sq_part, var_part, gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr,
                 K, HW, BLOCK_K)
     else:
@@ -160,7 +161,7 @@ def _center_assign_finish_kernel(
         sq += tl.load(p + K + offs_k, mask=kmask, other=0.0)
         var += tl.load(p + 2 * K + offs_k, mask=offs_k < 1, other=0.0)
     cls = _class(tl.load(y_ptr + n), L)
-    bias = tl.load(bias_ptr + cls * sbl + offs_k * sbk, mask=kmask, other=0.0).to(acc_ty)
+    bias = tl.load(bias_ptr + cls * sbl + offs_k.to(tl.int64) * sbk, mask=kmask, other=0.0).to(acc_ty)
     _assign(n, cls, logits + bias, sq, tl.sum(var, axis=0), gamma_ptr, dist_ptr, row_ptr, cesc_ptr, mdist_ptr,
             K, H * W, BLOCK_K)
 
@@ -175,9 +176,9 @@ def _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn,
     g_gamma = tl.zeros_like(gamma)
     g_dist = tl.zeros_like(gamma)
     if HAS_GGAMMA:
-        g_gamma += tl.load(gg_ptr + n * sggn + offs_k * sggk, mask=kmask, other=0.0).to(acc_ty)
+        g_gamma += tl.load(gg_ptr + n * sggn + offs_k.to(tl.int64) * sggk, mask=kmask, other=0.0).to(acc_ty)
     if HAS_GDIST:
-        g_dist += tl.load(gd_ptr + n * sgdn + offs_k * sgdk, mask=kmask, other=0.0).to(acc_ty)
+        g_dist += tl.load(gd_ptr + n * sgdn + offs_k.to(tl.int64) * sgdk, mask=kmask, other=0.0).to(acc_ty)
     if HAS_GCESC:
         g_cesc = tl.load(gc_ptr + n * sgc).to(acc_ty)
         g_gamma += g_cesc * tl.load(mdist_ptr + n * K + offs_k, mask=kmask, other=0.0)
@@ -216,9 +217,10 @@ def _center_assign_param_grad_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     kmask = offs_k < K
     km = kmask[:, None] & cmask[None, :]
+    c64, k64 = offs_c.to(tl.int64), offs_k.to(tl.int64)   # int64: a parameter's strides may span the tensor
     lo = tl.load(off_ptr + cls)
     hi = tl.load(off_ptr + cls + 1)
-    cen = tl.load(cen_ptr + cls * scl + offs_k[:, None] * sck + offs_c[None, :] * scc, mask=km, other=0.0)
+    cen = tl.load(cen_ptr + cls * scl + k64[:, None] * sck + c64[None, :] * scc, mask=km, other=0.0)
     cen = cen.to(acc_ty)
     acc_cen = tl.zeros([BLOCK_K, BLOCK_C], acc_ty)
     acc_lin = tl.zeros([BLOCK_K, BLOCK_C], acc_ty)
@@ -263,13 +265,14 @@ def _center_assign_x_grad_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     kmask = offs_k < K
     km = kmask[:, None] & cmask[None, :]
+    c64, k64 = offs_c.to(tl.int64), offs_k.to(tl.int64)   # int64: a parameter's strides may span the tensor
     cls = _class(tl.load(y_ptr + n), L)
     s = tl.load(shift_ptr + n * C + offs_c, mask=cmask, other=0.0)
     d = tl.load(dmean_ptr + n * C + offs_c, mask=cmask, other=0.0)
     g_logit, g_dist = _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn, sgdk, sgc, offs_k,
                                 kmask, acc_ty, K, HAS_GGAMMA, HAS_GDIST, HAS_GCESC)
-    lin = tl.load(lin_ptr + cls * sll + offs_c[None, :] * slc + offs_k[:, None] * slk, mask=km, other=0.0)
-    cen = tl.load(cen_ptr + cls * scl + offs_k[:, None] * sck + offs_c[None, :] * scc, mask=km, other=0.0)
+    lin = tl.load(lin_ptr + cls * sll + c64[None, :] * slc + k64[:, None] * slk, mask=km, other=0.0)
+    cen = tl.load(cen_ptr + cls * scl + k64[:, None] * sck + c64[None, :] * scc, mask=km, other=0.0)
     diff = tl.where(km, (s[None, :] - cen.to(acc_ty)) + d[None, :], 0.0)
     base = tl.sum(lin.to(acc_ty) * g_logit[:, None], axis=0) / HW + 2.0 * tl.sum(g_dist[:, None] * diff, axis=0)
     two_s = 2.0 * tl.sum(g_dist, axis=0)
