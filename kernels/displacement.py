@@ -43,7 +43,8 @@ def _displacement_fwd_kernel(
     cmask = offs_c < C
     src = tl.load(idx_ptr + m).to(tl.int64)
     r = tl.load(row_ptr + src).to(tl.int64)
-    centre = tl.load(tab_ptr + r * str_ + offs_c * stc, mask=cmask, other=0.0).to(acc_ty)
+    # int64: the channel stride of a table laid out otherwise (e.g. transposed) may span it
+    centre = tl.load(tab_ptr + r * str_ + offs_c.to(tl.int64) * stc, mask=cmask, other=0.0).to(acc_ty)
     x_n = x_ptr + src * sxn
     o_m = out_ptr + m * (C * HW)
     for start in range(0, HW, BLOCK_HW):

@@ -70,7 +70,8 @@ def _tail_u(x_n, tab_r, c, hw, p, msk, sxc, sxh, sxw, stc, C: tl.constexpr, H: t
             L_X: tl.constexpr, acc_ty):
     """b = u elements: x[t, c, hw] - table[row[t], c], in the acc dtype (with the x elements)."""
     xv = tl.load(x_n + _off(c, hw, p, sxc, sxh, sxw, C, H, W, L_X), mask=msk, other=0.0).to(acc_ty)
-    cen = tl.load(tab_r + c * stc, mask=msk, other=0.0).to(acc_ty)
+    # int64: the channel stride of a table laid out otherwise (e.g. transposed) may span it
+    cen = tl.load(tab_r + c.to(tl.int64) * stc, mask=msk, other=0.0).to(acc_ty)
     return xv, xv - cen
 
 
