@@ -11,6 +11,11 @@ cubin with the ptxas shipped in the triton wheel. At the CIFAR (N=128, 32x16x16)
 maps load them with 16-byte vector loads (HW = 196 is not a multiple of 16; every variant, at least
 one per map tensor its main loop reads) and that ptxas reports no register spills, there and for the
 pairing kernels at the largest batch they take.
+
+It also reads the Triton IR of every variant, including launches where every stride is a runtime
+value (no stride of 1 for Triton to fold), for offsets that would wrap past 2**31 elements: the
+batch program id must be widened to int64 before any arithmetic, and no 32-bit multiply may take a
+runtime integer (a stride); such a product wraps silently once a tensor spans 2**31 elements.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 import torch
 
 # The kernels that stream feature maps, and how many map tensors each reads in its main loop: every
@@ -30,7 +36,8 @@ STREAMING = {"_center_assign_fwd_kernel": 1, "_center_assign_x_grad_kernel": 1, 
              "_relu_tap_window_means_fwd_kernel": 1, "_relu_tap_window_means_bwd_kernel": 1}
 
 
-def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills():
+@pytest.fixture(scope="module")
+def result():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.json")
@@ -38,7 +45,10 @@ def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills():
                               timeout=600)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
         with open(report) as f:
-            result = json.load(f)
+            return json.load(f)
+
+
+def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills(result):
     assert result["variants"] > 50, result
     for shape, kernels in result["paper"].items():
         for name in (STREAMING if shape != "max-batch" else ("_batch_plan_kernel", "_pair_indices_kernel")):
@@ -48,6 +58,25 @@ def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills():
                 assert info["spill_bytes"] == 0, (shape, name, info)
                 assert info["registers"] <= 255, (shape, name, info)
                 assert info["vector_loads"] >= STREAMING.get(name, 0), (shape, name, info)
+
+
+def test_offsets_that_can_pass_2_31_are_computed_in_64_bits(result):
+    """Every kernel, every variant (all strides runtime values in some): no offset wraps at 2**31."""
+    assert set(result["narrow"]) >= set(STREAMING) | {"_center_assign_param_grad_kernel",
+                                                       "_center_assign_finish_kernel"}, sorted(result["narrow"])
+    assert not {name: found for name, found in result["narrow"].items() if found}
+
+
+def test_the_ir_check_sees_a_narrow_offset():
+    """Positive control for ``_narrow_offsets``: the pattern it must flag, in IR this Triton writes."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, __file__, "--control"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("32-bit product" in f for f in found["narrow"]), found
+    assert any("program id" in f for f in found["narrow"]), found
+    assert found["wide"] == [], found
 
 
 # ----------------------------------------------------------------------------- the subprocess
@@ -157,6 +186,100 @@ def _run_launchers(x, K, L, D, kinds):
     kpr.pair_indices(is_head, counts, M)
 
 
+def _strided(*shape):
+    """Random values viewed with every stride a runtime value: every other element of a larger tensor
+    (Triton folds a stride of 1 into the kernel, so a contiguous input would hide its products)."""
+    return torch.randn(*(2 * n for n in shape))[tuple(slice(None, None, 2) for _ in shape)]
+
+
+def _run_strided_launchers():
+    """Every launcher once with no stride equal to 1 (C > 32: two channel blocks, so the finishing kernel runs)."""
+    from rsg_fast.kernels import center_assign as kca
+    from rsg_fast.kernels import displacement as kdp
+    from rsg_fast.kernels import mv_terms as kmv
+    from rsg_fast.kernels import tap_window_means as ktw
+
+    N, C, H, W, L, K, M, D = 4, 40, 5, 3, 3, 4, 5, 6
+    x, target = _strided(N, C, H, W), torch.randint(0, L, (N,))
+    centers, linear, bias = _strided(L, K, C), _strided(L, C, K), _strided(L, K)
+    gamma, mean_dist, shift, dmean = torch.rand(N, K), torch.rand(N, K), torch.randn(N, C), torch.randn(N, C)
+    g, g_cesc = _strided(N, K), _strided(N)
+    kca.center_assign_forward(x, target, centers, linear, bias)
+    kca.center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g, g, g_cesc, H * W,
+                                  True, True, True, linear.dtype, bias.dtype)
+    kca.center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_dist, g, g, g_cesc)
+    index, row, table = torch.arange(M) % N, torch.zeros(N, dtype=torch.long), _strided(L * K, C)
+    kdp.displacement_forward(x, index, row, table)
+    kdp.index_add_gather(_strided(M, C, H, W), index, x)
+    tv, v, grad_new = _strided(M, C, H, W), _strided(M, C, H, W), _strided(M, C, H, W)
+    for grouping in ("location", "rows"):
+        new, terms, stats = kmv.mv_terms_forward(tv, v, x, index, row, table, grouping, torch.float32)
+        kmv.mv_terms_backward(tv, v, x, index, row, table, stats, grad_new, terms, grouping, True, True, True)
+    # (H, W) must stay one flat axis (else the launcher copies pre): gaps along D only
+    ktw.relu_tap_window_means_forward(torch.randn(M, H, W, 2 * D)[..., ::2], torch.float32)
+    # channels outermost: grad_pre (allocated like pre) gets a channel stride of M*H*W too
+    pre = torch.randn(D, M, H, W).permute(1, 2, 3, 0)
+    ktw.relu_tap_window_means_backward(pre, _strided(M, D, 3, 3))
+
+
+_DEF = re.compile(r"^\s*(%[\w.#]+)(?::\d+)? = ([\w.]+) (.*?)(?: loc\(.*)?$")
+
+
+def _narrow_offsets(ttir: str) -> list[str]:
+    """Lines of a kernel's Triton IR whose offsets can wrap at 2**31: a 32-bit multiply taking a
+    runtime integer argument (directly or splatted/broadcast), and arithmetic on the program id of
+    axis 0 (one program per sample: up to 2**31 - 1 of them) before it is widened to int64."""
+    sig = re.search(r"tt\.func public @\w+\((.*?)\) attributes", ttir, re.S)
+    int_args = set(re.findall(r"(%\w+): i32", sig.group(1)))
+    ops = []
+    for line in ttir.splitlines():
+        m = _DEF.match(line)
+        if m:
+            ops.append((m.group(1), m.group(2), m.group(3), re.findall(r"%[\w.#]+", m.group(3))))
+    defs = {v: (op, operands) for v, op, _, operands in ops}
+
+    def root(v):
+        while v in defs and defs[v][0] in ("tt.splat", "tt.broadcast", "tt.expand_dims"):
+            v = defs[v][1][0]
+        return v
+
+    pids = {v for v, op, rest, _ in ops if op == "tt.get_program_id" and rest.startswith("x ")}
+    found = []
+    for v, op, rest, operands in ops:
+        roots = {root(o) for o in operands}
+        if op == "arith.muli" and re.search(r":\s*(i32|tensor<[\dx]+xi32>)\s*$", rest) and roots & int_args:
+            found.append(f"32-bit product with a runtime integer: {v} = {op} {rest}")
+        if roots & pids and op != "arith.extsi":
+            found.append(f"program id of axis 0 used before widening: {v} = {op} {rest}")
+    return found
+
+
+def _control():
+    """``_narrow_offsets`` on two small kernels: one with the patterns it must flag, one without."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    @triton.jit
+    def narrow(x_ptr, stride, BLOCK: tl.constexpr):
+        n = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        tl.store(x_ptr + n * BLOCK + offs * stride, 1.0)
+
+    @triton.jit
+    def wide(x_ptr, stride, BLOCK: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        tl.store(x_ptr + n * BLOCK + offs.to(tl.int64) * stride, 1.0)
+
+    found = {}
+    for fn in (narrow, wide):
+        opts, src = _source(fn, (torch.empty(64), 7), {"BLOCK": 16})
+        found[fn.__name__] = _narrow_offsets(triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                                            options=opts).asm["ttir"])
+    print(json.dumps(found))
+
+
 def _main(report_path):
     assert "TRITON_INTERPRET" not in os.environ
     import triton
@@ -187,9 +310,11 @@ def _main(report_path):
                  if kind == "channels_last" else torch.randn(3, 5, 12, 8).to(dt)[:, :, ::2, 1:])
             _run_launchers(x, 4, 3, 9, ("contiguous", "channels_last"))
     _run_launchers(torch.randn(2, 1, 5, 1), 1, 1, 1, ("contiguous",))
+    _run_strided_launchers()
+    narrow = {}
     for name, job in compile_all(recorder.calls).values():
-        job()
-    result = {"variants": len(compile_all(recorder.calls)), "paper": {}}
+        narrow.setdefault(name, []).extend(_narrow_offsets(job().asm["ttir"]))
+    result = {"variants": len(compile_all(recorder.calls)), "paper": {}, "narrow": narrow}
 
     # the pairs kernels at the largest batch they take (one program holds the whole batch)
     recorder.calls.clear()
@@ -209,7 +334,9 @@ def _main(report_path):
         _run_launchers(torch.randn(N, C, H, W), 15, L, D, ("contiguous",))
         kernels = {}
         for name, job in compile_all(recorder.calls).values():
-            ptx = job().asm["ptx"]
+            compiled = job()
+            ptx = compiled.asm["ptx"]
+            narrow.setdefault(name, []).extend(_narrow_offsets(compiled.asm["ttir"]))
             info = _ptxas_report(ptx)
             info["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.", ptx))
             kernels.setdefault(name, []).append(info)
@@ -220,4 +347,4 @@ def _main(report_path):
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _control() if sys.argv[1] == "--control" else _main(sys.argv[1])
