@@ -63,6 +63,24 @@ def launch(kernel, grid):
     return torch.library.wrap_triton(kernel)[grid]
 
 
+MAX_GRID = (2**31 - 1, 65535, 65535)    # CUDA's launch limits along grid axes x, y, z
+
+
+def grid(op: str, *axes) -> tuple:
+    """The launch grid for ``axes``, one ``(name, size, block)`` per axis: ``cdiv(size, block)``
+    programs. Where an axis would pass CUDA's limit (a launch then fails with "invalid argument"),
+    a ValueError names the argument and its largest size. Symbolic sizes (torch.compile's
+    data-dependent pair count) are not checked: only the batch axis takes them, up to 2**31 - 1."""
+    out = []
+    for (name, size, block), most in zip(axes, MAX_GRID):
+        n = size if block == 1 else triton.cdiv(size, block)
+        if isinstance(size, int) and n > most:
+            raise ValueError(f"{op} with backend='triton' takes {name} up to {most * block} ({most} programs of "
+                             f"{block} along one CUDA grid axis), got {size}; backend='torch' has no such limit")
+        out.append(n)
+    return tuple(out)
+
+
 def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
     """Next power of two of ``n``, clamped to ``[lo, hi]``."""
     b = max(lo, triton.next_power_of_2(max(int(n), 1)))

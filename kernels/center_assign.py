@@ -36,8 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, csr_by_index, launch, layout_code, new_empty, new_empty_like, pow2, sample_offset,
-                      strides4)
+from ._common import (acc_dtype, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, pow2,
+                      sample_offset, strides4)
 
 
 @triton.jit
@@ -305,7 +305,8 @@ def center_assign_forward(x, target, centers, linear, bias):
     K = centers.shape[1]
     acc = acc_dtype(x.dtype, centers.dtype, linear.dtype, bias.dtype)
     bc, bhw = _blocks(C, H * W)
-    n_cb = triton.cdiv(C, bc)
+    g = grid("center_assign", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
+    n_cb = g[1]
     bk = pow2(K)
     shift = new_empty((N, C), acc, x.device)
     dmean = new_empty((N, C), acc, x.device)
@@ -315,13 +316,13 @@ def center_assign_forward(x, target, centers, linear, bias):
     row = new_empty((N,), torch.int64, x.device)
     cesc = new_empty((N,), acc, x.device)
     mean_dist = new_empty((N, K), acc, x.device)
-    launch(_center_assign_fwd_kernel, (N, n_cb))(
+    launch(_center_assign_fwd_kernel, g)(
         x, target, centers, linear, bias, shift, dmean, part, gamma, dist, row, cesc, mean_dist, centers.shape[0],
         *strides4(x), *centers.stride(), *linear.stride(), *bias.stride(),
         C=C, H=H, W=W, K=K, LAYOUT=layout_code(x), N_CB=n_cb, BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_K=bk,
         num_warps=4)
     if n_cb > 1:
-        launch(_center_assign_finish_kernel, (N,))(
+        launch(_center_assign_finish_kernel, g[:1])(
             target, bias, part, gamma, dist, row, cesc, mean_dist, centers.shape[0], *bias.stride(), H=H, W=W, K=K,
             N_CB=n_cb, BLOCK_K=bk, num_warps=1)
     return gamma, dist, row, cesc, shift, dmean, mean_dist
@@ -346,6 +347,7 @@ def center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g
     dev = centers.device
     bk = pow2(K)
     bc = pow2(C, hi=max(1, 2048 // bk))
+    g = grid("center_assign's backward", ("centers.shape[0] (L)", L, 1), (f"x.shape[1] (C, at K = {K})", C, bc))
     gc = new_empty((L, K, C) if need_centers else (0,), centers.dtype, dev)
     gl = new_empty((L, C, K) if need_linear else (0,), linear_dtype, dev)
     gb = new_empty((L, K) if need_bias else (0,), bias_dtype, dev)
@@ -353,7 +355,7 @@ def center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g
         return gc, gl, gb
     perm, offsets = csr_by_index(target, L)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
-    launch(_center_assign_param_grad_kernel, (L, triton.cdiv(C, bc)))(
+    launch(_center_assign_param_grad_kernel, g)(
         perm, offsets, shift, dmean, gamma, mean_dist, *ptrs, centers, gc, gl, gb, *strides, *centers.stride(),
         C=C, K=K, HW=HW, **flags, NEED_CEN=need_centers, NEED_LIN=need_linear, NEED_BIAS=need_bias,
         BLOCK_C=bc, BLOCK_K=bk, num_warps=4)
@@ -365,9 +367,10 @@ def center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_d
     N, C, H, W = x.shape
     K = centers.shape[1]
     bc, bhw = _blocks(C, H * W)
+    g = grid("center_assign's backward", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
     gx = new_empty_like(x)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
-    launch(_center_assign_x_grad_kernel, (N, triton.cdiv(C, bc)))(
+    launch(_center_assign_x_grad_kernel, g)(
         x, target, linear, centers, shift, dmean, gamma, mean_dist, *ptrs, gx, centers.shape[0],
         *strides4(x), *linear.stride(), *centers.stride(), *strides, *strides4(gx),
         C=C, H=H, W=W, K=K, LAYOUT_X=layout_code(x), LAYOUT_G=layout_code(gx), **flags,

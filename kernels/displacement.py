@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    acc_dtype, csr_by_index, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks, strides4,
+    acc_dtype, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks,
+    strides4,
 )
 
 
@@ -94,8 +95,9 @@ def displacement_forward(x: torch.Tensor, index: torch.Tensor, row: torch.Tensor
     N, C, H, W = x.shape
     M = index.shape[0]
     bc, bhw = spatial_blocks(C, H * W, tile=2048)
+    g = grid("displacement", ("index.shape[0] (M)", M, 1), ("x.shape[1] (C)", C, bc))
     out = new_empty((M, C, H, W), x.dtype, x.device)
-    launch(_displacement_fwd_kernel, (M, triton.cdiv(C, bc)))(
+    launch(_displacement_fwd_kernel, g)(
         x, index, row, table, out, *strides4(x), *table.stride(),
         C=C, H=H, W=W, LAYOUT_X=layout_code(x),
         FP64=acc_dtype(x.dtype, table.dtype) == torch.float64, BLOCK_C=bc, BLOCK_HW=bhw, num_warps=4)
@@ -107,9 +109,10 @@ def index_add_gather(grad: torch.Tensor, index: torch.Tensor, like: torch.Tensor
     (x). Deterministic, no atomics, every element written."""
     N, C, H, W = like.shape
     bc, bhw = spatial_blocks(C, H * W, tile=2048)
+    g = grid("the backward of displacement and mv_terms", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
     out = new_empty_like(like)
     perm, offsets = csr_by_index(index, N)
-    launch(_index_add_kernel, (N, triton.cdiv(C, bc)))(
+    launch(_index_add_kernel, g)(
         grad, perm, offsets, out, *strides4(grad), *strides4(out),
         C=C, H=H, W=W, LAYOUT_G=layout_code(grad), LAYOUT_O=layout_code(out),
         FP64=acc_dtype(grad.dtype, like.dtype) == torch.float64, BLOCK_C=bc, BLOCK_HW=bhw,

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from rsg_fast.ops._common import EPS
 
-from ._common import launch, layout_code, new_empty, new_empty_like, pow2, sample_offset, strides4
+from ._common import grid, launch, layout_code, new_empty, new_empty_like, pow2, sample_offset, strides4
 
 N_STATS = 5
 
@@ -245,11 +245,12 @@ def mv_terms_forward(tv, v, x, tail_index, row, table, grouping: str, acc: torch
     terms (2,) and stats (M, HW, 5) in ``acc``. M may be 0 (nothing runs)."""
     M, C, H, W = tv.shape
     bq, bj = _blocks(C, H * W)
-    n_qb = triton.cdiv(H * W, bq)
+    g = grid("mv_terms", ("tv.shape[0] (M)", M, 1), ("H * W of tv", H * W, bq))
+    n_qb = g[1]
     new = new_empty((M, C, H, W), torch.promote_types(tv.dtype, x.dtype), tv.device)   # as x + tv
     stats = new_empty((M, H * W, N_STATS), acc, tv.device)
     part = new_empty((M, n_qb, 2), acc, tv.device)
-    launch(_mv_terms_fwd_kernel, (M, n_qb))(
+    launch(_mv_terms_fwd_kernel, g)(
         tv, v, x, tail_index, row, table, new, stats, part,
         *strides4(tv), *strides4(v), *strides4(x), *table.stride(),
         C=C, H=H, W=W, L_T=layout_code(tv), L_V=layout_code(v), L_X=layout_code(x), N_QB=n_qb,
@@ -263,13 +264,14 @@ def mv_terms_backward(tv, v, x, tail_index, row, table, stats, grad_new, grad_te
     and grad_v in their input's dtype and layout, grad_u NCHW-contiguous in x's dtype."""
     M, C, H, W = tv.shape
     bq, bj = _blocks(C, H * W)
+    g = grid("mv_terms's backward", ("tv.shape[0] (M)", M, 1), ("H * W of tv", H * W, bq))
     gtv = new_empty_like(tv) if need_tv else tv.new_empty(0)
     gv = new_empty_like(v) if need_v else tv.new_empty(0)
     gu = new_empty((M, C, H, W), x.dtype, tv.device) if need_u else tv.new_empty(0)
     has_gnew = grad_new is not None
     gnew = grad_new if has_gnew else tv
     a_out, w_out = (gtv if need_tv else tv), (gv if need_v else v)
-    launch(_mv_terms_bwd_kernel, (M, triton.cdiv(H * W, bq)))(
+    launch(_mv_terms_bwd_kernel, g)(
         tv, v, x, tail_index, row, table, gnew, stats, grad_terms.to(stats.dtype).contiguous(), a_out, w_out, gu,
         *strides4(tv), *strides4(v), *strides4(x), *table.stride(), *strides4(gnew), *strides4(a_out),
         *strides4(w_out),

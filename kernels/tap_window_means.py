@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch, new_empty, new_empty_like, pow2
+from ._common import grid, launch, new_empty, new_empty_like, pow2
 
 
 @triton.jit
@@ -152,8 +152,9 @@ def relu_tap_window_means_forward(pre: torch.Tensor, acc: torch.dtype) -> torch.
     pre = _flat(pre)
     P, H, W, D = pre.shape
     bhw, bd = _blocks(H * W, D)
+    g = grid("relu_tap_window_means", ("pre.shape[0] (P)", P, 1), ("pre.shape[3] (D)", D, bd))
     out = new_empty((P, D, 3, 3), acc, pre.device)
-    launch(_relu_tap_window_means_fwd_kernel, (P, triton.cdiv(D, bd)))(
+    launch(_relu_tap_window_means_fwd_kernel, g)(
         pre, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd,
         num_warps=4)
     return out
@@ -164,8 +165,9 @@ def relu_tap_window_means_backward(pre: torch.Tensor, grad: torch.Tensor) -> tor
     pre = _flat(pre)
     P, H, W, D = pre.shape
     bhw, bd = _blocks(H * W, D)
+    g = grid("relu_tap_window_means's backward", ("pre.shape[0] (P)", P, 1), ("pre.shape[3] (D)", D, bd))
     out = new_empty_like(pre)
-    launch(_relu_tap_window_means_bwd_kernel, (P, triton.cdiv(D, bd)))(
+    launch(_relu_tap_window_means_bwd_kernel, g)(
         pre, grad, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), *grad.stride(),
         out.stride(0), flat_hw_stride(out), out.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd, num_warps=4)
     return out

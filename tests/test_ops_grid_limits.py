@@ -1,0 +1,114 @@
+"""The Triton launchers never ask CUDA for a grid beyond its limits (axis 0 up to 2**31 - 1, axes 1
+and 2 up to 65535 programs): past the sizes the kernels can take, the op raises a ValueError that
+names the argument and its largest size; at that size it launches.
+
+Nothing runs: each kernel module's ``launch`` is replaced by one that records the grid, so the maps
+here are allocated (torch.empty, never written: the OS maps no pages for them) but never read.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsg_fast import ops
+from rsg_fast.kernels import center_assign, displacement, mv_terms, tap_window_means
+
+MAX_GRID = (2**31 - 1, 65535, 65535)    # CUDA's limits on grid axes x, y, z
+T = "triton"
+
+
+@pytest.fixture
+def grids(monkeypatch):
+    """The grids launched while the test runs; a grid beyond CUDA's limits fails the test."""
+    seen = []
+
+    def record(kernel, grid):
+        assert all(n <= most for n, most in zip(grid, MAX_GRID)), f"{kernel.__name__} launched with grid {grid}"
+        seen.append(tuple(grid))
+        return lambda *args, **kwargs: None
+
+    for module in (center_assign, displacement, mv_terms, tap_window_means):
+        monkeypatch.setattr(module, "launch", record)
+    return seen
+
+
+def _center_assign_inputs(C, K=1):
+    x = torch.empty(1, C, 1, 1, dtype=torch.float16)
+    return x, torch.zeros(1, dtype=torch.long), torch.empty(1, K, C, dtype=torch.float16), \
+        torch.empty(1, C, K, dtype=torch.float16), torch.empty(1, K, dtype=torch.float16)
+
+
+def _center_assign(C):
+    ops.center_assign(*_center_assign_inputs(C), backend=T)
+
+
+def _center_assign_backward(C, K):
+    x, target, centers, linear, bias = _center_assign_inputs(C, K)
+    gamma, mean_dist, g = torch.empty(1, K), torch.empty(1, K), torch.empty(1, K)
+    shift, dmean = torch.empty(1, C), torch.empty(1, C)
+    torch.ops.rsg_fast.center_assign_backward(x, target, centers, linear, bias, gamma, mean_dist, shift, dmean,
+                                              g, g, None, True, True, True, True, T)
+
+
+def _displacement(C, backward=False):
+    x, table, index = torch.empty(1, C, 1, 1, dtype=torch.float16), torch.empty(1, C, dtype=torch.float16), \
+        torch.zeros(1, dtype=torch.long)
+    if backward:
+        torch.ops.rsg_fast.displacement_backward(torch.empty_like(x), x, index, index, table, True, False, T)
+    else:
+        ops.displacement(x, index, index, table, backend=T)
+
+
+def _mv_terms(HW, backward=False):
+    C = 64                        # 64 channels or more: 16 positions per program
+    tv = torch.empty(1, C, 1, HW, dtype=torch.float16)
+    index, table = torch.zeros(1, dtype=torch.long), torch.empty(1, C, dtype=torch.float16)
+    if backward:
+        torch.ops.rsg_fast.mv_terms_backward(tv, tv, tv, index, index, table, torch.empty(1, HW, 5), None,
+                                             torch.zeros(2), "location", True, True, False, False, T)
+    else:
+        ops.mv_terms(tv, tv, tv, index, index, table, "location", backend=T)
+
+
+def _tap_window_means(D, backward=False):
+    pre = torch.empty(1, 1, 1, D, dtype=torch.float16)
+    if backward:
+        torch.ops.rsg_fast.relu_tap_window_means_backward(pre, torch.empty(1, D, 3, 3), T)
+    else:
+        ops.relu_tap_window_means(pre, backend=T)
+
+
+# (call with the largest size the kernels take, that size, what the error names)
+CASES = {
+    "center_assign": (_center_assign, 65535 * 32, r"x\.shape\[1\] \(C\)"),
+    "center_assign backward, K = 2048": (lambda C: _center_assign_backward(C, 2048), 65535,
+                                         r"x\.shape\[1\] \(C, at K = 2048\)"),
+    "center_assign backward, K = 1": (lambda C: _center_assign_backward(C, 1), 65535 * 32, r"x\.shape\[1\] \(C\)"),
+    "displacement": (_displacement, 65535 * 128, r"x\.shape\[1\] \(C\)"),
+    "displacement backward": (lambda C: _displacement(C, True), 65535 * 128, r"x\.shape\[1\] \(C\)"),
+    "mv_terms": (_mv_terms, 65535 * 16, r"H \* W of tv"),
+    "mv_terms backward": (lambda HW: _mv_terms(HW, True), 65535 * 16, r"H \* W of tv"),
+    "relu_tap_window_means": (_tap_window_means, 65535 * 128, r"pre\.shape\[3\] \(D\)"),
+    "relu_tap_window_means backward": (lambda D: _tap_window_means(D, True), 65535 * 128, r"pre\.shape\[3\] \(D\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_past_the_largest_size_is_a_value_error(grids, case):
+    call, largest, name = CASES[case]
+    with pytest.raises(ValueError, match=rf"{name} up to {largest} .*got {largest + 1}; backend='torch'"):
+        call(largest + 1)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_largest_size_launches(grids, case):
+    call, largest, _ = CASES[case]
+    call(largest)
+    assert any(len(g) > 1 and g[1] == MAX_GRID[1] for g in grids), grids    # the limit is exact
+
+
+def test_the_torch_backend_has_no_such_limit():
+    x, target, centers, linear, bias = _center_assign_inputs(65535 * 32 + 1)
+    gamma, _, _, _ = ops.center_assign(x.zero_(), target, centers.zero_(), linear.zero_(), bias.zero_(),
+                                       backend="torch")
+    assert gamma.shape == (1, 1)
