@@ -81,6 +81,18 @@ def grid(op: str, *axes) -> tuple:
     return tuple(out)
 
 
+MAX_EXTENT = 2**30    # what a kernel loop may walk (H * W positions, or C channels)
+
+
+def check_extent(op: str, name: str, size) -> None:
+    """ValueError naming the argument where a kernel would loop over ``size`` elements with its
+    32-bit counter: Triton drops a loop whose constant bound passes 2**31 (nothing is computed), and
+    one within a block of it steps past 2**31. 2**30 leaves room for every block size."""
+    if isinstance(size, int) and size > MAX_EXTENT:
+        raise ValueError(f"{op} with backend='triton' takes {name} up to {MAX_EXTENT} (its kernels loop over it "
+                         f"with 32-bit counters), got {size}; backend='torch' has no such limit")
+
+
 def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
     """Next power of two of ``n``, clamped to ``[lo, hi]``."""
     b = max(lo, triton.next_power_of_2(max(int(n), 1)))

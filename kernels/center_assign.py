@@ -36,8 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, pow2,
-                      sample_offset, strides4)
+from ._common import (acc_dtype, check_extent, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like,
+                      pow2, sample_offset, strides4)
 
 
 @triton.jit
@@ -306,6 +306,7 @@ def center_assign_forward(x, target, centers, linear, bias):
     acc = acc_dtype(x.dtype, centers.dtype, linear.dtype, bias.dtype)
     bc, bhw = _blocks(C, H * W)
     g = grid("center_assign", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
+    check_extent("center_assign", "H * W of x", H * W)
     n_cb = g[1]
     bk = pow2(K)
     shift = new_empty((N, C), acc, x.device)
@@ -368,6 +369,7 @@ def center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_d
     K = centers.shape[1]
     bc, bhw = _blocks(C, H * W)
     g = grid("center_assign's backward", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
+    check_extent("center_assign's backward", "H * W of x", H * W)
     gx = new_empty_like(x)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_x_grad_kernel, g)(

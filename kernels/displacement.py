@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    acc_dtype, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks,
+    acc_dtype, check_extent, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks,
     strides4,
 )
 
@@ -96,6 +96,7 @@ def displacement_forward(x: torch.Tensor, index: torch.Tensor, row: torch.Tensor
     M = index.shape[0]
     bc, bhw = spatial_blocks(C, H * W, tile=2048)
     g = grid("displacement", ("index.shape[0] (M)", M, 1), ("x.shape[1] (C)", C, bc))
+    check_extent("displacement", "H * W of x", H * W)
     out = new_empty((M, C, H, W), x.dtype, x.device)
     launch(_displacement_fwd_kernel, g)(
         x, index, row, table, out, *strides4(x), *table.stride(),
@@ -110,6 +111,7 @@ def index_add_gather(grad: torch.Tensor, index: torch.Tensor, like: torch.Tensor
     N, C, H, W = like.shape
     bc, bhw = spatial_blocks(C, H * W, tile=2048)
     g = grid("the backward of displacement and mv_terms", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
+    check_extent("the backward of displacement and mv_terms", "H * W of x", H * W)
     out = new_empty_like(like)
     perm, offsets = csr_by_index(index, N)
     launch(_index_add_kernel, g)(

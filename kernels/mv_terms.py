@@ -30,7 +30,7 @@ import triton.language as tl
 
 from rsg_fast.ops._common import EPS
 
-from ._common import grid, launch, layout_code, new_empty, new_empty_like, pow2, sample_offset, strides4
+from ._common import check_extent, grid, launch, layout_code, new_empty, new_empty_like, pow2, sample_offset, strides4
 
 N_STATS = 5
 
@@ -246,6 +246,7 @@ def mv_terms_forward(tv, v, x, tail_index, row, table, grouping: str, acc: torch
     M, C, H, W = tv.shape
     bq, bj = _blocks(C, H * W)
     g = grid("mv_terms", ("tv.shape[0] (M)", M, 1), ("H * W of tv", H * W, bq))
+    check_extent("mv_terms", "tv.shape[1] (C)", C)
     n_qb = g[1]
     new = new_empty((M, C, H, W), torch.promote_types(tv.dtype, x.dtype), tv.device)   # as x + tv
     stats = new_empty((M, H * W, N_STATS), acc, tv.device)
@@ -265,6 +266,7 @@ def mv_terms_backward(tv, v, x, tail_index, row, table, stats, grad_new, grad_te
     M, C, H, W = tv.shape
     bq, bj = _blocks(C, H * W)
     g = grid("mv_terms's backward", ("tv.shape[0] (M)", M, 1), ("H * W of tv", H * W, bq))
+    check_extent("mv_terms's backward", "tv.shape[1] (C)", C)
     gtv = new_empty_like(tv) if need_tv else tv.new_empty(0)
     gv = new_empty_like(v) if need_v else tv.new_empty(0)
     gu = new_empty((M, C, H, W), x.dtype, tv.device) if need_u else tv.new_empty(0)

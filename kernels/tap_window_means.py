@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import grid, launch, new_empty, new_empty_like, pow2
+from ._common import check_extent, grid, launch, new_empty, new_empty_like, pow2
 
 
 @triton.jit
@@ -153,6 +153,7 @@ def relu_tap_window_means_forward(pre: torch.Tensor, acc: torch.dtype) -> torch.
     P, H, W, D = pre.shape
     bhw, bd = _blocks(H * W, D)
     g = grid("relu_tap_window_means", ("pre.shape[0] (P)", P, 1), ("pre.shape[3] (D)", D, bd))
+    check_extent("relu_tap_window_means", "H * W of pre", H * W)
     out = new_empty((P, D, 3, 3), acc, pre.device)
     launch(_relu_tap_window_means_fwd_kernel, g)(
         pre, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd,
@@ -166,6 +167,7 @@ def relu_tap_window_means_backward(pre: torch.Tensor, grad: torch.Tensor) -> tor
     P, H, W, D = pre.shape
     bhw, bd = _blocks(H * W, D)
     g = grid("relu_tap_window_means's backward", ("pre.shape[0] (P)", P, 1), ("pre.shape[3] (D)", D, bd))
+    check_extent("relu_tap_window_means's backward", "H * W of pre", H * W)
     out = new_empty_like(pre)
     launch(_relu_tap_window_means_bwd_kernel, g)(
         pre, grad, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), *grad.stride(),

@@ -1,6 +1,7 @@
 """The Triton launchers never ask CUDA for a grid beyond its limits (axis 0 up to 2**31 - 1, axes 1
-and 2 up to 65535 programs): past the sizes the kernels can take, the op raises a ValueError that
-names the argument and its largest size; at that size it launches.
+and 2 up to 65535 programs), nor a kernel loop past its 32-bit counter (H * W or C up to 2**30):
+past the sizes the kernels can take, the op raises a ValueError that names the argument and its
+largest size; at that size it launches.
 
 Nothing runs: each kernel module's ``launch`` is replaced by one that records the grid, so the maps
 here are allocated (torch.empty, never written: the OS maps no pages for them) but never read.
@@ -32,26 +33,26 @@ def grids(monkeypatch):
     return seen
 
 
-def _center_assign_inputs(C, K=1):
-    x = torch.empty(1, C, 1, 1, dtype=torch.float16)
+def _center_assign_inputs(C, K=1, HW=1):
+    x = torch.empty(1, C, 1, HW, dtype=torch.float16)
     return x, torch.zeros(1, dtype=torch.long), torch.empty(1, K, C, dtype=torch.float16), \
         torch.empty(1, C, K, dtype=torch.float16), torch.empty(1, K, dtype=torch.float16)
 
 
-def _center_assign(C):
-    ops.center_assign(*_center_assign_inputs(C), backend=T)
+def _center_assign(C, HW=1):
+    ops.center_assign(*_center_assign_inputs(C, HW=HW), backend=T)
 
 
-def _center_assign_backward(C, K):
-    x, target, centers, linear, bias = _center_assign_inputs(C, K)
+def _center_assign_backward(C, K, HW=1):
+    x, target, centers, linear, bias = _center_assign_inputs(C, K, HW)
     gamma, mean_dist, g = torch.empty(1, K), torch.empty(1, K), torch.empty(1, K)
     shift, dmean = torch.empty(1, C), torch.empty(1, C)
     torch.ops.rsg_fast.center_assign_backward(x, target, centers, linear, bias, gamma, mean_dist, shift, dmean,
                                               g, g, None, True, True, True, True, T)
 
 
-def _displacement(C, backward=False):
-    x, table, index = torch.empty(1, C, 1, 1, dtype=torch.float16), torch.empty(1, C, dtype=torch.float16), \
+def _displacement(C, backward=False, HW=1):
+    x, table, index = torch.empty(1, C, 1, HW, dtype=torch.float16), torch.empty(1, C, dtype=torch.float16), \
         torch.zeros(1, dtype=torch.long)
     if backward:
         torch.ops.rsg_fast.displacement_backward(torch.empty_like(x), x, index, index, table, True, False, T)
@@ -59,8 +60,7 @@ def _displacement(C, backward=False):
         ops.displacement(x, index, index, table, backend=T)
 
 
-def _mv_terms(HW, backward=False):
-    C = 64                        # 64 channels or more: 16 positions per program
+def _mv_terms(HW, backward=False, C=64):     # 64 channels or more: 16 positions per program
     tv = torch.empty(1, C, 1, HW, dtype=torch.float16)
     index, table = torch.zeros(1, dtype=torch.long), torch.empty(1, C, dtype=torch.float16)
     if backward:
@@ -70,15 +70,15 @@ def _mv_terms(HW, backward=False):
         ops.mv_terms(tv, tv, tv, index, index, table, "location", backend=T)
 
 
-def _tap_window_means(D, backward=False):
-    pre = torch.empty(1, 1, 1, D, dtype=torch.float16)
+def _tap_window_means(D, backward=False, HW=1):
+    pre = torch.empty(1, 1, HW, D, dtype=torch.float16)
     if backward:
         torch.ops.rsg_fast.relu_tap_window_means_backward(pre, torch.empty(1, D, 3, 3), T)
     else:
         ops.relu_tap_window_means(pre, backend=T)
 
 
-# (call with the largest size the kernels take, that size, what the error names)
+# grid axis 1 (blocks of channels or positions): (call with a size, the largest size, what the error names)
 CASES = {
     "center_assign": (_center_assign, 65535 * 32, r"x\.shape\[1\] \(C\)"),
     "center_assign backward, K = 2048": (lambda C: _center_assign_backward(C, 2048), 65535,
@@ -90,6 +90,18 @@ CASES = {
     "mv_terms backward": (lambda HW: _mv_terms(HW, True), 65535 * 16, r"H \* W of tv"),
     "relu_tap_window_means": (_tap_window_means, 65535 * 128, r"pre\.shape\[3\] \(D\)"),
     "relu_tap_window_means backward": (lambda D: _tap_window_means(D, True), 65535 * 128, r"pre\.shape\[3\] \(D\)"),
+}
+# what a kernel loop walks with a 32-bit counter (Triton drops a loop whose bound passes 2**31)
+EXTENT = 2**30
+EXTENT_CASES = {
+    "center_assign": (lambda HW: _center_assign(1, HW=HW), r"H \* W of x"),
+    "center_assign backward": (lambda HW: _center_assign_backward(1, 1, HW=HW), r"H \* W of x"),
+    "displacement": (lambda HW: _displacement(1, HW=HW), r"H \* W of x"),
+    "displacement backward": (lambda HW: _displacement(1, True, HW=HW), r"H \* W of x"),
+    "mv_terms": (lambda C: _mv_terms(1, C=C), r"tv\.shape\[1\] \(C\)"),
+    "mv_terms backward": (lambda C: _mv_terms(1, True, C=C), r"tv\.shape\[1\] \(C\)"),
+    "relu_tap_window_means": (lambda HW: _tap_window_means(1, HW=HW), r"H \* W of pre"),
+    "relu_tap_window_means backward": (lambda HW: _tap_window_means(1, True, HW=HW), r"H \* W of pre"),
 }
 
 
@@ -105,6 +117,15 @@ def test_the_largest_size_launches(grids, case):
     call, largest, _ = CASES[case]
     call(largest)
     assert any(len(g) > 1 and g[1] == MAX_GRID[1] for g in grids), grids    # the limit is exact
+
+
+@pytest.mark.parametrize("case", list(EXTENT_CASES))
+def test_loop_extent_past_2_30_is_a_value_error(grids, case):
+    call, name = EXTENT_CASES[case]
+    with pytest.raises(ValueError, match=rf"{name} up to {EXTENT} .*got {EXTENT + 1}; backend='torch'"):
+        call(EXTENT + 1)
+    call(EXTENT)
+    assert grids
 
 
 def test_the_torch_backend_has_no_such_limit():
