@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    acc_dtype, check_extent, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks,
-    strides4,
+    acc_dtype, check_extent, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, sample_offset,
+    spatial_blocks, strides4,
 )
 
 
