@@ -13,7 +13,7 @@ import torch
 import torch._dynamo
 
 from rsg_fast import RSG, ReferenceRSG
-from helpers import cuda_syncs, requires_cuda
+from helpers import cuda_syncs, leaf, requires_cuda
 from published_rsg import PublishedRSG
 
 PUBLISHED_KEYS = {
@@ -51,7 +51,7 @@ def run(module, x, heads, y, epoch, seed=1, forward_context=None, **forward_kwar
     """Forward (inside ``forward_context`` if given, e.g. autocast; ``forward_kwargs`` such as
     ``host_target`` passed on), then backward of a random linear function of all four outputs,
     outside it, as training loops do."""
-    x = x.detach().clone().requires_grad_(True)
+    x = leaf(x)   # keeps a sliced layout
     module.zero_grad(set_to_none=True)
     with forward_context if forward_context is not None else contextlib.nullcontext():
         out, cesc, mv, y_out = module(x, heads, y, epoch, **forward_kwargs)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from helpers import BACKENDS, COMPILERS, close, compile_setting, cuda_syncs, host_waits_for_gpu, requires_cuda
+from helpers import BACKENDS, COMPILERS, close, compile_setting, cuda_syncs, host_waits_for_gpu, leaf, requires_cuda
 from rsg_fast import RSG, ReferenceRSG
 from rsg_fast.models import build_model
 
@@ -41,7 +41,7 @@ def _modules(backend: str, mv_loss: str, dtype=torch.float32):
 
 def _step(module, x, y, epoch, **extra):
     """Outputs and the gradients of x and every parameter of a random linear function of all four."""
-    x = x.detach().clone().requires_grad_(True)
+    x = leaf(x)   # keeps a sliced layout
     maps, cesc, mv, y_out = module(x, HEADS, y, epoch, **extra)
     weight = torch.randn(maps.shape, generator=torch.Generator().manual_seed(1), dtype=maps.dtype).to(maps.device)
     objective = (maps * weight).sum() + 0.37 * cesc + 1.3 * mv
