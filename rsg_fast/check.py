@@ -212,10 +212,27 @@ def available_backends(device: torch.device) -> list[str]:
     return out
 
 
+def _guarded(op: str, backend: str, dtype: torch.dtype, shape_label: str, fn: Callable[[], Row]) -> Row:
+    """``fn()``, or a failing row naming the exception: one case that raises (a compile error, a CUDA
+    error) must not end the check and lose the rows after it."""
+    start = time.perf_counter()
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        return Row(op, backend, str(dtype).replace("torch.", ""), shape_label, float("inf"), float("inf"),
+                   0.0, False, f"error: {text}", time.perf_counter() - start)
+
+
 def run(device: torch.device, level: str, backends: list[str], progress=print) -> list[Row]:
     rows = []
     op_dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.float64])
     module_dtypes = [torch.float32] + ([torch.float64] if device.type == "cpu" else [torch.bfloat16])
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        progress(row)
+
     for backend in backends:
         shapes = [SHAPES[k] for k in LEVELS[level]]
         if device.type != "cuda" and backend == "triton":   # the interpreter runs each program in Python
@@ -226,17 +243,17 @@ def run(device: torch.device, level: str, backends: list[str], progress=print) -
         for op in OPS:
             for dtype in op_dtypes:
                 for shape in shapes:
-                    rows.append(check_op(op, backend, dtype, shape, device))
-                    progress(rows[-1])
+                    add(_guarded(op, backend, dtype, shape[0],
+                                 lambda: check_op(op, backend, dtype, shape, device)))
         for mv_loss in ("original", "paper"):
             for phase in ("contrastive", "generation"):
                 for dtype in module_dtypes:
                     for shape in module_shapes:
-                        rows.append(check_module(mv_loss, phase, backend, dtype, shape, device))
-                        progress(rows[-1])
-        rows.append(check_module("original", "generation", backend, torch.float32, SHAPES["odd"], device,
-                                 host_target=True))
-        progress(rows[-1])
+                        add(_guarded(f"RSG ({mv_loss}, {phase})", backend, dtype, shape[0],
+                                     lambda: check_module(mv_loss, phase, backend, dtype, shape, device)))
+        add(_guarded("RSG (original, generation, host_target)", backend, torch.float32, SHAPES["odd"][0],
+                     lambda: check_module("original", "generation", backend, torch.float32, SHAPES["odd"], device,
+                                          host_target=True)))
     return rows
 
 

@@ -37,6 +37,29 @@ def test_a_wrong_fast_path_fails_the_check(monkeypatch, capsys):
     assert all(line.startswith(("displacement", "RSG")) for line in failing)    # RSG uses it; the other ops pass
 
 
+def test_a_case_that_raises_is_a_failing_row_and_the_check_goes_on(monkeypatch, capsys, tmp_path):
+    """A compile or CUDA error in one case (first seen on a GPU) must not end the check: the rows
+    after it still run and reach the JSON file."""
+    real = check.check_op
+
+    def check_op(op, backend, dtype, shape, device, seed=0):
+        if op == "displacement" and shape[0] == "odd":
+            raise RuntimeError("PTX assembly failed\nsecond line")
+        return real(op, backend, dtype, shape, device, seed)
+
+    monkeypatch.setattr(check, "check_op", check_op)
+    report = tmp_path / "check.json"
+    assert check.main(["--quick", "--device", "cpu", "--backends", "torch", "--json", str(report)]) == 1
+    doc = json.loads(report.read_text())
+    rows = doc["rows"]
+    errors = [r for r in rows if not r["passed"]]
+    assert [(r["op"], r["dtype"], r["shape"]) for r in errors] == [("displacement", "float32", "odd"),
+                                                                    ("displacement", "float64", "odd")]
+    assert errors[0]["worst"] == "error: RuntimeError: PTX assembly failed"
+    assert doc["complete"] and rows[-1]["op"] == "RSG (original, generation, host_target)" and rows[-1]["passed"]
+    assert "error: RuntimeError: PTX assembly failed" in capsys.readouterr().out
+
+
 def test_command_line(capsys):
     assert cli.main(["check", "--help"]) == 0
     assert "float64 references" in capsys.readouterr().out
