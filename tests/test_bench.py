@@ -433,3 +433,52 @@ def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
     one.run_cuda()
     one.close()
     assert order == ["displacement:torch", "reference-compiled", "reference", "rsg-torch"]
+
+
+def test_cuda_timer_and_memory_probe_call_torch_and_triton_as_their_apis_take_them(monkeypatch):
+    """The CUDA-only bodies of timers.time_cuda and memory_probe.cuda_peak, run on the CPU against
+    stand-ins that bind every call to the real signature (a wrong keyword or argument count raises
+    here, not on the lent GPU)."""
+    import inspect
+
+    import triton.testing
+
+    def bound(real, result=None, run_fn=False):
+        def call(*args, **kwargs):
+            inspect.signature(real).bind(*args, **kwargs)
+            calls.append((real.__name__, kwargs))
+            if run_fn:
+                args[0]()
+            return result
+        return call
+
+    class Event:
+        def __init__(self, *args, **kwargs):
+            inspect.signature(torch.cuda.Event.__new__).bind(Event, *args, **kwargs)
+
+        def record(self, *args, **kwargs):
+            inspect.signature(torch.cuda.Event.record).bind(self, *args, **kwargs)
+
+        def elapsed_time(self, *args, **kwargs):
+            inspect.signature(torch.cuda.Event.elapsed_time).bind(self, *args, **kwargs)
+            return 0.5
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_device", bound(torch.cuda.current_device, 0))
+    monkeypatch.setattr(torch.cuda, "synchronize", bound(torch.cuda.synchronize))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", bound(torch.cuda.reset_peak_memory_stats))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", bound(torch.cuda.memory_allocated, 1000))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", bound(torch.cuda.max_memory_allocated, 4096))
+    monkeypatch.setattr(triton.testing, "do_bench", bound(triton.testing.do_bench, [1.0, 2.0, 3.0], True))
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph",
+                        bound(triton.testing.do_bench_cudagraph, [0.5, 0.5], True))
+    ran = []
+    for mode, timer, reps in (("eager", "do_bench", 3), ("cuda-graph", "do_bench_cudagraph", 2)):
+        case = bc.Case("op", "displacement:triton", "-", lambda: ran.append(1), mode=mode)
+        row = timers.summarise(timers.time_cuda(case, warmup=2, budget_ms=100.0, min_reps=5, max_reps=50))
+        assert row["reps"] == reps and row["median_ms"] == (2.0 if mode == "eager" else 0.5)
+        assert [name for name, _ in calls if name.startswith("do_bench")][-1] == timer
+    assert dict(calls)["do_bench_cudagraph"]["rep"] <= timers.GRAPH_REP_MS     # capture stays short
+    case = bc.Case("module", "rsg-triton", "generation", lambda: ran.append(1))
+    assert memory_probe.cuda_peak(case, torch.device("cuda")) == 4096 - 1000
