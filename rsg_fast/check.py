@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -224,6 +225,12 @@ def _guarded(op: str, backend: str, dtype: torch.dtype, shape_label: str, fn: Ca
                    0.0, False, f"error: {text}", time.perf_counter() - start)
 
 
+def _json_row(row: Row) -> dict:
+    """The row for ``--json``, non-finite errors (a case that raised, or NaN outputs) as null: strict JSON
+    readers reject the Infinity and NaN that json.dumps writes by default."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(row).items()}
+
+
 def run(device: torch.device, level: str, backends: list[str], progress=print) -> list[Row]:
     rows = []
     op_dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.float64])
@@ -339,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"device": str(device), "device_name": name,
                                                    "torch": torch.__version__, "complete": complete,
-                                                   "rows": [asdict(r) for r in done]}, indent=1))
+                                                   "rows": [_json_row(r) for r in done]}, indent=1))
 
     def report(row: Row) -> None:     # the file is rewritten after every row: a time limit keeps them
         done.append(row)

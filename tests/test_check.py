@@ -50,12 +50,13 @@ def test_a_case_that_raises_is_a_failing_row_and_the_check_goes_on(monkeypatch, 
     monkeypatch.setattr(check, "check_op", check_op)
     report = tmp_path / "check.json"
     assert check.main(["--quick", "--device", "cpu", "--backends", "torch", "--json", str(report)]) == 1
-    doc = json.loads(report.read_text())
+    doc = json.loads(report.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
     rows = doc["rows"]
     errors = [r for r in rows if not r["passed"]]
     assert [(r["op"], r["dtype"], r["shape"]) for r in errors] == [("displacement", "float32", "odd"),
                                                                     ("displacement", "float64", "odd")]
     assert errors[0]["worst"] == "error: RuntimeError: PTX assembly failed"
+    assert errors[0]["max_abs"] is None and errors[0]["max_rel"] is None
     assert doc["complete"] and rows[-1]["op"] == "RSG (original, generation, host_target)" and rows[-1]["passed"]
     assert "error: RuntimeError: PTX assembly failed" in capsys.readouterr().out
 
