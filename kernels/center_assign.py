@@ -348,12 +348,12 @@ def center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g
     dev = centers.device
     bk = pow2(K)
     bc = pow2(C, hi=max(1, 2048 // bk))
-    g = grid("center_assign's backward", ("centers.shape[0] (L)", L, 1), (f"x.shape[1] (C, at K = {K})", C, bc))
     gc = new_empty((L, K, C) if need_centers else (0,), centers.dtype, dev)
     gl = new_empty((L, C, K) if need_linear else (0,), linear_dtype, dev)
     gb = new_empty((L, K) if need_bias else (0,), bias_dtype, dev)
     if not (need_centers or need_linear or need_bias):     # frozen parameters: no sort, no launch
         return gc, gl, gb
+    g = grid("center_assign's backward", ("centers.shape[0] (L)", L, 1), (f"x.shape[1] (C, at K = {K})", C, bc))
     perm, offsets = csr_by_index(target, L)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_param_grad_kernel, g)(

@@ -133,3 +133,12 @@ def test_the_torch_backend_has_no_such_limit():
     gamma, _, _, _ = ops.center_assign(x.zero_(), target, centers.zero_(), linear.zero_(), bias.zero_(),
                                        backend="torch")
     assert gamma.shape == (1, 1)
+
+
+def test_frozen_parameters_take_the_larger_channel_count(grids):
+    """Without parameter gradients nothing launches per class: only grad_x's limit applies."""
+    x, target, centers, linear, bias = _center_assign_inputs(65536, 2048)
+    gamma, g = torch.empty(1, 2048), torch.empty(1, 2048)
+    torch.ops.rsg_fast.center_assign_backward(x, target, centers, linear, bias, gamma, gamma, torch.empty(1, 65536),
+                                              torch.empty(1, 65536), g, g, None, True, False, False, False, T)
+    assert grids == [(1, 2048)]
