@@ -297,6 +297,18 @@ def _blocks(C: int, HW: int):
     return bc, pow2(HW, lo=16, hi=max(16, 4096 // bc))
 
 
+MAX_TILE = 2**20    # Triton's largest block (TRITON_MAX_TENSOR_NUMEL); past it a kernel fails to compile
+
+
+def _check_centres(op: str, K: int, bc: int) -> None:
+    """ValueError naming K where the (K, BLOCK_C) tile of a class's centres and classifier rows, which
+    the x-walking kernels hold whole, would pass Triton's largest block."""
+    if isinstance(K, int) and pow2(K) * bc > MAX_TILE:
+        raise ValueError(f"{op} with backend='triton' takes centers.shape[1] (K, n_center) up to {MAX_TILE // bc} "
+                         f"at {bc} or more channels (a K x {bc} tile per program), got {K}; backend='torch' has "
+                         f"no such limit")
+
+
 def center_assign_forward(x, target, centers, linear, bias):
     """Returns ``(gamma (N, K), dist (N, K), row (N,) int64, cesc (N,), shift (N, C), dmean (N, C),
     mean_dist (N, K))``; the statistics are in the acc dtype (float64 if any input is, else float32).
@@ -307,6 +319,7 @@ def center_assign_forward(x, target, centers, linear, bias):
     bc, bhw = _blocks(C, H * W)
     g = grid("center_assign", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
     check_extent("center_assign", "H * W of x", H * W)
+    _check_centres("center_assign", K, bc)
     n_cb = g[1]
     bk = pow2(K)
     shift = new_empty((N, C), acc, x.device)
@@ -370,6 +383,7 @@ def center_assign_x_grad(x, target, centers, linear, shift, dmean, gamma, mean_d
     bc, bhw = _blocks(C, H * W)
     g = grid("center_assign's backward", ("x.shape[0] (N)", N, 1), ("x.shape[1] (C)", C, bc))
     check_extent("center_assign's backward", "H * W of x", H * W)
+    _check_centres("center_assign's backward", K, bc)
     gx = new_empty_like(x)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_x_grad_kernel, g)(

@@ -142,3 +142,19 @@ def test_frozen_parameters_take_the_larger_channel_count(grids):
     torch.ops.rsg_fast.center_assign_backward(x, target, centers, linear, bias, gamma, gamma, torch.empty(1, 65536),
                                               torch.empty(1, 65536), g, g, None, True, False, False, False, T)
     assert grids == [(1, 2048)]
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_more_centres_than_a_triton_block_holds_is_a_value_error(grids, backward):
+    """The x-walking kernels hold a class's (K, 32-channel) tile whole; Triton caps a block at 2**20
+    elements (past it, a compile error deep inside Triton)."""
+    def call(K):
+        if backward:
+            _center_assign_backward(32, K)
+        else:
+            ops.center_assign(*_center_assign_inputs(32, K), backend=T)
+    with pytest.raises(ValueError, match=r"centers\.shape\[1\] \(K, n_center\) up to 32768 .*got 32769"):
+        call(2**15 + 1)
+    assert backward or not grids    # the forward rejects it before any launch
+    call(2**15)
+    assert grids
