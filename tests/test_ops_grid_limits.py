@@ -158,3 +158,18 @@ def test_more_centres_than_a_triton_block_holds_is_a_value_error(grids, backward
     assert backward or not grids    # the forward rejects it before any launch
     call(2**15)
     assert grids
+
+
+def test_a_symbolic_size_is_neither_checked_nor_guarded():
+    """Under torch.compile the pair count reaches the launchers as an unbacked SymInt: comparing it
+    with the limit would fail to trace (a data-dependent guard)."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from rsg_fast.kernels import _common
+
+    env = ShapeEnv()
+    m = env.create_unbacked_symint()
+    g = _common.grid("op", ("M", m, 1), ("C", 65, 32))
+    assert g[0] is m and g[1] == 3
+    _common.check_extent("op", "C", m)
+    assert not env.guards
