@@ -55,12 +55,12 @@ def new_empty_like(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def launch(kernel, grid):
-    """``kernel[grid]`` through ``torch.library.wrap_triton`` (traceable by torch.compile). Under the
+def launch(kernel, programs):
+    """``kernel[programs]`` through ``torch.library.wrap_triton`` (traceable by torch.compile). Under the
     Triton interpreter the kernel is no JITFunction (nothing to trace; older torch refuses to wrap it)."""
     if not isinstance(kernel, triton.runtime.jit.JITFunction):
-        return kernel[grid]
-    return torch.library.wrap_triton(kernel)[grid]
+        return kernel[programs]
+    return torch.library.wrap_triton(kernel)[programs]
 
 
 MAX_GRID = (2**31 - 1, 65535, 65535)    # CUDA's launch limits along grid axes x, y, z

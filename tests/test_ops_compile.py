@@ -82,7 +82,7 @@ def test_the_ir_check_sees_a_narrow_offset():
 # ----------------------------------------------------------------------------- the subprocess
 
 class _Recorder:
-    """Stands in for ``launch(kernel, grid)``: records the call instead of running it."""
+    """Stands in for ``launch(kernel, programs)``: records the call instead of running it."""
 
     def __init__(self):
         self.calls = []

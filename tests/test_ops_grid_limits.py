@@ -23,9 +23,10 @@ def grids(monkeypatch):
     """The grids launched while the test runs; a grid beyond CUDA's limits fails the test."""
     seen = []
 
-    def record(kernel, grid):
-        assert all(n <= most for n, most in zip(grid, MAX_GRID)), f"{kernel.__name__} launched with grid {grid}"
-        seen.append(tuple(grid))
+    def record(kernel, programs):
+        assert all(n <= most for n, most in zip(programs, MAX_GRID)), \
+            f"{kernel.__name__} launched with grid {programs}"
+        seen.append(tuple(programs))
         return lambda *args, **kwargs: None
 
     for module in (center_assign, displacement, mv_terms, tap_window_means):
