@@ -15,6 +15,9 @@ SHAPES = [  # N, L, K, C, H, W
     (5, 3, 4, 7, 3, 5),
     (4, 6, 15, 70, 3, 3),    # C > 32: several channel blocks, the partial-sum finish kernel
     (3, 2, 3, 5, 1, 7),
+    # C = 130 at K = 15: two channel blocks in the parameters' backward (128 channels at BLOCK_K = 16);
+    # H*W = 132: two spatial blocks in the forward (128 positions at 32 channels), so the variance merge
+    (3, 2, 15, 130, 12, 11),
 ]
 
 
@@ -218,3 +221,41 @@ def test_bad_arguments():
         call(x, target, centers, linear, bias, backend="gpu")
     with pytest.raises(ValueError, match="centers must be on the same device as x"):
         call(x, target, centers.to("meta"), linear, bias)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incoming_gradients_in_any_strides(backend):
+    """The backward reads the incoming gradients of gamma, dist and cesc with their own strides (a
+    transposed one, one expanded along N, a gapped one), not as if they were contiguous."""
+    x, target, centers, linear, bias = _inputs(5, 3, 3, 7, 3, 5)
+    wg = torch.randn(3, 5, device=DEVICE).t()               # (N, K) with K-major strides
+    wd = torch.randn(1, 3, device=DEVICE).expand(5, 3)       # stride 0 along N
+    wc = torch.randn(10, device=DEVICE)[::2]                 # stride 2
+    assert not (wg.is_contiguous() or wd.is_contiguous() or wc.is_contiguous())
+    ref_in = [leaf(t.double()) for t in (x, centers, linear, bias)]
+    rg, rd, _, rc = naive.center_assign(ref_in[0], target, *ref_in[1:])
+    want = torch.autograd.grad([rg, rd, rc], ref_in, [wg.double(), wd.double(), wc.double()])
+    ins = [leaf(t) for t in (x, centers, linear, bias)]
+    gamma, dist, _, cesc = ops.center_assign(ins[0], target, *ins[1:], backend=backend)
+    got = torch.autograd.grad([gamma, dist, cesc], ins, [wg, wd, wc])
+    for g, r in zip(got, want):
+        close(g, r)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_parameters_make_the_op_float64(backend):
+    """fp32 maps with fp64 parameters: the acc dtype is float64 (any input's float64 counts, not only
+    x's), so the outputs are float64 and as exact as an all-fp64 computation on the same values."""
+    x, target, centers, linear, bias = _inputs(4, 3, 3, 5, 3, 2)
+    params = [leaf(t.double()) for t in (centers, linear, bias)]
+    ref_in = [leaf(t.double()) for t in (centers, linear, bias)]
+    rg, rd, rrow, rc = naive.center_assign(x.double(), target, *ref_in)
+    wg, wd, wc = torch.randn_like(rg), torch.randn_like(rd), torch.randn_like(rc)
+    gamma, dist, row, cesc = ops.center_assign(x, target, *params, backend=backend)
+    assert gamma.dtype == dist.dtype == cesc.dtype == torch.float64
+    for got, want in ((gamma, rg), (dist, rd), (cesc, rc)):
+        close(got, want, rtol=1e-10)
+    assert torch.equal(row.cpu(), rrow.cpu())
+    for g, r in zip(grads([gamma, dist, cesc], params, [wg, wd, wc]), grads([rg, rd, rc], ref_in, [wg, wd, wc])):
+        assert g.dtype == torch.float64
+        close(g, r, rtol=1e-10)
