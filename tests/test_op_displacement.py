@@ -95,3 +95,48 @@ def test_bad_arguments():
         ops.displacement(x, index, row[:2], table)
     with pytest.raises(ValueError, match="table must be on the same device as x"):
         ops.displacement(x, index, row, table.to("meta"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maps_with_gaps_only_between_channels(backend):
+    """x = every other channel of a larger batch: each channel's (H, W) map is dense but the channels
+    are not, so no dense-sample fast path applies (the "sliced" layout has gaps in every dimension)."""
+    big = torch.randn(3, 10, 3, 5, device=DEVICE)
+    x = big[:, ::2]
+    assert x[0, 0].is_contiguous() and not x[0].is_contiguous()
+    _, index, row, table = _inputs(3, 6, 4, 5, 3, 5)
+    ref_in = [leaf(x.double()), leaf(table.double())]
+    ref = naive.displacement(ref_in[0], index, row, ref_in[1])
+    w = torch.randn_like(ref)
+    ref_grads = grads([ref], ref_in, [w])
+    ins = [leaf(x), leaf(table)]
+    out = ops.displacement(ins[0], index, row, ins[1], backend=backend)
+    close(out, ref)
+    for g, r in zip(grads([out], ins, [w]), ref_grads):
+        close(g, r)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incoming_gradient_with_a_gapped_batch(backend):
+    """The backward's gather reads the incoming gradient with its own batch stride (here every
+    other sample of a larger buffer), not as if it were contiguous."""
+    x, index, row, table = _inputs(3, 5, 4, 5, 3, 7)
+    g = torch.randn(10, 5, 3, 7, device=DEVICE)[::2]
+    xl = leaf(x)
+    (got,) = torch.autograd.grad(ops.displacement(xl, index, row, table, backend=backend), xl, g)
+    close(got, torch.zeros(x.shape, dtype=torch.float64).index_add_(0, index, g.double()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_gradients_are_summed_in_fp32(backend):
+    """grad_x of a sample gathered many times is a sum of fp16 rows, accumulated in fp32 and rounded
+    once: 40 + 100 * 0.02 = 42, where an fp16 running sum (ulp 1/32 above 32) rounds every 0.02 up
+    to 1/32 and ends at 43.125."""
+    x, _, row, table = _inputs(1, 0, 2, 3, 2, 2)
+    xl = leaf(x.half())
+    index = torch.zeros(101, dtype=torch.long, device=DEVICE)
+    g = torch.full((101, 3, 2, 2), 0.02, device=DEVICE).half()
+    g[0] = 40
+    (got,) = torch.autograd.grad(ops.displacement(xl, index, row, table.half(), backend=backend), xl, g)
+    assert got.dtype == torch.float16
+    close(got, g.double().sum(0, keepdim=True), rtol=2e-3)
