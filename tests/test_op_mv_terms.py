@@ -15,6 +15,7 @@ SHAPES = [  # M, N, R, C, H, W
     (1, 1, 1, 1, 1, 1),
     (3, 2, 4, 5, 3, 7),
     (4, 3, 5, 17, 3, 5),     # C > HW: "rows" vectors straddle channels
+    (2, 2, 3, 70, 6, 3),     # C > 64: two channel blocks; H*W = 18 > 16: two vector blocks (their partial sums)
 ]
 
 
@@ -68,6 +69,8 @@ def test_kinks(backend, grouping):
     ||tv|| == ||v|| (d|z|/dz = 0 at 0): torch autograd's conventions."""
     tv, v, x, ti, row, table = _inputs(2, 2, 2, 3, 2, 2)
     tv[0, :, 0, 0] = 0
+    v[0, :, 1, 1] = 0                        # ||v|| = 0 at one location ...
+    v[0].view(-1)[9:] = 0                    # ... and in one row of C consecutive elements
     v[1] = tv[1]
     x[ti[1]] = table[row[ti[1]]][:, None, None]
     _check(backend, grouping, tv, v, x, ti, row, table)
@@ -84,6 +87,22 @@ def test_fp64_eps_is_exact(backend):
         new, terms = ops.mv_terms(tv, v, x, ti, row, table, grouping, backend=backend)
         _, rt = naive.mv_terms(tv, v, x, ti, row, table, grouping)
         torch.testing.assert_close(terms.cpu(), rt.cpu(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_fp64_gradients_of_vectors_shorter_than_eps(backend, grouping):
+    """Below F.normalize's eps, a_hat = a / eps is linear in a: the backward must drop the projection
+    term (d||a||/da) there, as torch's clamp does, for tv and for u = x - centre."""
+    tv, v, x, ti, row, table = _inputs(2, 2, 2, 3, 2, 2, dtype=torch.float64)
+    tv = tv * 1e-13
+    x = table[row][:, :, None, None] + 1e-13 * x        # u = x - centre is tiny too
+    _check(backend, grouping, tv, v, x, ti, row, table, rtol=1e-10)
+    # the norm term alone: its gradient a / ||a|| (size 1) is lost next to the cosine term's (1 / eps) above
+    tv_fast, tv_ref = leaf(tv), leaf(tv)
+    (got,) = torch.autograd.grad(ops.mv_terms(tv_fast, v, x, ti, row, table, grouping, backend=backend)[1][0], tv_fast)
+    (want,) = torch.autograd.grad(naive.mv_terms(tv_ref, v, x, ti, row, table, grouping)[1][0], tv_ref)
+    close(got, want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,6 +149,15 @@ def test_fp16_inputs_accumulate_in_fp32(backend):
         naive.mv_terms(tvr, v.double(), x.double(), ti, row, table.double(), grouping)[1].sum().backward()
         assert tvl.grad.dtype == torch.float16
         close(tvl.grad, tvr.grad, rtol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_float64_maps_with_float32_transformed_vectors(backend, grouping):
+    """tv and v in fp32, x and the centres in fp64: the acc dtype is float64 (any input's float64
+    counts, not only tv's): terms and the new samples are float64."""
+    tv, v, x, ti, row, table = _inputs(3, 2, 3, 5, 2, 3)
+    _check(backend, grouping, tv, v, x.double(), ti, row, table.double())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
