@@ -11,7 +11,8 @@ from rsg_fast import ops
 from rsg_fast.kernels._common import poisoned_outputs
 from rsg_fast.ops import naive
 
-SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 4, 130), (2, 5, 1, 3), (2, 6, 6, 20)]   # P, H, W, D
+SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 4, 130), (2, 5, 1, 3), (2, 6, 6, 20),   # P, H, W, D
+          (2, 7, 5, 130)]   # D > 128: two channel blocks, and then H*W = 35 > 16: three spatial blocks
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -84,3 +85,35 @@ def test_size_one_width_with_any_stride_and_nan(backend):
     pre[0, 2, 0, 1] = float("nan")
     out = ops.relu_tap_window_means(pre, backend=backend)
     assert out[0, 1].isnan().any() and not out[1].isnan().any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incoming_gradient_in_any_strides(backend):
+    """The backward reads grad_S (P, D, 3, 3) with its own strides (here D innermost), not as if it
+    were contiguous."""
+    pre = torch.randn(2, 4, 3, 5, device=DEVICE)
+    g = torch.randn(2, 3, 3, 5, device=DEVICE).permute(0, 3, 1, 2)
+    assert not g.is_contiguous()
+    pre_r = leaf(pre.double())
+    (want,) = torch.autograd.grad(naive.tap_window_means(pre_r), pre_r, g.double())
+    pre_a = leaf(pre)
+    (got,) = torch.autograd.grad(ops.relu_tap_window_means(pre_a, backend=backend), pre_a, g)
+    close(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gapped_input_values_and_grads(backend):
+    """pre = every other channel of a larger map (not dense): grad_pre comes back dense, and the
+    backward writes it with its own strides, not pre's."""
+    pre = torch.randn(2, 3, 4, 10, device=DEVICE)[..., ::2]
+    assert not pre.is_contiguous()
+    pre_r = leaf(pre.double())
+    ref = naive.tap_window_means(pre_r)
+    w = torch.randn_like(ref)
+    (want,) = grads([ref], [pre_r], [w])
+    pre_a = leaf(pre)
+    with poisoned_outputs():
+        out = ops.relu_tap_window_means(pre_a, backend=backend)
+        (got,) = grads([out], [pre_a], [w])
+    close(out, ref)
+    close(got, want)
