@@ -50,14 +50,32 @@ def test_random_batches_match_the_published_segments(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_head, n_tail", [(400, 300), (200, 500)])
+def test_more_pairs_than_one_block(backend, n_head, n_tail):
+    """300 and 400 pairs: the pair kernel writes them in blocks of 256 (the random batches above make
+    at most 40)."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.cat([torch.zeros(n_head, dtype=torch.long), torch.ones(n_tail, dtype=torch.long)])
+    labels = labels[torch.randperm(n_head + n_tail, generator=g)].to(DEVICE)
+    table = torch.tensor([True, False], device=DEVICE)
+    is_head, counts = ops.batch_plan(labels, table, 1.0, backend=backend)
+    n_new, heads, tails = _published_pairs(is_head, 1.0)
+    assert counts[1] == n_new > 256
+    head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend=backend)
+    assert torch.equal(head_index, heads) and torch.equal(tail_index, tails)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_segment_arithmetic_rounds_as_python_floats(backend):
     """beta = 0.01 (step imbalance): 300 heads and 1 tail give int(300 * 0.01 / 1) = 3 segments in
-    Python's float64; a beta rounded to fp32 (0.0099999998) would give int(2.99999993) = 2."""
-    for n_head, n_tail in ((200, 2), (300, 1), (700, 1)):
+    Python's float64; a beta rounded to fp32 (0.0099999998) would give int(2.99999993) = 2. The order
+    counts too: 70 heads, 3 tails, beta = 0.3 give int(70 * 0.3 / 3) = int(7.0) = 7 in the published
+    order, int(70 / 3 * 0.3) = int(6.999999999999999) = 6 in the other."""
+    for n_head, n_tail, beta in ((200, 2, 0.01), (300, 1, 0.01), (700, 1, 0.01), (70, 3, 0.3)):
         labels = torch.tensor([0] * n_head + [1] * n_tail, device=DEVICE)
         table = torch.tensor([True, False], device=DEVICE)
-        counts = ops.batch_plan(labels, table, 0.01, backend=backend)[1].tolist()
-        segment, pairs = segment_plan(n_head, n_tail, 0.01)
+        counts = ops.batch_plan(labels, table, beta, backend=backend)[1].tolist()
+        segment, pairs = segment_plan(n_head, n_tail, beta)
         assert counts[1] == segment * pairs
 
 
@@ -66,6 +84,10 @@ def test_labels_outside_the_table_are_reported_not_read(backend):
     labels = torch.tensor([0, 5, -2], device=DEVICE)
     is_head, counts = ops.batch_plan(labels, torch.tensor([True, False], device=DEVICE), 1.0, backend=backend)
     assert counts.tolist()[2:] == [-2, 5]
+    # all labels below the table: the largest is -1 (not the 0 of the kernel's padding lanes)
+    is_head, counts = ops.batch_plan(torch.tensor([-3, -1], device=DEVICE), torch.tensor([True], device=DEVICE),
+                                     1.0, backend=backend)
+    assert counts.tolist()[2:] == [-3, -1]
 
 
 def test_arguments_are_checked():
