@@ -151,6 +151,16 @@ def test_a_rejected_call_leaves_the_head_table_cache_alone():
     assert len(m._head_tables) == 1
 
 
+def test_the_head_table_cache_stays_small():
+    """One table per head list and device, kept between calls; a caller that passes a new head list
+    each call (e.g. recomputed from running counts) must not grow the cache without bound."""
+    m = RSG(3, [4, 3, 3], 40, 6, [0], 1.0, 3)
+    x, y = torch.randn(2, 4, 3, 3), torch.tensor([0, 1])
+    for c in range(40):
+        m(x, [c], y, 0)
+        assert 1 <= len(m._head_tables) <= 16
+
+
 def test_head_lists_in_any_form_and_order_and_a_module_built_on_meta():
     """The head-class table is built on the device from the classes' runs (no host tensor to copy;
     compiled code: tests/test_compile_for_cuda.py) and is no buffer, so a module built on the meta
