@@ -48,9 +48,10 @@ LAYOUTS = ["contiguous", "channels_last", "sliced"]
 def leaf(t: torch.Tensor) -> torch.Tensor:
     """A detached copy that requires grad, with ``t``'s strides: ``clone`` makes a gapped view
     (``layout(t, "sliced")``) contiguous, and the kernels' general-stride path would go untested."""
-    copy = t.detach().clone()
-    if copy.stride() != t.stride() and all(s > 0 for s in t.stride()):   # not for expanded (stride-0) views
-        copy = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t)
+    if all(s > 0 for s in t.stride()):      # an expanded (stride-0) view would share elements: clone it
+        copy = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t.detach())
+    else:
+        copy = t.detach().clone()
     return copy.requires_grad_(True)
 
 

@@ -18,7 +18,12 @@ SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 4, 130), (2, 5, 1, 3), (2, 6, 6, 20
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_values_and_grads(backend, shape):
-    pre = torch.randn(*shape, device=DEVICE)
+    out = _compare_with_float64_reference(torch.randn(*shape, device=DEVICE), backend)
+    assert out.dtype == torch.float32 and out.shape == (shape[0], shape[3], 3, 3)
+
+
+def _compare_with_float64_reference(pre, backend):
+    """The op's values and grad_pre (kept in ``pre``'s strides) against the naive float64 reference."""
     pre_r = leaf(pre.double())
     ref = naive.tap_window_means(pre_r)
     w = torch.randn_like(ref)
@@ -27,9 +32,9 @@ def test_values_and_grads(backend, shape):
     with poisoned_outputs():
         out = ops.relu_tap_window_means(pre_a, backend=backend)
         (got,) = grads([out], [pre_a], [w])
-    assert out.dtype == torch.float32 and out.shape == (shape[0], shape[3], 3, 3)
     close(out, ref)
     close(got, ref_grad)
+    return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,13 +112,4 @@ def test_gapped_input_values_and_grads(backend):
     backward writes it with its own strides, not pre's."""
     pre = torch.randn(2, 3, 4, 10, device=DEVICE)[..., ::2]
     assert not pre.is_contiguous()
-    pre_r = leaf(pre.double())
-    ref = naive.tap_window_means(pre_r)
-    w = torch.randn_like(ref)
-    (want,) = grads([ref], [pre_r], [w])
-    pre_a = leaf(pre)
-    with poisoned_outputs():
-        out = ops.relu_tap_window_means(pre_a, backend=backend)
-        (got,) = grads([out], [pre_a], [w])
-    close(out, ref)
-    close(got, want)
+    _compare_with_float64_reference(pre, backend)
