@@ -152,12 +152,13 @@ class RSG(RSGParameters):
         loss_mv = (loss_contrast + terms.sum().to(loss_contrast.dtype)) / torch.sym_max(n_new, 1)
 
         new_maps = new_maps.to(feature_maps.dtype)
-        if not compiling and _is_channels_last(feature_maps):
-            # the batch keeps the maps' format (channels_last networks): the ops write new samples NCHW,
-            # and cat of two formats gives NCHW. Compiled code leaves layouts to the compiler (a format
-            # test on the data-dependent batch would be a guard it cannot make).
-            new_maps = new_maps.contiguous(memory_format=torch.channels_last)
-        out_maps = torch.cat([feature_maps, new_maps], dim=0)
+        if _is_channels_last(feature_maps):
+            # the batch keeps the maps' format (channels_last networks), in eager and compiled code: the
+            # ops write new samples NCHW, so cat along the batch in NHWC order (one copy of each part)
+            nhwc = [t.permute(0, 2, 3, 1) for t in (feature_maps, new_maps)]
+            out_maps = torch.cat(nhwc, dim=0).permute(0, 3, 1, 2)
+        else:
+            out_maps = torch.cat([feature_maps, new_maps], dim=0)
         return out_maps, loss_cesc, loss_mv, torch.cat([target, target[tail_index]])
 
     # -- pieces of forward -------------------------------------------------------------------------

@@ -67,6 +67,31 @@ def test_compiled_rsg_matches_eager_with_one_graph_per_phase(compiler, maps):
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("compiler", COMPILERS)
+def test_compiled_rsg_keeps_channels_last_maps_channels_last(compiler):
+    """A channels_last batch stays channels_last through compiled RSG in both phases, as in eager mode
+    (the next convolution of a channels_last network would convert an NCHW batch back), with eager
+    values and gradients and one graph per phase as the number of new samples changes."""
+    torch.manual_seed(0)
+    eager = RSG(4, [6, 5, 3], 5, 8, [0, 1], 1.0, THRESH)
+    compiled = torch.compile(eager, backend=compiler, fullgraph=True)
+    with compile_setting():
+        for phase, epoch in PHASES.items():
+            before = None
+            for y in _batches(10, 5, [0, 1], 2, seed=epoch)[:2]:
+                x = torch.randn(10, 6, 5, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+                got_out, got_grads = _step(compiled, x, y, epoch)
+                want_out, want_grads = _step(eager, x, y, epoch)
+                before = _graphs() if before is None else before
+                assert _graphs() == before, f"{phase}: a new graph for a new label batch"
+                assert got_out[0].shape[0] > 10 or phase == "contrastive"
+                for maps in (got_out[0], want_out[0]):
+                    assert maps.is_contiguous(memory_format=torch.channels_last), (phase, maps.stride())
+                for a, b in zip(got_out + got_grads, want_out + want_grads):
+                    assert a.shape == b.shape
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 # Each failed to compile in the generation phase before (found by fuzzing torch.compile): D = 1 (the
 # contrastive margin's squeeze), 1x1 maps (inductor: the 3x3 convolution's backward over a
 # data-dependent batch; compiled code now takes the centre tap's matrix, checked here against the
