@@ -66,13 +66,22 @@ def _off(c, hw, p, sc, sh, sw, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr
 
 
 @triton.jit
-def _tail_u(x_n, tab_r, c, hw, p, msk, sxc, sxh, sxw, stc, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-            L_X: tl.constexpr, acc_ty):
-    """b = u elements: x[t, c, hw] - table[row[t], c], in the acc dtype (with the x elements)."""
+def _tail_u(x_n, tab_r, j, c, hw, p, msk, sxc, sxh, sxw, stc, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+            L_X: tl.constexpr, ROWS: tl.constexpr, acc_ty):
+    """b = u elements: x[t, c, hw] - table[row[t], c], in the acc dtype (with the x elements); 0 where
+    ``msk`` is false."""
     xv = tl.load(x_n + _off(c, hw, p, sxc, sxh, sxw, C, H, W, L_X), mask=msk, other=0.0).to(acc_ty)
     # int64: the channel stride of a table laid out otherwise (e.g. transposed) may span it
-    cen = tl.load(tab_r + c.to(tl.int64) * stc, mask=msk, other=0.0).to(acc_ty)
-    return xv, xv - cen
+    if ROWS:   # a row of C consecutive elements spans several channels: one centre value per element
+        b = xv - tl.load(tab_r + c.to(tl.int64) * stc, mask=msk, other=0.0).to(acc_ty)
+    else:
+        # "location": component j is channel j in every vector, so one [BLOCK_J] load, broadcast. A
+        # [BLOCK_Q, BLOCK_J] gather here took the layout the coalescing pass gives a channel-contiguous
+        # pointer, and x and tv were converted to it through shared memory (with barriers) every
+        # iteration, which serialised the loads of the loop body on sm_90
+        cen = tl.load(tab_r + j.to(tl.int64) * stc, mask=j < C, other=0.0).to(acc_ty)
+        b = tl.where(msk, xv - cen[None, :], 0.0)
+    return xv, b
 
 
 @triton.jit
@@ -101,10 +110,12 @@ def _mv_terms_fwd_kernel(
     t = tl.load(ti_ptr + m).to(tl.int64)
     x_n = x_ptr + t * s_xn
     tab_r = tab_ptr + tl.load(row_ptr + t).to(tl.int64) * s_tr
-    ssa = tl.zeros([BLOCK_Q], acc_ty)
-    ssb = tl.zeros([BLOCK_Q], acc_ty)
-    ssw = tl.zeros([BLOCK_Q], acc_ty)
-    dot = tl.zeros([BLOCK_Q], acc_ty)
+    # elementwise sums, reduced over the components once after the loop: a reduction per iteration
+    # crossed warps (shared memory and barriers) four times per iteration in the "location" layout
+    ssa = tl.zeros([BLOCK_Q, BLOCK_J], acc_ty)
+    ssb = tl.zeros([BLOCK_Q, BLOCK_J], acc_ty)
+    ssw = tl.zeros([BLOCK_Q, BLOCK_J], acc_ty)
+    dot = tl.zeros([BLOCK_Q, BLOCK_J], acc_ty)
     for j0 in range(0, C, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         msk = qmask[:, None] & (j < C)[None, :]
@@ -113,37 +124,39 @@ def _mv_terms_fwd_kernel(
                     mask=msk, other=0.0).to(acc_ty)
         wv = tl.load(v_ptr + m * s_vn + _off(c, hw, p, s_vc, s_vh, s_vw, C, H, W, L_V),
                      mask=msk, other=0.0).to(acc_ty)
-        xv, b = _tail_u(x_n, tab_r, c, hw, p, msk, s_xc, s_xh, s_xw, s_tcc, C, H, W, L_X, acc_ty)
+        xv, b = _tail_u(x_n, tab_r, j, c, hw, p, msk, s_xc, s_xh, s_xw, s_tcc, C, H, W, L_X, ROWS, acc_ty)
         tl.store(new_ptr + m * (C * HW) + p, (xv + a).to(new_ptr.dtype.element_ty),
                  mask=msk)
-        ssa += tl.sum(a * a, axis=1)
-        ssb += tl.sum(b * b, axis=1)
-        ssw += tl.sum(wv * wv, axis=1)
+        ssa += a * a
+        ssb += b * b
+        ssw += wv * wv
         if not ROWS:  # "rows" needs the elementwise products, recomputed in its second loop
-            dot += tl.sum(a * b, axis=1)
-    na = tl.sqrt(ssa)
-    nb = tl.sqrt(ssb)
-    nw = tl.sqrt(ssw)
+            dot += a * b
+    na = tl.sqrt(tl.sum(ssa, axis=1))
+    nb = tl.sqrt(tl.sum(ssb, axis=1))
+    nw = tl.sqrt(tl.sum(ssw, axis=1))
     da = tl.maximum(na, eps)
     db = tl.maximum(nb, eps)
     nterm = tl.abs(na - nw)
     if ROWS:
-        csum = tl.zeros([BLOCK_Q], acc_ty)
-        qsum = tl.zeros([BLOCK_Q], acc_ty)
+        csum = tl.zeros([BLOCK_Q, BLOCK_J], acc_ty)
+        qsum = tl.zeros([BLOCK_Q, BLOCK_J], acc_ty)
         for j0 in range(0, C, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             msk = qmask[:, None] & (j < C)[None, :]
             c, hw, p = _coords(q, j, C, HW, ROWS)
             a = tl.load(tv_ptr + m * s_tn + _off(c, hw, p, s_tc, s_th, s_tw, C, H, W, L_T),
                         mask=msk, other=0.0).to(acc_ty)
-            _, b = _tail_u(x_n, tab_r, c, hw, p, msk, s_xc, s_xh, s_xw, s_tcc, C, H, W, L_X, acc_ty)
+            _, b = _tail_u(x_n, tab_r, j, c, hw, p, msk, s_xc, s_xh, s_xw, s_tcc, C, H, W, L_X, ROWS, acc_ty)
             ab = (a / da[:, None]) * (b / db[:, None])
             z = ab - 1.0
-            csum += tl.sum(tl.where(msk, tl.abs(z), 0.0), axis=1)
-            qsum += tl.sum(tl.where(msk, _sign(z) * ab, 0.0), axis=1)
+            csum += tl.where(msk, tl.abs(z), 0.0)
+            qsum += tl.where(msk, _sign(z) * ab, 0.0)
+        csum = tl.sum(csum, axis=1)
+        qsum = tl.sum(qsum, axis=1)
         tsg = tl.zeros([BLOCK_Q], acc_ty)
     else:
-        cosv = dot / (da * db)
+        cosv = tl.sum(dot, axis=1) / (da * db)
         z = cosv - 1.0
         csum = tl.abs(z)
         tsg = _sign(z).to(acc_ty)
@@ -208,7 +221,7 @@ def _mv_terms_bwd_kernel(
         if NEED_TV or NEED_U:
             a = tl.load(tv_ptr + m * s_tn + _off(c, hw, p, s_tc, s_th, s_tw, C, H, W, L_T),
                         mask=msk, other=0.0).to(acc_ty)
-            _, b = _tail_u(x_n, tab_r, c, hw, p, msk, s_xc, s_xh, s_xw, s_tcc, C, H, W, L_X, acc_ty)
+            _, b = _tail_u(x_n, tab_r, j, c, hw, p, msk, s_xc, s_xh, s_xw, s_tcc, C, H, W, L_X, ROWS, acc_ty)
             ah = a / da[:, None]
             bh = b / db[:, None]
             if ROWS:
