@@ -246,18 +246,30 @@ def _mv_terms_bwd_kernel(
                      (cw[:, None] * wv).to(gv_ptr.dtype.element_ty), mask=msk)
 
 
-def _blocks(C: int, HW: int):
+def _blocks(C: int, HW: int, rows: bool):
     """(BLOCK_Q, BLOCK_J): tiles of at most 1024 elements (four of them live at once in the forward
-    and backward; larger tiles cost registers, about 150 at 1024 channels with 2048-element tiles)."""
-    bj = pow2(C, hi=64)
-    return pow2(HW, hi=max(1, 1024 // bj)), bj
+    and backward; larger tiles cost registers, about 150 at 1024 channels with 2048-element tiles).
+
+    "rows" takes whole vectors up to 1024 channels (one vector of 1024 at ImageNet-LT's maps): its
+    forward reads tv and x twice (the norms first, then the elementwise terms), and the second read
+    must come from cache. With 16 vectors of 64-channel chunks a program re-read 128 KB after
+    streaming 192 KB, and the few hundred resident programs together passed far more than the L2
+    between the two reads; one vector re-reads 8 KB just read by the same program. Where that would
+    pass CUDA's 65535 programs along the vector axis (H * W > 65535 at 1024 channels), "rows" keeps
+    the 64-channel chunks, so both groupings take the same sizes (docs/ops-contract.md)."""
+    for hi in ((1024, 64) if rows else (64,)):
+        bj = pow2(C, hi=hi)
+        bq = pow2(HW, hi=max(1, 1024 // bj))
+        if (HW + bq - 1) // bq <= 65535:
+            break
+    return bq, bj
 
 
 def mv_terms_forward(tv, v, x, tail_index, row, table, grouping: str, acc: torch.dtype):
     """Returns ``(new, terms, stats)``: new (M, C, H, W) NCHW-contiguous in the dtype of x + tv,
     terms (2,) and stats (M, HW, 5) in ``acc``. M may be 0 (nothing runs)."""
     M, C, H, W = tv.shape
-    bq, bj = _blocks(C, H * W)
+    bq, bj = _blocks(C, H * W, grouping == "rows")
     g = grid("mv_terms", ("tv.shape[0] (M)", M, 1), ("H * W of tv", H * W, bq))
     check_extent("mv_terms", "tv.shape[1] (C)", C)
     n_qb = g[1]
@@ -277,7 +289,7 @@ def mv_terms_backward(tv, v, x, tail_index, row, table, stats, grad_new, grad_te
     """Returns ``(grad_tv, grad_v, grad_u)``, a 0-element tensor for each one not needed: grad_tv
     and grad_v in their input's dtype and layout, grad_u NCHW-contiguous in x's dtype."""
     M, C, H, W = tv.shape
-    bq, bj = _blocks(C, H * W)
+    bq, bj = _blocks(C, H * W, grouping == "rows")
     g = grid("mv_terms's backward", ("tv.shape[0] (M)", M, 1), ("H * W of tv", H * W, bq))
     check_extent("mv_terms's backward", "tv.shape[1] (C)", C)
     gtv = new_empty_like(tv) if need_tv else tv.new_empty(0)

@@ -16,6 +16,7 @@ SHAPES = [  # M, N, R, C, H, W
     (3, 2, 4, 5, 3, 7),
     (4, 3, 5, 17, 3, 5),     # C > HW: "rows" vectors straddle channels
     (2, 2, 3, 70, 6, 3),     # C > 64: two channel blocks; H*W = 18 > 16: two vector blocks (their partial sums)
+    (2, 2, 3, 1030, 1, 3),   # C > 1024: two channel blocks for "rows" too (its blocks hold up to 1024 channels)
 ]
 
 
