@@ -129,8 +129,21 @@ def _relu_tap_window_means_bwd_kernel(
 
 
 def _blocks(HW: int, D: int):
-    bd = pow2(D, hi=128)
-    return pow2(HW, hi=max(1, 2048 // bd)), bd
+    """(BLOCK_HW, BLOCK_D): 32 channels (a 128-byte line of fp32 per position) by up to 32 positions.
+    Narrow channel blocks give P * D / 32 programs (1536 at ImageNet-LT's 192 pairs and D = 256; 128
+    channels gave 384, under three per SM), all resident at once; what one iteration of all of them
+    loads together, P * D * BLOCK_HW * itemsize, does not depend on BLOCK_D: about 48 KB per SM in
+    fp32 there (24 KB in bf16; 64 positions would double it, but the forward then needs 255
+    registers). Each program is one warp: in the forward it holds whole columns of its tile, so its
+    nine sums over positions stay inside the warp (with four warps, split along positions, each of
+    them crossed warps through shared memory, two barriers each, every iteration), and one-warp
+    programs of either kernel all fit on the SMs at once (four-warp ones of the backward: 4 per SM in
+    bf16, at 113 registers). Past 65535 blocks of 32 (CUDA's grid limit) the blocks take 128
+    channels, so the size limit stays the documented one (docs/ops-contract.md)."""
+    bd = pow2(D, hi=32)
+    if (D + bd - 1) // bd > 65535:
+        bd = pow2(D, hi=128)
+    return pow2(HW, hi=max(1, 1024 // bd)), bd
 
 
 def flat_hw_stride(t: torch.Tensor) -> int | None:
@@ -157,7 +170,7 @@ def relu_tap_window_means_forward(pre: torch.Tensor, acc: torch.dtype) -> torch.
     out = new_empty((P, D, 3, 3), acc, pre.device)
     launch(_relu_tap_window_means_fwd_kernel, g)(
         pre, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd,
-        num_warps=4)
+        num_warps=1)
     return out
 
 
@@ -171,7 +184,7 @@ def relu_tap_window_means_backward(pre: torch.Tensor, grad: torch.Tensor) -> tor
     out = new_empty_like(pre)
     launch(_relu_tap_window_means_bwd_kernel, g)(
         pre, grad, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), *grad.stride(),
-        out.stride(0), flat_hw_stride(out), out.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd, num_warps=4)
+        out.stride(0), flat_hw_stride(out), out.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd, num_warps=1)
     return out
 
 

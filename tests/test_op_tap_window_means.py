@@ -12,7 +12,7 @@ from rsg_fast.kernels._common import poisoned_outputs
 from rsg_fast.ops import naive
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 4, 130), (2, 5, 1, 3), (2, 6, 6, 20),   # P, H, W, D
-          (2, 7, 5, 130)]   # D > 128: two channel blocks, and then H*W = 35 > 16: three spatial blocks
+          (2, 7, 5, 130)]   # D > 128: five channel blocks of 32 (the last partial), H*W = 35 > 32: two spatial blocks
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
