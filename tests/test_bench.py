@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rsg_fast.bench import cases as bc
+from rsg_fast import ops as rsg_ops
 from rsg_fast.bench import chart, cli, memory_probe, op_cases, report, runner, targets, timers
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -258,6 +259,42 @@ def test_label_counts_are_long_tailed_and_pair():
         assert bc.pair_count(setting) > 0, name
 
 
+def test_op_cases_pair_like_the_module_and_count_each_sample_once_per_pass(monkeypatch):
+    """The fused-op cases take the module's pairs of the setting's long-tailed batch (at imagenet-lt
+    each head once, each tail four times), and their bytes count a sample read by several pairs once
+    per pass, so GB/s is never flattered by cache hits; the tap-window input is rotated, and its
+    backward re-read counts only where it does not fit the L2 cache."""
+    s = bc.SETTINGS["imagenet-lt"]
+    labels = bc.InputPool(s, "cpu", rotations=2).host_labels[0]      # (its maps are never made)
+    heads, tails = op_cases._pairs(s, labels, torch.device("cpu"))
+    M = bc.pair_count(s)
+    assert heads.shape == tails.shape == (M,) and M > 0
+    assert heads.unique().numel() == M and tails.unique().numel() < M
+    head_classes = torch.tensor(s.head_classes)
+    assert torch.isin(labels[heads], head_classes).all() and not torch.isin(labels[tails], head_classes).any()
+
+    s = bc.SETTINGS["cifar10"]
+    pool = bc.InputPool(s, "cpu", rotations=2)
+    heads, tails = op_cases._pairs(s, pool.host_labels[0], pool.device)
+    M, plane = bc.pair_count(s), s.channels * s.height * s.width * 4
+    cases = {op: op_cases.op_case(op, "torch", s, pool) for op in op_cases.OPS}
+    for case in cases.values():
+        case.fn()
+    assert cases["displacement"].bytes_moved == (heads.unique().numel() + M) * plane + M * s.channels * 4
+    assert cases["mv_terms"].bytes_moved == (6 * M + 2 * tails.unique().numel()) * plane
+    tap_bytes = M * s.height * s.width * s.dim * 4
+    assert cases["tap_window_means"].bytes_moved == 3 * tap_bytes          # no L2 assumed off CUDA
+    monkeypatch.setattr(op_cases, "_l2_bytes", lambda device: tap_bytes)
+    assert op_cases.op_case("tap_window_means", "torch", s, pool).bytes_moved == 2 * tap_bytes
+    seen = []
+    monkeypatch.setattr(rsg_ops, "relu_tap_window_means",
+                        lambda pre, backend: seen.append(pre) or pre.sum((1, 2))[..., None, None].expand(-1, -1, 3, 3))
+    tap = op_cases.op_case("tap_window_means", "torch", s, pool)
+    for _ in range(2):
+        tap.fn()
+    assert seen[0] is not seen[1]
+
+
 def test_host_target_variants_run_their_calls_on_the_cpu_too():
     """A run times the host_target rows on CUDA only (on the CPU there is no synchronisation to remove);
     their calls still run here, so the first GPU run cannot find them broken."""
@@ -363,6 +400,19 @@ def test_targets_report_met_missed_and_not_measured():
     assert status["kernel_bandwidth"] == "met"
     assert status["rsg_speedup"] == "not measured" and status["cpu_no_slower"] == "not measured"
     assert all("H100" in e["note"] for e in found if e["target"] == "compiled_vs_reference")
+
+
+def test_kernel_bandwidth_target_takes_the_replayed_row_of_an_op_where_there_is_one():
+    """An eager op row also times the host's launches; where the same op and dtype were replayed
+    from a CUDA graph, that row alone is the kernels' share of copy bandwidth."""
+    h100 = {"type": "cuda", "name": "NVIDIA H100"}
+    op = {"setting": "imagenet-lt"}
+    rows = [_row("mv_terms:triton", "-", 2.0, pct_copy_bw=40.0, **op),
+            {**_row("mv_terms:triton", "-", 1.0, pct_copy_bw=85.0, **op), "mode": "cuda-graph"},
+            {**_row("displacement:triton", "-", 1.0, pct_copy_bw=60.0, **op), "dtype": "bf16"}]
+    found = [e for e in targets.evaluate(_doc(h100, rows, ("imagenet-lt",))) if e["target"] == "kernel_bandwidth"]
+    assert [(e["variant"], e["dtype"], e["mode"], e["status"]) for e in found] == [
+        ("mv_terms:triton", "fp32", "cuda-graph", "met"), ("displacement:triton", "bf16", "eager", "missed")]
 
 
 def test_cpu_baseline_target_compares_each_row_with_its_spread():

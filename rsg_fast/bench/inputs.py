@@ -22,10 +22,14 @@ MAX_ROTATIONS = {"cpu": 8, "cuda": 32}
 
 def default_rotations(setting: Setting, device, dtype_size: int = 4) -> int:
     """Enough input sets that their feature maps exceed the caches (at least 2)."""
+    return rotations_for(setting.batch * setting.channels * setting.height * setting.width * dtype_size, device)
+
+
+def rotations_for(nbytes: int, device) -> int:
+    """How many copies of an input of ``nbytes`` together exceed the caches (at least 2)."""
     kind = torch.device(device).type
-    bytes_one = setting.batch * setting.channels * setting.height * setting.width * dtype_size
     target, cap = ROTATION_BYTES.get(kind, ROTATION_BYTES["cpu"]), MAX_ROTATIONS.get(kind, MAX_ROTATIONS["cpu"])
-    return max(2, min(cap, math.ceil(target / max(bytes_one, 1))))
+    return max(2, min(cap, math.ceil(target / max(nbytes, 1))))
 
 
 class InputPool:

@@ -13,14 +13,23 @@ their API changes, this file changes and nothing else in the bench.
 - ``op_case(op, impl, setting, pool, dtype=...)``: a ``Case`` whose ``fn()`` runs one call at the
   setting's shapes, on the next rotation of ``pool``'s feature maps, with inputs requiring grad
   exactly where the module's do, and ``bytes_moved`` the bytes one call must move (for GB/s).
+
+The pairs are the module's: Algorithm 1 on the pool's long-tailed labels (each head used once and
+each tail several times, or the other way round), each sample's centre row in its own class. The
+bytes are the least a call must move from device memory, so that a share of copy bandwidth is never
+flattered by cache hits: a sample read by several pairs counts once per pass, and the backward's
+re-read of ``tap_window_means``' input only where it does not fit the device's L2 cache (a forward
+and backward timed back to back could otherwise take it from there).
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 
 from rsg_fast.bench.cases import LAMBDA_MV, Case, triton_unavailable
-from rsg_fast.bench.inputs import InputPool
-from rsg_fast.bench.settings import Setting, pair_count
+from rsg_fast.bench.inputs import InputPool, rotations_for
+from rsg_fast.bench.settings import Setting, label_counts
 
 OPS = ("center_assign", "displacement", "mv_terms", "mv_terms_rows", "tap_window_means")
 OP_IMPLS = ("reference", "torch", "triton")
@@ -45,7 +54,6 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
     s, device, dtype = setting, pool.device, pool.dtype
     e = dtype.itemsize
     N, (C, H, W), K = s.batch, s.maps, s.centers
-    M = max(1, pair_count(s))
     plane = C * H * W * e
     dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
     salt = iter(range(seed * 100 + 7000, seed * 100 + 7100))
@@ -60,14 +68,13 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
 
     L, D = s.num_classes, s.dim
     gen = torch.Generator().manual_seed(seed + 23)
-    labels = torch.randint(0, L, (N,), generator=gen).to(device)
     if op == "center_assign":
         params = [randn(L, K, C, grad=True, like_params=True), randn(L, C, K, grad=True, like_params=True),
                   randn(L, K, grad=True, like_params=True)]
         g_cesc = randn(N, like_params=True)
 
         def fn():
-            x, _ = pool.next()
+            x, labels = pool.next()     # the long-tailed labels: a few classes hold most samples
             x = x.detach()
             for p in params:
                 p.grad = None
@@ -76,14 +83,18 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
             else:   # labels in range by construction, as in the module: no range check
                 cesc = ops.center_assign(x, labels, *params, backend=impl, check_target=False)[3]
             cesc.backward(g_cesc.to(cesc.dtype))
-        # reads x and each sample's centres and linear map; writes the three dense parameter gradients
-        return case(fn, N * plane + 2 * N * K * C * 4 + 2 * L * K * C * 4)
+        # reads x and the centres and linear map of each class present; writes the three dense
+        # parameter gradients (every class's, zeros for the absent ones)
+        present = sum(1 for n in label_counts(s) if n)
+        return case(fn, N * plane + 2 * present * K * C * 4 + (2 * L * K * C + L * K) * 4)
 
-    index = torch.randint(0, N, (2 * M,), generator=gen).to(device)
-    row = torch.randint(0, L * K, (N,), generator=gen).to(device)
+    head_index, tail_index = _pairs(s, pool.host_labels[0], device)
+    M = head_index.shape[0]
+    # each sample's closest centre is one of its own class's K (the module's rows)
+    row = (pool.host_labels[0] * K + torch.randint(0, K, (N,), generator=gen)).to(device)
     table = randn(L * K, C, like_params=True)
+    distinct_heads, distinct_tails = (int(t.unique().numel()) for t in (head_index, tail_index))
     if op == "displacement":
-        head_index = index[:M]
 
         def fn():
             x, _ = pool.next()
@@ -92,21 +103,27 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
                 naive.displacement(x, head_index, row, table)
             else:   # indices in range by construction, as in the module: no range check
                 ops.displacement(x, head_index, row, table, backend=impl, check_indices=False)
-        return case(fn, 2 * M * plane)   # reads M gathered samples, writes M displacements
+        # reads the gathered samples (each distinct one once) and their centre rows, writes M displacements
+        return case(fn, (distinct_heads + M) * plane + M * C * 4)
 
     if op == "tap_window_means":
-        pre = randn(M, H, W, D, grad=True)
+        pre_bytes = M * H * W * D * e
+        # rotated like the feature maps, so a replayed CUDA graph does not find its input in cache
+        pres = [randn(M, H, W, D, grad=True) for _ in range(rotations_for(pre_bytes, device))]
+        rotation = itertools.count()
         g_means = randn(M, D, 3, 3, like_params=True)
 
         def fn():
+            pre = pres[next(rotation) % len(pres)]
             pre.grad = None
             means = (naive.tap_window_means(pre) if impl == "reference"
                      else ops.relu_tap_window_means(pre, backend=impl))
             means.backward(g_means.to(means.dtype))
-        return case(fn, 3 * M * H * W * D * e)    # reads pre forward and backward, writes its gradient
+        # reads pre forward (and backward, unless it fits the L2 cache), writes its gradient
+        passes = 3 if pre_bytes > _l2_bytes(device) else 2
+        return case(fn, passes * pre_bytes)
 
     grouping = "rows" if op == "mv_terms_rows" else "location"
-    tail_index = index[M:]
     v = randn(M, C, H, W)
     tv = randn(M, C, H, W, grad=True)
     g_new = randn(M, C, H, W)
@@ -122,5 +139,27 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
             new, terms = ops.mv_terms(tv, v, x, tail_index, row, table, grouping, backend=impl, check_indices=False)
         torch.autograd.backward([new, terms], [g_new, g_terms.to(terms.dtype)])
     # forward reads tv, v, x[tail] (u is rebuilt from x and the centre) and writes new; backward reads
-    # g_new, tv, x[tail] and writes grad tv
-    return case(fn, 8 * M * plane)
+    # g_new, tv, x[tail] and writes grad tv (each distinct tail sample once per pass)
+    return case(fn, (6 * M + 2 * distinct_tails) * plane)
+
+
+def _pairs(setting: Setting, labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generation phase's (head_index, tail_index) for one batch of labels (Algorithm 1, the
+    library's pairing), on ``device``; at least one pair (the setting's batch always has a head and
+    a tail, see ``settings.label_counts``)."""
+    from rsg_fast import ops
+
+    head_table = torch.zeros(setting.num_classes, dtype=torch.bool)
+    head_table[list(setting.head_classes)] = True
+    is_head, counts = ops.batch_plan(labels.cpu(), head_table, setting.transfer_strength, backend="torch")
+    n_new = int(counts[1])
+    if n_new < 1:
+        raise ValueError(f"setting {setting.name!r} makes no pair from its labels; the fused ops need one")
+    head_index, tail_index = ops.pair_indices(is_head, counts, n_new, backend="torch")
+    return head_index.to(device), tail_index.to(device)
+
+
+def _l2_bytes(device: torch.device) -> int:
+    """The device's L2 cache size in bytes (0 off CUDA: no re-read is assumed to hit a cache there)."""
+    return torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
+
