@@ -4,9 +4,11 @@ A fast-path result is compared with a float64 reference computed on the same inp
 ``|actual - expected| <= rtol * |expected| + rtol * scale`` elementwise, ``scale`` being the
 quantity's size (max |expected|, at least 1), so values near zero are judged against the size of
 the whole tensor rather than their own. (The floor of 1 makes the bound absolute, rtol, for
-quantities much smaller than 1: pass ``scale`` to judge those against their own size.) ``rtol`` per dtype (``TOLERANCES``): fp64 1e-10;
-fp32 1e-5; fp16 2e-3 and bf16 1.6e-2 for tensors stored in that dtype (about one rounding); 1e-4
-for statistics accumulated in fp32 from fp16/bf16 inputs (``STATS_TOLERANCE``).
+quantities much smaller than 1: pass ``scale`` to judge those against their own size.)
+
+``rtol`` per dtype (``TOLERANCES``): fp64 1e-10; fp32 1e-5; fp16 2e-3 and bf16 1.6e-2 for tensors
+stored in that dtype (about one rounding); 1e-4 for statistics accumulated in fp32 from fp16/bf16
+inputs (``STATS_TOLERANCE``).
 """
 from __future__ import annotations
 

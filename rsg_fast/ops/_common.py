@@ -106,8 +106,9 @@ def check_index(name: str, index, length, bound, ref_name: str, ref: torch.Tenso
                 check_values: bool = True) -> torch.Tensor:
     """A 1-D integer index of ``length`` values in [0, bound); returned as contiguous int64.
 
-    ``length=None`` accepts any length (and ``bound`` is unused when ``check_values`` is False). The range check costs a pass (a host sync on the CPU, an
-    asynchronous device assert on CUDA); callers that built the index in range skip it."""
+    ``length=None`` accepts any length (and ``bound`` is unused when ``check_values`` is False).
+    The range check costs a pass (a host sync on the CPU, an asynchronous device assert on CUDA);
+    callers that built the index in range skip it."""
     if not isinstance(index, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of int64, got {type(index).__name__}")
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:

@@ -4,8 +4,8 @@
 Each function computes its op's contract (docs/ops-contract.md) the most obvious way, in the dtype
 of its inputs (tests pass float64 copies: ``upcast``), materialising whatever is clearest (the
 N x K x C x H x W differences, F.normalize on every vector). They are differentiable with ordinary
-autograd, so they give reference gradients too. Never optimise them: their job is to be obviously right and independent of the
-fast paths (they share no code with ``rsg_fast.ops``).
+autograd, so they give reference gradients too. Never optimise them: their job is to be obviously
+right and independent of the fast paths (they share no code with ``rsg_fast.ops``).
 """
 from __future__ import annotations
 
