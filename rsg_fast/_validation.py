@@ -51,7 +51,8 @@ def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_mod
 
 
 def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
-    """Head (frequent) class ids: integers in [0, num_classes), no repeats. Returns a tuple."""
+    """Head (frequent) class ids: integers (0-d integer tensors too) in [0, num_classes), no repeats,
+    as a sequence or a 1-D integer tensor or array. Returns a tuple."""
     if isinstance(head_class_lists, torch.Tensor):
         if head_class_lists.dim() > 1 or head_class_lists.is_floating_point() or head_class_lists.is_complex():
             raise TypeError("head_class_lists must be a sequence or 1-D integer tensor of class ids, "
@@ -66,6 +67,9 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
         raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
     heads = []
     for c in head_class_lists:
+        if (isinstance(c, torch.Tensor) and c.dim() == 0 and not c.is_floating_point() and not c.is_complex()
+                and c.dtype != torch.bool):
+            c = c.item()      # e.g. list(counts.topk(k).indices), which the published torch.Tensor(...) took
         if isinstance(c, bool) or not isinstance(c, numbers.Integral):
             raise TypeError(f"head_class_lists must hold integer class ids, got {c!r}")
         if not 0 <= int(c) < num_classes:

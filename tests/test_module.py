@@ -285,6 +285,24 @@ def test_head_classes_as_tensor_or_numpy_array():
         fast(x, np.array([0.0, 1.0]), y, 10)
 
 
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+def test_head_classes_as_list_of_scalar_tensors(cls):
+    """The published code builds torch.Tensor(head_class_lists), which takes a list of 0-d tensors
+    (list(counts.topk(k).indices)); the drop-in must take it too, in the constructor and in forward.
+    A set, which torch.Tensor refuses too, stays a TypeError naming the argument."""
+    torch.manual_seed(0)
+    m = cls(2, [4, 3, 3], 4, 5, [torch.tensor(0), torch.tensor(1)], 1.0, 3)
+    assert m.head_class_lists == [0, 1]
+    y, x = torch.tensor([0, 2, 1, 3, 0]), torch.randn(5, 4, 3, 3)
+    expect = m(x, [0, 1], y, 10)
+    for heads in ([torch.tensor(0), torch.tensor(1)], torch.tensor([1, 0]).unbind()):
+        got = m(x, heads, y, 10)
+        assert torch.equal(got[3], expect[3]) and torch.equal(got[2], expect[2])
+    for bad in ([torch.tensor(0.0)], [torch.tensor([0, 1])], {0, 1}):
+        with pytest.raises(TypeError, match="head_class_lists"):
+            m(x, bad, y, 10)
+
+
 def test_non_square_maps_and_fp32_default():
     m = RSG(3, [6, 3, 8], 5, 7, [0], 1.0, 1)
     out, cesc, mv, y = m(torch.randn(4, 6, 3, 8), [0], torch.tensor([0, 1, 2, 0]), 2)
