@@ -272,6 +272,18 @@ def test_resuming_a_finished_run_trains_nothing_and_writes_nothing(learned_run, 
     assert {f: (tmp_path / "done" / f).read_bytes() for f in before} == before
 
 
+def test_a_new_run_does_not_overwrite_a_run_folder_without_resume(learned_run, tmp_path, capsys):
+    """Re-running a command (say with one flag changed) into a folder that holds a run, without
+    --resume, used to train from scratch over it: its checkpoints and metrics were silently replaced."""
+    out = str(tmp_path / "run")
+    shutil.copytree(learned_run[0], out)
+    before = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+    assert main(TINY + ["--epochs", "2", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {out} already holds a run" in err and "--resume" in err
+    assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
+
+
 def test_speed_flags_bf16_channels_last_and_compile(tmp_path, monkeypatch):
     """--amp bf16 --channels-last and --compile train through RSG's generation phase (3 epochs:
     threshold 1) and write checkpoints that load into the plain network. --compile is checked with

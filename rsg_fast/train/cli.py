@@ -1,8 +1,9 @@
 """``rsg-fast train``: the order of a run, and how each kind of failure reaches the user.
 
 1. The command line is parsed and resolved into a ``TrainConfig``; every check that needs no data
-   runs here (flags, device, RSG backend, whether ``--out`` can be written, the resume checkpoint
-   exists). A failure is ``rsg-fast train: error: ...`` with exit status 2, and nothing is written.
+   runs here (flags, device, RSG backend, whether ``--out`` can be written and holds no run that a new
+   one would overwrite, the resume checkpoint exists). A failure is ``rsg-fast train: error: ...`` with
+   exit status 2, and nothing is written.
 2. Set-up (data, model, resume) can still fail on the input: the same error, status 2, nothing written.
 3. A resumed run that is already complete says so and exits 0 without training.
 4. Training; a run folder that stops accepting writes (a full disk) ends it with status 1 and a
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = resume_path(config.out, args.resume)
         if proc.is_main:
             check_writable(config.out)
+            check_no_run_to_overwrite(config.out, resume)
         if resume is not None and not os.path.isfile(resume):
             raise ValueError(f"--resume: checkpoint not found: {os.path.abspath(resume)!r}")
         if proc.is_main:
@@ -70,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_no_run_to_overwrite(out: str, resume: str | None) -> None:
+    """``ValueError`` naming ``--out`` when a new run (no ``--resume``) would train over the run that
+    ``out`` holds: its checkpoints and metrics would be replaced from the first epoch on."""
+    if resume is None and os.path.isfile(os.path.join(out, ckpt.LAST)):
+        raise ValueError(f"--out {out} already holds a run ({ckpt.LAST}); continue it with --resume, or start "
+                         "a new run in another --out (or remove that folder first)")
 
 
 def check_rsg_backend(config: TrainConfig) -> None:
