@@ -153,8 +153,18 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
 def test_paper_defaults_and_fractions():
     cfg = resolve_config(build_parser().parse_args([]))
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (200, 128, 0.1, 0.9, 2e-4)
-    assert cfg.lr_milestones == [160, 180] and cfg.lr_factors == [0.01, 0.0001] and cfg.warmup_epochs == 5
+    assert cfg.lr_milestones == [159, 179] and cfg.lr_factors == [0.01, 0.0001] and cfg.warmup_epochs == 5
     assert cfg.epoch_thresh == 159 and cfg.drw_epoch == 160
+    # the published RSG cifar_train.py: with e1 = epoch index + 1, lr x e1/5 while e1 <= 5, x0.0001 once
+    # e1 > 179, x0.01 once e1 > 159: the lr drops at index 159, one epoch before DRW and generation
+    def published_lr(e):
+        e1 = e + 1
+        return 0.1 * (e1 / 5 if e1 <= 5 else 0.0001 if e1 > 179 else 0.01 if e1 > 159 else 1.0)
+    from rsg_fast.losses import paper_lr
+    got = [paper_lr(e, cfg.lr, cfg.warmup_epochs, cfg.lr_milestones, cfg.lr_factors) for e in range(200)]
+    assert got == pytest.approx([published_lr(e) for e in range(200)], rel=1e-12)
+    given = resolve_config(build_parser().parse_args(["--lr-milestones", "60", "80", "--epochs", "100"]))
+    assert given.drw_epoch == 60 and given.epoch_thresh == 59      # given milestones: the first one
     assert (cfg.head_ratio, cfg.transfer_strength, cfg.lambda_cesc, cfg.lambda_mv, cfg.n_center) \
         == (0.2, 1.0, 0.1, 0.01, 15)
     assert cfg.mv_loss == "original"          # the published code's grouping (issue 10); --mv-loss paper: Eq. 6

@@ -67,7 +67,8 @@ def build_parser() -> Parser:
     r.add_argument("--transfer-strength", type=positive_float("--transfer-strength"), default=None,
                    help="beta (default: 1.0; with --imb-type step 0.01)")
     r.add_argument("--epoch-thresh", type=int, default=None,
-                   help="RSG generates after this epoch index (default: first lr milestone - 1, 159 of 200)")
+                   help="RSG generates after this epoch index (default: 159/200 of --epochs, or the first "
+                        "--lr-milestones given - 1)")
     r.add_argument("--lambda-cesc", type=nonneg_float("--lambda-cesc"), default=0.1, help="lambda1, CESC loss weight")
     r.add_argument("--lambda-mv", type=nonneg_float("--lambda-mv"), default=0.01, help="lambda2, MV loss weight")
     r.add_argument("--mv-loss", default="original", choices=("original", "paper"),
@@ -81,7 +82,8 @@ def build_parser() -> Parser:
     o.add_argument("--train-rule", default="DRW", choices=TRAIN_RULES,
                    help="re-weighting / re-sampling rule (DRW, DRS: deferred, from --drw-epoch)")
     o.add_argument("--drw-epoch", type=nonneg_int("--drw-epoch"), default=None,
-                   help="epoch of the DRW/DRS switch (default: the first lr milestone)")
+                   help="epoch of the DRW/DRS switch (default: the first --lr-milestones given, else 160/200 of "
+                        "--epochs)")
     o.add_argument("--cb-beta", type=in_range("--cb-beta", 0, 1, high_open=True), default=0.9999,
                    help="class-balanced weights' beta")
     o.add_argument("--focal-gamma", type=nonneg_float("--focal-gamma"), default=1.0, help="focal loss's gamma")
@@ -98,7 +100,8 @@ def build_parser() -> Parser:
     t.add_argument("--warmup-epochs", type=nonneg_int("--warmup-epochs"), default=None,
                    help="linear warm-up (default: 5, at most the first milestone - 1)")
     t.add_argument("--lr-milestones", type=nonneg_int("--lr-milestones"), nargs="+", default=None,
-                   help="epochs where the lr drops (default: 160/200 and 180/200 of --epochs)")
+                   help="epoch indices where the lr drops (default: 159/200 and 179/200 of --epochs, as the "
+                        "published RSG script)")
     t.add_argument("--lr-factors", type=positive_float("--lr-factors"), nargs="+", default=[0.01, 0.0001],
                    help="lr = base lr x factor from each milestone on")
 

@@ -123,14 +123,18 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     epochs, step = args.epochs, args.imb_type == "step"
     milestones = args.lr_milestones
-    if milestones is None:  # the paper's 160/200 and 180/200
-        milestones = [round(epochs * 160 / 200), round(epochs * 180 / 200)]
+    if milestones is None:
+        # The published RSG CIFAR script drops the lr at epoch indices 159 and 179 (`epoch + 1 > 159`),
+        # one epoch before DRW and RSG's generation phase start, at 160: the paper's fractions of 200.
+        milestones = [round(epochs * 159 / 200), round(epochs * 179 / 200)]
     if len(milestones) != len(args.lr_factors):
         raise ValueError(f"--lr-milestones ({len(milestones)} values) and --lr-factors ({len(args.lr_factors)} "
                          "values) must have the same length")
     if list(milestones) != sorted(milestones):
         raise ValueError(f"--lr-milestones must be increasing, got {milestones}")
     first = milestones[0] if milestones else epochs
+    # DRW/DRS epoch and epoch_thresh + 1: the first milestone if given, else 160/200 of the epochs
+    switch = first if args.lr_milestones is not None else round(epochs * 160 / 200)
 
     def given(value, default):
         return default if value is None else value
@@ -144,9 +148,9 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
         contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
         transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
-        epoch_thresh=given(args.epoch_thresh, first - 1), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
+        epoch_thresh=given(args.epoch_thresh, switch - 1), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
         use_norm=args.loss_type == "LDAM" if args.use_norm is None else args.use_norm == "yes",
-        loss_type=args.loss_type, train_rule=args.train_rule, drw_epoch=given(args.drw_epoch, first),
+        loss_type=args.loss_type, train_rule=args.train_rule, drw_epoch=given(args.drw_epoch, switch),
         cb_beta=args.cb_beta, focal_gamma=args.focal_gamma, ldam_max_m=args.ldam_max_m, ldam_s=args.ldam_s,
         lambda_cesc=args.lambda_cesc, lambda_mv=args.lambda_mv, epochs=epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
