@@ -137,7 +137,9 @@ def check_forward_arguments(module, feature_maps, target, epoch):
         epoch = epoch.item()
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
         raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
-    if (isinstance(epoch, float) and not math.isfinite(epoch)) or epoch < 0:
+    # NaN and +-inf by comparisons, not math.isfinite: under torch.compile a float epoch becomes a
+    # dynamic (symbolic) float at its second value, which math.isfinite cannot take
+    if (isinstance(epoch, float) and (epoch != epoch or abs(epoch) == math.inf)) or epoch < 0:
         raise ValueError(f"epoch must be a finite number >= 0, got {epoch}")
     return epoch
 

@@ -136,6 +136,26 @@ def test_a_run_of_epochs_compiles_three_graphs_at_most():
         assert 2 <= _graphs() - start <= 3      # one graph per phase, one more for the first epoch
 
 
+def test_fractional_epochs_compile_with_fullgraph():
+    """A float epoch (epoch + step / steps, as fractional-epoch schedules pass it) becomes a dynamic
+    float at its second value; the epoch check's math.isfinite of it was a dynamo error under
+    fullgraph=True. Values match eager mode in both phases, in a few graphs."""
+    torch.manual_seed(0)
+    eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
+    compiled = torch.compile(eager, backend="eager", fullgraph=True)
+    y = _batches(10, 5, [0, 1], 1, seed=0)[0]
+    with compile_setting():
+        start = _graphs()
+        for epoch in (0.0, 0.5, 1.25, 2.75, THRESH + 0.5, THRESH + 1.5, THRESH + 2.25):
+            x = torch.randn(10, 4, 3, 5, requires_grad=True)
+            got_out, _ = _step(compiled, x, y, epoch)
+            want_out, _ = _step(eager, x, y, epoch)
+            assert (got_out[0].shape[0] > 10) == (epoch > THRESH)
+            for a, b in zip(got_out, want_out):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert _graphs() - start <= 3
+
+
 @pytest.mark.parametrize("compiler", COMPILERS)
 def test_compiled_batches_of_one_and_none(compiler):
     """An epoch's last batch may hold one sample (or, sharded, none): no pair can be made, and the
