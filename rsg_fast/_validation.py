@@ -113,22 +113,32 @@ def check_forward_arguments(module, feature_maps, target, epoch):
                          f"the constructor (feature_maps_shape), got {tuple(feature_maps.shape[1:])}")
     if not feature_maps.is_floating_point():
         raise TypeError(f"feature_maps must be a floating-point tensor, got {feature_maps.dtype}")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor of class labels, got {type(target).__name__}")
-    if target.dim() != 1 or target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise TypeError(f"target must be a 1-D integer tensor of class labels, got a {target.dim()}-D "
-                        f"{target.dtype} tensor")
-    if target.shape[0] != feature_maps.shape[0]:
-        raise ValueError(f"target must have one label per sample: feature_maps has batch {feature_maps.shape[0]}, "
-                         f"target has length {target.shape[0]}")
-    if target.device != feature_maps.device:
-        raise ValueError(f"target is on {target.device} but feature_maps is on {feature_maps.device}; "
-                         "put them on the same device")
+    check_target(target, feature_maps)
     param = module.centers
     if feature_maps.device != param.device:
         raise ValueError(f"feature_maps is on {feature_maps.device} but the RSG parameters are on {param.device}; "
                          "move the module with .to(device)")
     check_maps_dtype(feature_maps.dtype, param.dtype, feature_maps.device.type)
+    return check_epoch(epoch)
+
+
+def check_target(target, batch: torch.Tensor, batch_name: str = "feature_maps") -> None:
+    """``target``: a 1-D integer tensor with one label per sample of ``batch``, on its device."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class labels, got {type(target).__name__}")
+    if target.dim() != 1 or target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must be a 1-D integer tensor of class labels, got a {target.dim()}-D "
+                        f"{target.dtype} tensor")
+    if target.shape[0] != batch.shape[0]:
+        raise ValueError(f"target must have one label per sample: {batch_name} has batch {batch.shape[0]}, "
+                         f"target has length {target.shape[0]}")
+    if target.device != batch.device:
+        raise ValueError(f"target is on {target.device} but {batch_name} is on {batch.device}; "
+                         "put them on the same device")
+
+
+def check_epoch(epoch):
+    """``epoch`` as a Python number >= 0 (a 1-element tensor or a numpy scalar is read once, here)."""
     if isinstance(epoch, torch.Tensor):
         if epoch.numel() != 1:
             raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")

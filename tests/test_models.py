@@ -92,6 +92,31 @@ def test_paper_imagenet_placement_infers_1024x14x14():
     assert m.rsg.feature_maps_shape == [1024, 14, 14]
 
 
+@pytest.mark.parametrize("arch, size", [("resnet8", 16), ("resnet18", 32)])
+def test_a_training_call_rsg_rejects_moves_no_batchnorm_statistic(arch, size):
+    """RSG checks its arguments after the stages before it ran, whose BatchNorm layers had already
+    updated their running statistics: a rejected call changed the model. The model checks what it
+    can before its first layer (the label range where the labels are on the CPU, or host_target)."""
+    torch.manual_seed(0)
+    m = build_model(arch, 6, rsg=RSG_OPTS, head_classes=[0, 1], input_size=size).train()
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    bad_calls = [
+        ((x, torch.tensor([0, 1, 6, 3]), 5), {}, ValueError, "target holds label 6"),
+        ((x, torch.tensor([0, 1, 2]), 5), {}, ValueError, "one label per sample: x has batch 4"),
+        ((x, y.float(), 5), {}, TypeError, "target must be a 1-D integer"),
+        ((x, y), {}, ValueError, "epoch is required"),
+        ((x, y, -1), {}, ValueError, "epoch must be a finite number"),
+        ((x, y, 5), dict(host_target=torch.tensor([0, 1, 2, 6])), ValueError, "host_target"),
+    ]
+    for args, kwargs, exc, words in bad_calls:
+        with pytest.raises(exc, match=words):
+            m(*args, **kwargs)
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()), words
+    logits, y_out, _, _ = m(x, y, 5)                      # a good call still trains as before
+    assert y_out.shape[0] > 4 and logits.shape[0] == y_out.shape[0]
+
+
 def test_model_errors_name_the_argument():
     with pytest.raises(ValueError, match="arch"):
         build_model("vgg16", 10)

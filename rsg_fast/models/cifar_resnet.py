@@ -87,6 +87,7 @@ class CifarResNet(RSGModelMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None, *,
                 host_target: torch.Tensor | None = None):
+        epoch = self._check_rsg_inputs(x, target, epoch, host_target)   # before any BatchNorm moves
         out = F.relu(self.bn1(self.conv1(x)))
         extra = None
         for i, layer in enumerate((self.layer1, self.layer2, self.layer3), 1):

@@ -8,6 +8,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from rsg_fast._validation import (HOST_TARGET_MESSAGE, check_epoch, check_host_target, check_target,
+                                  raise_for_labels)
+
 RSG_PREFIX = "rsg."
 
 # RSG's own options a model passes through (everything but the shape and class count it infers).
@@ -40,12 +43,29 @@ class RSGModelMixin:
     rsg: nn.Module | None
     head_classes: list[int]
 
+    def _check_rsg_inputs(self, x: torch.Tensor, target: torch.Tensor | None, epoch, host_target=None):
+        """Before the first layer: what RSG would reject after the stages before it, whose BatchNorm
+        layers would already have moved their running statistics. The label range only where it costs
+        no device synchronisation (labels on the CPU, or ``host_target``), and not under torch.compile
+        (there RSG's asynchronous assert checks it). Returns the epoch as a number (read once)."""
+        if target is None or self.rsg is None or not self.training:
+            return epoch
+        if epoch is None:
+            raise ValueError("epoch is required when training with RSG: model(x, target, epoch)")
+        check_target(target, x, "x")
+        epoch = check_epoch(epoch)
+        labels = target if host_target is None else check_host_target(host_target, target)
+        if (not torch.compiler.is_compiling() and self.rsg.validate and labels.device.type == "cpu"
+                and labels.numel()):
+            if host_target is not None and target.device.type == "cpu" and not torch.equal(target.long(), labels):
+                raise ValueError(HOST_TARGET_MESSAGE)
+            raise_for_labels(int(labels.min()), int(labels.max()), self.rsg.num_classes)
+        return epoch
+
     def _rsg_step(self, feats: torch.Tensor, target: torch.Tensor | None, epoch, host_target=None):
         if target is None:
             return feats, None
         if self.rsg is not None and self.training:
-            if epoch is None:
-                raise ValueError("epoch is required when training with RSG: model(x, target, epoch)")
             extras = {} if host_target is None else {"host_target": host_target}
             feats, cesc, mv, target = self.rsg(feats, self.head_classes, target, epoch, **extras)
             return feats, (target, cesc, mv)

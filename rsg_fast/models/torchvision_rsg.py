@@ -52,6 +52,7 @@ class TorchvisionRSG(RSGModelMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None, *,
                 host_target: torch.Tensor | None = None):
+        epoch = self._check_rsg_inputs(x, target, epoch, host_target)   # before any BatchNorm moves
         out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         extra = None
         for i in range(1, 5):
