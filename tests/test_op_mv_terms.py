@@ -175,8 +175,10 @@ def test_bad_arguments():
     tv, v, x, ti, row, table = _inputs(2, 3, 2, 4, 2, 2)
     with pytest.raises(ValueError, match="grouping"):
         ops.mv_terms(tv, v, x, ti, row, table, "channels")
-    with pytest.raises(ValueError, match="v must have the shape of tv"):
-        ops.mv_terms(tv, v[:1], x, ti, row, table, "rows")
+    for t, w in ((tv, v[:1]), (tv[:, :, :1], v)):     # a wrong v, a wrong tv: both shapes named
+        with pytest.raises(ValueError, match=rf"tv and v must have the same shape .*tv \({t.shape[0]}, "
+                                             rf"{t.shape[1]}, {t.shape[2]}, .*v \({w.shape[0]}, "):
+            ops.mv_terms(t, w, x, ti, row, table, "rows")
     with pytest.raises(ValueError, match="x must have shape"):
         ops.mv_terms(tv, v, x[:, :2], ti, row, table, "rows")
     with pytest.raises(TypeError, match="v must be a floating-point"):

@@ -180,7 +180,9 @@ def mv_terms(tv: Tensor, v: Tensor, x: Tensor, tail_index: Tensor, row: Tensor, 
         check_tensor(name, t, 4)
     check_tensor("table", table, 2)
     if v.shape != tv.shape:
-        raise ValueError(f"v must have the shape of tv {tuple(tv.shape)}, got {tuple(v.shape)}")
+        # either may be the wrong one: name both
+        raise ValueError(f"tv and v must have the same shape (M, C, H, W), got tv {tuple(tv.shape)} "
+                         f"and v {tuple(v.shape)}")
     if x.shape[1:] != tv.shape[1:]:
         raise ValueError(f"x must have shape (N, {', '.join(map(str, tv.shape[1:]))}) to match tv, "
                          f"got {tuple(x.shape)}")
