@@ -36,6 +36,7 @@ def test_tiny_run_exits_zero_and_prints_table(tiny_run):
     _, proc = tiny_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[tiny]" in proc.stdout and "targets (reported, never asserted)" in proc.stdout
+    assert "--quick: a few rounds per row, so met / missed below is indicative only" in proc.stdout
     for variant in ("reference", "rsg-torch", "resnet32", "resnet32+reference", "resnet32+rsg"):
         assert variant in proc.stdout
 
@@ -170,6 +171,8 @@ def test_op_rows_relate_to_the_plain_reference(small_run):
 
 def test_report_lists_op_rows_and_skipped_variants(small_run):
     text = report.format_report(small_run[0])
+    full = report.format_report(small_run[0] | {"timing": small_run[0]["timing"] | {"quick": False}})
+    assert "indicative only" in text and "indicative only" not in full      # only a --quick run says so
     assert "fused ops, one call each" in text and "center_assign:torch" in text
     assert "rsg-triton" in text and "(contrastive) skipped: needs CUDA" in text
 

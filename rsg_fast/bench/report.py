@@ -102,6 +102,9 @@ def format_report(result: dict) -> str:
             lines += ["  fused ops, one call each (us = microseconds):"] + _op_lines(ops)
     if result.get("targets"):
         lines += ["", "targets (reported, never asserted):"]
+        if result.get("timing", {}).get("quick"):
+            lines.append("  (--quick: a few rounds per row, so met / missed below is indicative only; "
+                         "judge the targets on a run without --quick)")
         goals = {}
         for t in result["targets"]:
             goals.setdefault(t["target"], t["goal"])
