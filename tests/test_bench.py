@@ -283,7 +283,10 @@ def test_op_cases_pair_like_the_module_and_count_each_sample_once_per_pass(monke
     cases = {op: op_cases.op_case(op, "torch", s, pool) for op in op_cases.OPS}
     for case in cases.values():
         case.fn()
-    assert cases["displacement"].bytes_moved == (heads.unique().numel() + M) * plane + M * s.channels * 4
+    head_rows = (pool.host_labels[0] * s.centers
+                 + torch.randint(0, s.centers, (s.batch,), generator=torch.Generator().manual_seed(23)))[heads]
+    assert cases["displacement"].bytes_moved == ((heads.unique().numel() + M) * plane
+                                                 + head_rows.unique().numel() * s.channels * 4)
     assert cases["mv_terms"].bytes_moved == (6 * M + 2 * tails.unique().numel()) * plane
     tap_bytes = M * s.height * s.width * s.dim * 4
     assert cases["tap_window_means"].bytes_moved == 3 * tap_bytes          # no L2 assumed off CUDA
@@ -296,6 +299,22 @@ def test_op_cases_pair_like_the_module_and_count_each_sample_once_per_pass(monke
     for _ in range(2):
         tap.fn()
     assert seen[0] is not seen[1]
+
+
+def test_op_case_bytes_never_count_a_cache_hit_as_device_traffic(monkeypatch):
+    """A centre row that several heads share is read from device memory once (cifar10: 45 pairs
+    over 24 distinct rows), and of the tap-window input only the part the L2 cache cannot hold is
+    re-read by the backward: an input one byte larger than the L2 is not a whole third pass."""
+    s = bc.SETTINGS["cifar10"]
+    pool = bc.InputPool(s, "cpu", rotations=2)
+    heads, _ = op_cases._pairs(s, pool.host_labels[0], pool.device)
+    M, C, plane = heads.numel(), s.channels, s.channels * s.height * s.width * 4
+    disp = op_cases.op_case("displacement", "torch", s, pool)
+    row_bytes = disp.bytes_moved - (heads.unique().numel() + M) * plane
+    assert row_bytes % (C * 4) == 0 and row_bytes // (C * 4) < M        # fewer rows than pairs
+    tap_bytes = M * s.height * s.width * s.dim * 4
+    monkeypatch.setattr(op_cases, "_l2_bytes", lambda device: tap_bytes - 1)
+    assert op_cases.op_case("tap_window_means", "torch", s, pool).bytes_moved == 2 * tap_bytes + 1
 
 
 def test_host_target_variants_run_their_calls_on_the_cpu_too():

@@ -17,9 +17,9 @@ their API changes, this file changes and nothing else in the bench.
 The pairs are the module's: Algorithm 1 on the pool's long-tailed labels (each head used once and
 each tail several times, or the other way round), each sample's centre row in its own class. The
 bytes are the least a call must move from device memory, so that a share of copy bandwidth is never
-flattered by cache hits: a sample read by several pairs counts once per pass, and the backward's
-re-read of ``tap_window_means``' input only where it does not fit the device's L2 cache (a forward
-and backward timed back to back could otherwise take it from there).
+flattered by cache hits: a sample (or centre row) read by several pairs counts once per pass, and the
+backward's re-read of ``tap_window_means``' input only for the part the device's L2 cache cannot hold
+(a forward and backward timed back to back could otherwise take it from there).
 """
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
     row = (pool.host_labels[0] * K + torch.randint(0, K, (N,), generator=gen)).to(device)
     table = randn(L * K, C, like_params=True)
     distinct_heads, distinct_tails = (int(t.unique().numel()) for t in (head_index, tail_index))
+    # centre rows the heads read: several heads of a class often share their closest centre
+    distinct_rows = int(row[head_index].unique().numel())
     if op == "displacement":
 
         def fn():
@@ -103,8 +105,8 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
                 naive.displacement(x, head_index, row, table)
             else:   # indices in range by construction, as in the module: no range check
                 ops.displacement(x, head_index, row, table, backend=impl, check_indices=False)
-        # reads the gathered samples (each distinct one once) and their centre rows, writes M displacements
-        return case(fn, (distinct_heads + M) * plane + M * C * 4)
+        # reads the gathered samples and their centre rows (each distinct one once), writes M displacements
+        return case(fn, (distinct_heads + M) * plane + distinct_rows * C * 4)
 
     if op == "tap_window_means":
         pre_bytes = M * H * W * D * e
@@ -119,9 +121,10 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
             means = (naive.tap_window_means(pre) if impl == "reference"
                      else ops.relu_tap_window_means(pre, backend=impl))
             means.backward(g_means.to(means.dtype))
-        # reads pre forward (and backward, unless it fits the L2 cache), writes its gradient
-        passes = 3 if pre_bytes > _l2_bytes(device) else 2
-        return case(fn, passes * pre_bytes)
+        # reads pre forward, writes its gradient, and re-reads backward what the L2 cache cannot have
+        # kept of it (all of it off CUDA; none where it fits): a step from 2 to 3 passes at the L2's
+        # size would count up to one whole pass that the cache may serve
+        return case(fn, 2 * pre_bytes + max(0, pre_bytes - _l2_bytes(device)))
 
     grouping = "rows" if op == "mv_terms_rows" else "location"
     v = randn(M, C, H, W)
