@@ -247,8 +247,9 @@ def _mv_terms_bwd_kernel(
 
 
 def _blocks(C: int, HW: int, rows: bool):
-    """(BLOCK_Q, BLOCK_J): tiles of at most 1024 elements (four of them live at once in the forward
-    and backward; larger tiles cost registers, about 150 at 1024 channels with 2048-element tiles).
+    """(BLOCK_Q, BLOCK_J): tiles of at most 1024 elements (the forward keeps four [BLOCK_Q, BLOCK_J]
+    sums across its loop besides the tiles each iteration loads; larger tiles cost registers, about
+    150 at 1024 channels with 2048-element tiles).
 
     "rows" takes whole vectors up to 1024 channels (one vector of 1024 at ImageNet-LT's maps): its
     forward reads tv and x twice (the norms first, then the elementwise terms), and the second read

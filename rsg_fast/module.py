@@ -60,7 +60,7 @@ class RSG(RSGParameters):
     ``host_target`` (optional) is ``target`` as a CPU tensor, e.g. the DataLoader's labels before
     they were moved to the GPU: Algorithm 1's counts and pairs are then computed on the CPU and
     copied to the device, so a forward makes no device-to-host synchronisation (``check_finite=True``
-    and ``epoch`` or ``head_class_lists`` given as CUDA tensors still do). With ``validate`` its
+    and ``epoch`` or ``head_class_lists`` given as CUDA tensors, or lists of them, still do). With ``validate`` its
     equality with ``target`` is checked too: at once on the CPU, by a device assert on CUDA.
     """
 

@@ -461,3 +461,14 @@ def test_tensorboard_that_fails_to_start_is_said_once(tmp_path, monkeypatch):
     log = MetricsLog(str(tmp_path), 2, notify=notes.append)
     log.append({k: 1.0 for k in MetricsLog.SCALARS} | {"epoch": 0, "per_class_acc": [1.0, 2.0]})
     assert len(notes) == 1 and "absl" in notes[0] and "no TensorBoard scalars" in notes[0]
+
+
+def test_epoch_thresh_help_states_the_default_it_resolves():
+    """--help's default for --epoch-thresh is the one resolve_config takes: the DRW/DRS epoch - 1
+    (160/200 of --epochs - 1), not 159/200 of --epochs (16 at 20 epochs, where it is 15)."""
+    text = " ".join(build_parser().format_help().split())
+    what = text[text.index("--epoch-thresh EPOCH_THRESH RSG generates"):][:200]
+    for epochs in (20, 50, 100, 200):
+        cfg = resolve_config(build_parser().parse_args(["--epochs", str(epochs)]))
+        assert cfg.epoch_thresh == cfg.drw_epoch - 1 == round(epochs * 160 / 200) - 1
+    assert "DRW/DRS epoch - 1" in what and "159/200" not in what, what

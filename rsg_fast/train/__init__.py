@@ -2,8 +2,9 @@
 
 Defaults follow the paper (LDAM-DRW + RSG on CIFAR): SGD momentum 0.9, weight decay 2e-4, batch 128,
 lr 0.1 with 5 warm-up epochs, x0.01 from epoch 159 and x0.0001 from 179 of 200 (as the published RSG
-script, one epoch before DRW), DRW from 160, RSG's generation after ``epoch_thresh`` 159, head ratio 0.2 (step: 0.5), transfer strength 1.0
-(step: 0.01), lambda1 0.1, lambda2 0.01, K 15, D 256, the published code's MV-loss grouping. Unless
+script, one epoch before DRW), DRW from 160, RSG's generation after ``epoch_thresh`` 159, head ratio
+0.2 (step: 0.5), transfer strength 1.0 (step: 0.01), lambda1 0.1, lambda2 0.01, K 15, D 256, the
+published code's MV-loss grouping. Unless
 given, the milestones, DRW epoch and ``epoch_thresh`` keep those fractions of ``--epochs``, so a short
 run reaches the generation phase. Epochs count from 0 (as in the published scripts): "from epoch 160"
 is the 161st epoch.

@@ -67,8 +67,8 @@ def build_parser() -> Parser:
     r.add_argument("--transfer-strength", type=positive_float("--transfer-strength"), default=None,
                    help="beta (default: 1.0; with --imb-type step 0.01)")
     r.add_argument("--epoch-thresh", type=int, default=None,
-                   help="RSG generates after this epoch index (default: 159/200 of --epochs, or the first "
-                        "--lr-milestones given - 1)")
+                   help="RSG generates after this epoch index (default: the DRW/DRS epoch - 1: 160/200 of "
+                        "--epochs - 1, or the first --lr-milestones given - 1)")
     r.add_argument("--lambda-cesc", type=nonneg_float("--lambda-cesc"), default=0.1, help="lambda1, CESC loss weight")
     r.add_argument("--lambda-mv", type=nonneg_float("--lambda-mv"), default=0.01, help="lambda2, MV loss weight")
     r.add_argument("--mv-loss", default="original", choices=("original", "paper"),
