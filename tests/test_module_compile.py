@@ -136,6 +136,26 @@ def test_a_run_of_epochs_compiles_three_graphs_at_most():
         assert 2 <= _graphs() - start <= 3      # one graph per phase, one more for the first epoch
 
 
+def test_a_run_whose_last_batch_is_smaller_compiles_four_graphs_at_most():
+    """An epoch's smaller last batch (a data loader without drop_last): the batch size, too, is
+    specialised once and then dynamic, so a whole run compiles one graph more than with equal
+    batches (README)."""
+    torch.manual_seed(0)
+    eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
+    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
+    with compile_setting():
+        start = _graphs()
+        for epoch in range(THRESH + 10):       # more epochs than dynamo's recompile limit (8)
+            for n in (10, 10, 7):
+                x = torch.randn(n, 4, 3, 5, requires_grad=True)
+                y = _batches(n, 5, [0, 1], 1, seed=epoch)[0]
+                got_out, _ = _step(compiled, x, y, epoch)
+                want_out, _ = _step(eager, x, y, epoch)
+                assert got_out[0].shape == want_out[0].shape, f"epoch {epoch}, batch {n}"
+                torch.testing.assert_close(got_out[1], want_out[1], rtol=1e-4, atol=1e-4)
+        assert 2 <= _graphs() - start <= 4
+
+
 def test_fractional_epochs_compile_with_fullgraph():
     """A float epoch (epoch + step / steps, as fractional-epoch schedules pass it) becomes a dynamic
     float at its second value; the epoch check's math.isfinite of it was a dynamo error under
