@@ -61,14 +61,14 @@ def _displacement(C, backward=False, HW=1):
         ops.displacement(x, index, index, table, backend=T)
 
 
-def _mv_terms(HW, backward=False, C=64):     # 64 channels or more: 16 positions per program
+def _mv_terms(HW, backward=False, C=64, grouping="location"):   # 64 channels or more: 16 positions per program
     tv = torch.empty(1, C, 1, HW, dtype=torch.float16)
     index, table = torch.zeros(1, dtype=torch.long), torch.empty(1, C, dtype=torch.float16)
     if backward:
         torch.ops.rsg_fast.mv_terms_backward(tv, tv, tv, index, index, table, torch.empty(1, HW, 5), None,
-                                             torch.zeros(2), "location", True, True, False, False, T)
+                                             torch.zeros(2), grouping, True, True, False, False, T)
     else:
-        ops.mv_terms(tv, tv, tv, index, index, table, "location", backend=T)
+        ops.mv_terms(tv, tv, tv, index, index, table, grouping, backend=T)
 
 
 def _tap_window_means(D, backward=False, HW=1):
@@ -89,6 +89,10 @@ CASES = {
     "displacement backward": (lambda C: _displacement(C, True), 65535 * 128, r"x\.shape\[1\] \(C\)"),
     "mv_terms": (_mv_terms, 65535 * 16, r"H \* W of tv"),
     "mv_terms backward": (lambda HW: _mv_terms(HW, True), 65535 * 16, r"H \* W of tv"),
+    # "rows" takes one whole 1024-channel vector per program, and 64-channel chunks past 65535 of them
+    "mv_terms rows, C = 1024": (lambda HW: _mv_terms(HW, C=1024, grouping="rows"), 65535 * 16, r"H \* W of tv"),
+    "mv_terms rows backward, C = 1024": (lambda HW: _mv_terms(HW, True, C=1024, grouping="rows"), 65535 * 16,
+                                         r"H \* W of tv"),
     "relu_tap_window_means": (_tap_window_means, 65535 * 128, r"pre\.shape\[3\] \(D\)"),
     "relu_tap_window_means backward": (lambda D: _tap_window_means(D, True), 65535 * 128, r"pre\.shape\[3\] \(D\)"),
 }
@@ -127,6 +131,14 @@ def test_loop_extent_past_2_30_is_a_value_error(grids, case):
         call(EXTENT + 1)
     call(EXTENT)
     assert grids
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_mv_terms_rows_takes_whole_vectors_until_the_grid_is_full(grids, backward):
+    """At 1024 channels one vector per program up to 65535 of them; one more, and 16 per program."""
+    _mv_terms(65535, backward, C=1024, grouping="rows")
+    _mv_terms(65536, backward, C=1024, grouping="rows")
+    assert grids == [(1, 65535), (1, 4096)]
 
 
 def test_the_torch_backend_has_no_such_limit():

@@ -27,7 +27,7 @@ def table_grad(grad_rows: Tensor, rows: Tensor, table: Tensor) -> Tensor:
     """grad_table[r] = -sum over m with rows[m] == r of the spatial sum of grad_rows[m] (both
     backends; only functional-op users who differentiate w.r.t. the centres need it)."""
     acc = acc_dtype(grad_rows.dtype, table.dtype)
-    sums = grad_rows.sum(dim=(2, 3), dtype=acc)     # accumulates in acc without a cast copy of the rows
+    sums = grad_rows.sum(dim=(2, 3), dtype=acc)     # on CUDA the reduction casts as it reads: no copy first
     return torch.zeros(table.shape, dtype=acc, device=table.device).index_add_(0, rows, -sums).to(table.dtype)
 
 
