@@ -114,66 +114,43 @@ def test_compiled_generation_phase_at_corner_shapes(compiler, maps, dim):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_a_run_of_epochs_compiles_three_graphs_at_most():
-    """Training calls RSG with a new epoch every epoch: dynamo specialises the first epoch, makes it
-    dynamic at the first change, and the phase test splits that graph at the threshold; then no more
-    graphs however long the run (with dynamic=False each epoch would be a graph of its own, and
-    fullgraph=True fails at dynamo's recompile limit: README). The graph count does not depend on the
-    backend, so aot_eager (compiled values per phase are compared with eager mode above)."""
-    torch.manual_seed(0)
-    eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
-    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
-    y = _batches(10, 5, [0, 1], 1, seed=0)[0]
-    with compile_setting():
-        start = _graphs()
-        for epoch in range(THRESH + 12):       # more epochs than dynamo's recompile limit (8)
-            x = torch.randn(10, 4, 3, 5, requires_grad=True)
-            got_out, _ = _step(compiled, x, y, epoch)
-            want_out, _ = _step(eager, x, y, epoch)
-            assert got_out[0].shape == want_out[0].shape, f"epoch {epoch}"
-            assert (got_out[0].shape[0] > 10) == (epoch > THRESH)
-            torch.testing.assert_close(got_out[1], want_out[1], rtol=1e-4, atol=1e-4)
-        assert 2 <= _graphs() - start <= 3      # one graph per phase, one more for the first epoch
+# A run: the epochs, each epoch's batch sizes, and the most graphs compiled over the whole run.
+RUNS = {
+    # dynamo specialises the first epoch, makes it dynamic at the first change, and the phase test
+    # splits that graph at the threshold; then no more graphs however long the run (with
+    # dynamic=False each epoch would be a graph of its own, and fullgraph=True fails at dynamo's
+    # recompile limit of 8: README)
+    "equal batches": (range(THRESH + 12), (10,), 3),
+    # an epoch's smaller last batch (a loader without drop_last): its size, too, is specialised once
+    "a smaller last batch": (range(THRESH + 10), (10, 10, 7), 4),
+    # fractional epochs (epoch + step / steps): a dynamic float from its second value, whose check
+    # with math.isfinite was a dynamo error under fullgraph=True
+    "float epochs": ((0.0, 0.5, 1.25, 2.75, THRESH + 0.5, THRESH + 1.5, THRESH + 2.25), (10,), 3),
+}
 
 
-def test_a_run_whose_last_batch_is_smaller_compiles_four_graphs_at_most():
-    """An epoch's smaller last batch (a data loader without drop_last): the batch size, too, is
-    specialised once and then dynamic, so a whole run compiles one graph more than with equal
-    batches (README)."""
+@pytest.mark.parametrize("run", list(RUNS))
+def test_a_run_of_epochs_compiles_few_graphs(run):
+    """Training calls RSG with a new epoch every epoch: a whole run compiles a few graphs (README),
+    with eager values in both phases. The graph count does not depend on the backend, so aot_eager
+    (inductor's values are compared with eager mode above)."""
+    epochs, sizes, most = RUNS[run]
     torch.manual_seed(0)
     eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
     compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
     with compile_setting():
         start = _graphs()
-        for epoch in range(THRESH + 10):       # more epochs than dynamo's recompile limit (8)
-            for n in (10, 10, 7):
+        for i, epoch in enumerate(epochs):
+            for n in sizes:
                 x = torch.randn(n, 4, 3, 5, requires_grad=True)
-                y = _batches(n, 5, [0, 1], 1, seed=epoch)[0]
+                y = _batches(n, 5, [0, 1], 1, seed=i)[0]
                 got_out, _ = _step(compiled, x, y, epoch)
                 want_out, _ = _step(eager, x, y, epoch)
-                assert got_out[0].shape == want_out[0].shape, f"epoch {epoch}, batch {n}"
-                torch.testing.assert_close(got_out[1], want_out[1], rtol=1e-4, atol=1e-4)
-        assert 2 <= _graphs() - start <= 4
-
-
-def test_fractional_epochs_compile_with_fullgraph():
-    """A float epoch (epoch + step / steps, as fractional-epoch schedules pass it) becomes a dynamic
-    float at its second value; the epoch check's math.isfinite of it was a dynamo error under
-    fullgraph=True. Values match eager mode in both phases, in a few graphs."""
-    torch.manual_seed(0)
-    eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
-    compiled = torch.compile(eager, backend="eager", fullgraph=True)
-    y = _batches(10, 5, [0, 1], 1, seed=0)[0]
-    with compile_setting():
-        start = _graphs()
-        for epoch in (0.0, 0.5, 1.25, 2.75, THRESH + 0.5, THRESH + 1.5, THRESH + 2.25):
-            x = torch.randn(10, 4, 3, 5, requires_grad=True)
-            got_out, _ = _step(compiled, x, y, epoch)
-            want_out, _ = _step(eager, x, y, epoch)
-            assert (got_out[0].shape[0] > 10) == (epoch > THRESH)
-            for a, b in zip(got_out, want_out):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        assert _graphs() - start <= 3
+                assert (got_out[0].shape[0] > n) == (epoch > THRESH), f"epoch {epoch}, batch {n}"
+                for a, b in zip(got_out, want_out):
+                    assert a.shape == b.shape
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert 2 <= _graphs() - start <= most, f"{run}: {_graphs() - start} graphs"
 
 
 @pytest.mark.parametrize("compiler", COMPILERS)
