@@ -184,3 +184,9 @@ def raise_for_labels(label_min: int, label_max: int, num_classes: int) -> None:
 
 NON_FINITE_MESSAGE = "feature_maps holds NaN or Inf values (check_finite=True)"
 HOST_TARGET_MESSAGE = "host_target must hold the same labels as target, in the same order"
+
+
+def raise_if_labels_differ(labels: torch.Tensor, host_labels: torch.Tensor) -> None:
+    """``ValueError`` when ``target``'s labels, on the CPU, differ from ``host_target``'s (int64)."""
+    if not torch.equal(labels.long(), host_labels):
+        raise ValueError(HOST_TARGET_MESSAGE)

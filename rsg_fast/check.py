@@ -220,9 +220,10 @@ def _guarded(op: str, backend: str, dtype: torch.dtype, shape_label: str, fn: Ca
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001
-        text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        from rsg_fast.bench.timers import error_text    # the bench's rows word their errors the same way
+
         return Row(op, backend, str(dtype).replace("torch.", ""), shape_label, float("inf"), float("inf"),
-                   0.0, False, f"error: {text}", time.perf_counter() - start)
+                   0.0, False, error_text(exc), time.perf_counter() - start)
 
 
 def _json_row(row: Row) -> dict:

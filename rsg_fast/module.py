@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from rsg_fast import ops
 from rsg_fast._validation import (HOST_TARGET_MESSAGE, NON_FINITE_MESSAGE, check_forward_arguments,
-                                  check_host_target, raise_for_labels)
+                                  check_host_target, raise_for_labels, raise_if_labels_differ)
 from rsg_fast.backend import BACKEND_CHOICES, resolve_backend
 from rsg_fast.parameters import RSGParameters
 
@@ -242,8 +242,7 @@ def _check_same_labels(labels: torch.Tensor, host_labels: torch.Tensor, compilin
     """``host_target`` must equal ``target``: at once where both are on the CPU, otherwise an
     asynchronous device assert (reading the device here would bring back the sync it avoids)."""
     if labels.device.type == "cpu" and not compiling:
-        if not torch.equal(labels, host_labels):
-            raise ValueError(HOST_TARGET_MESSAGE)
+        raise_if_labels_differ(labels, host_labels)
         return
     torch._assert_async((labels == _to_device_async(host_labels, labels.device)).all(), HOST_TARGET_MESSAGE)
 

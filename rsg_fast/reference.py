@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rsg_fast._validation import (HOST_TARGET_MESSAGE, NON_FINITE_MESSAGE, check_forward_arguments,
-                                  check_host_target, raise_for_labels)
+from rsg_fast._validation import (NON_FINITE_MESSAGE, check_forward_arguments, check_host_target,
+                                  raise_for_labels, raise_if_labels_differ)
 from rsg_fast.parameters import RSGParameters
 
 
@@ -46,8 +46,8 @@ class ReferenceRSG(RSGParameters):
             raise_for_labels(int(target.min()), int(target.max()), self.num_classes)
         if host_target is not None:   # RSG's keyword, accepted so the two modules swap; only checked here
             host_labels = check_host_target(host_target, target)
-            if self.validate and not torch.equal(target.long().cpu(), host_labels):
-                raise ValueError(HOST_TARGET_MESSAGE)
+            if self.validate:
+                raise_if_labels_differ(target.cpu(), host_labels)
         if self.check_finite and not bool(torch.isfinite(feature_maps).all()):
             raise ValueError(NON_FINITE_MESSAGE)
         labels = target.long()             # any integer dtype (a uint8 index would act as a mask)

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rsg_fast._validation import (HOST_TARGET_MESSAGE, check_epoch, check_host_target, check_target,
-                                  raise_for_labels)
+from rsg_fast._validation import (check_epoch, check_host_target, check_target, raise_for_labels,
+                                  raise_if_labels_differ)
 
 RSG_PREFIX = "rsg."
 
@@ -57,8 +57,8 @@ class RSGModelMixin:
         labels = target if host_target is None else check_host_target(host_target, target)
         if (not torch.compiler.is_compiling() and self.rsg.validate and labels.device.type == "cpu"
                 and labels.numel()):
-            if host_target is not None and target.device.type == "cpu" and not torch.equal(target.long(), labels):
-                raise ValueError(HOST_TARGET_MESSAGE)
+            if host_target is not None and target.device.type == "cpu":
+                raise_if_labels_differ(target, labels)
             raise_for_labels(int(labels.min()), int(labels.max()), self.rsg.num_classes)
         return epoch
 
