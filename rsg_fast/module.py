@@ -48,8 +48,8 @@ class RSG(RSGParameters):
     Keyword-only extras:
       mv_loss: "original" (default: the published code's Eq. 6 grouping, which gives the published
         numbers) or "paper" (Eq. 6 per spatial location); see ``rsg_fast.reference``.
-      backend: "auto" (Triton on CUDA when available, else PyTorch), "torch" or "triton"; the
-        environment variable RSG_FAST_BACKEND=torch|triton overrides "auto".
+      backend: "auto" (Triton on CUDA when available, else PyTorch; None means "auto" too), "torch" or
+        "triton"; the environment variable RSG_FAST_BACKEND=torch|triton overrides "auto".
       validate: check label ranges (fetched with the one host synchronisation); False skips that
         check, never the shape, dtype and device checks.
       check_finite: also reject feature maps holding NaN/Inf (with or without ``validate``).
@@ -67,8 +67,10 @@ class RSG(RSGParameters):
     def __init__(self, n_center=3, feature_maps_shape=[32, 16, 16], num_classes=10,  # noqa: B006 (published API)
                  contrastive_module_dim=128, head_class_lists=[], transfer_strength=1.0,  # noqa: B006
                  epoch_thresh=100, *, mv_loss="original", backend="auto", validate=True, check_finite=False):
-        if backend not in BACKEND_CHOICES:
-            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+        if backend is None:          # as the ops' backend=None: "auto"
+            backend = "auto"
+        if not isinstance(backend, str) or backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES} (or None for 'auto'), got {backend!r}")
         super().__init__(n_center, feature_maps_shape, num_classes, contrastive_module_dim, head_class_lists,
                          transfer_strength, epoch_thresh, mv_loss=mv_loss, validate=validate,
                          check_finite=check_finite)

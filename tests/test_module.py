@@ -416,6 +416,7 @@ def test_inputs_on_different_devices_rejected():
     (dict(head_class_lists=[9]), "head_class_lists"),
     (dict(mv_loss="eq6"), "mv_loss"),
     (dict(backend="cuda"), "backend"),
+    (dict(backend=["torch"]), "backend"),
 ])
 def test_bad_constructor_arguments(kwargs, words):
     args = dict(n_center=2, feature_maps_shape=[4, 3, 3], num_classes=4, contrastive_module_dim=5,
@@ -438,6 +439,16 @@ def test_constructor_flags_and_sizes_in_other_forms(cls):
     m = cls(2, [4, 3, 3], 4, 5, [0], 1.0, 10**400)
     x, y = torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 2, 0])
     assert m(x, [0], y, 10**400)[0].shape[0] == 4 and m(x, [0], y, 10**401)[0].shape[0] == 6
+
+
+def test_backend_none_means_auto_as_in_the_ops():
+    auto = RSG(2, [4, 3, 3], 4, 5, [0], 1.0, 3)
+    none = RSG(2, [4, 3, 3], 4, 5, [0], 1.0, 3, backend=None)
+    none.load_state_dict(auto.state_dict())
+    assert none.backend == "auto"
+    x, y = torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 2, 0])
+    for got, expect in zip(none(x, [0], y, 5), auto(x, [0], y, 5)):
+        torch.testing.assert_close(got, expect, rtol=0, atol=0)
 
 
 # -- CUDA ----------------------------------------------------------------------------------------
