@@ -117,6 +117,25 @@ def test_a_training_call_rsg_rejects_moves_no_batchnorm_statistic(arch, size):
     assert y_out.shape[0] > 4 and logits.shape[0] == y_out.shape[0]
 
 
+@pytest.mark.parametrize("arch, size, other, same", [("resnet8", 16, 8, 15), ("resnet18", 32, 64, 31)])
+def test_images_of_another_size_are_judged_by_the_maps_they_give(arch, size, other, same):
+    """Images that give RSG other maps than it was built for are rejected before the first layer,
+    naming input_size (RSG itself would reject them after BatchNorm statistics moved, naming its own
+    feature_maps_shape, which a build_model user never gave); a size that gives the same maps
+    (an odd size rounding up through the strides) trains."""
+    torch.manual_seed(0)
+    m = build_model(arch, 6, rsg=RSG_OPTS, head_classes=[0, 1], input_size=size).train()
+    y = torch.tensor([0, 1, 2, 3])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for h, w in ((other, other), (size, other)):
+        with pytest.raises(ValueError, match=f"x holds {h} x {w} images.*built for input_size={size}"):
+            m(torch.randn(4, 3, h, w), y, 5)
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    logits, y_out, _, _ = m(torch.randn(4, 3, same, same), y, 5)
+    assert y_out.shape[0] > 4 and logits.shape[0] == y_out.shape[0]
+    assert m(torch.randn(2, 3, other, other)).shape == (2, 6)       # inference: RSG does not run
+
+
 def test_model_errors_name_the_argument():
     with pytest.raises(ValueError, match="arch"):
         build_model("vgg16", 10)

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rsg_fast.losses import NormedLinear
-from rsg_fast.models.common import RSGModelMixin, infer_shape, make_rsg
+from rsg_fast.models.common import RSGModelMixin
 
 
 class _PadShortcut(nn.Module):
@@ -73,15 +73,14 @@ class CifarResNet(RSGModelMixin, nn.Module):
         self.set_head_classes(head_classes)
         self.rsg = None
         if rsg is not None:
-            self.rsg = make_rsg(infer_shape(self._stem(), input_size), num_classes, self.head_classes, dict(rsg))
+            self._make_rsg(input_size, rsg)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
         blocks = [BasicBlock(in_planes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(n - 1)]
         return nn.Sequential(*blocks)
 
-    def _stem(self) -> nn.Module:
-        """Everything before RSG, as one module (for the shape inference)."""
+    def _rsg_stem(self) -> nn.Module:
         layers = [self.conv1, self.bn1, nn.ReLU(), self.layer1, self.layer2, self.layer3][:3 + self.rsg_stage]
         return nn.Sequential(*layers)
 

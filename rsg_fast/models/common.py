@@ -42,6 +42,34 @@ class RSGModelMixin:
 
     rsg: nn.Module | None
     head_classes: list[int]
+    rsg_input_size: int          # the image size RSG's feature-map shape was inferred for
+
+    def _rsg_stem(self) -> nn.Module:
+        """Everything before RSG, as one module (for the shape inference)."""
+        raise NotImplementedError
+
+    def _make_rsg(self, input_size: int, rsg: dict[str, Any]) -> None:
+        self.rsg_input_size = input_size
+        self._rsg_map_shapes: dict[tuple[int, int], tuple[int, int, int]] = {}   # other input sizes seen
+        self.rsg = make_rsg(infer_shape(self._rsg_stem(), input_size), self.num_classes, self.head_classes,
+                            dict(rsg))
+
+    def _check_rsg_map_size(self, x: torch.Tensor) -> None:
+        """RSG takes maps of the one shape it was built for. Images of another size may still give
+        it (e.g. 223 x 223 gives what 224 x 224 does in a torchvision ResNet): the stages before RSG
+        are run once per new size, in eval mode without gradients, to find out; an input that gives
+        other maps is rejected here, naming ``input_size``, rather than by RSG after them."""
+        size = (int(x.shape[2]), int(x.shape[3]))
+        if size == (self.rsg_input_size, self.rsg_input_size) or x.shape[1] != 3:
+            return                   # the size built for; a bad channel count fails in the first layer
+        if size not in self._rsg_map_shapes:
+            self._rsg_map_shapes[size] = infer_shape(self._rsg_stem(), size)
+        got, expect = self._rsg_map_shapes[size], tuple(self.rsg.feature_maps_shape)
+        if got != expect:
+            raise ValueError(f"x holds {size[0]} x {size[1]} images, which give RSG {got[0]} x {got[1]} x {got[2]} "
+                             f"feature maps; the model was built for input_size={self.rsg_input_size}, "
+                             f"which gives {expect[0]} x {expect[1]} x {expect[2]}: train at that size, or build "
+                             f"the model for the size you train at")
 
     def _check_rsg_inputs(self, x: torch.Tensor, target: torch.Tensor | None, epoch, host_target=None):
         """Before the first layer: what RSG would reject after the stages before it, whose BatchNorm
@@ -54,6 +82,8 @@ class RSGModelMixin:
             raise ValueError("epoch is required when training with RSG: model(x, target, epoch)")
         check_target(target, x, "x")
         epoch = check_epoch(epoch)
+        if not torch.compiler.is_compiling() and x.dim() == 4:
+            self._check_rsg_map_size(x)
         labels = target if host_target is None else check_host_target(host_target, target)
         if (not torch.compiler.is_compiling() and self.rsg.validate and labels.device.type == "cpu"
                 and labels.numel()):
@@ -88,14 +118,16 @@ class RSGModelMixin:
 
 
 @torch.no_grad()
-def infer_shape(stem: nn.Module, input_size: int, channels: int = 3) -> tuple[int, int, int]:
-    """(C, H, W) that ``stem`` produces for one ``channels x input_size x input_size`` image; run in eval
-    mode on a throw-away copy of the input so no BatchNorm statistic moves."""
+def infer_shape(stem: nn.Module, input_size: int | tuple[int, int], channels: int = 3) -> tuple[int, int, int]:
+    """(C, H, W) that ``stem`` produces for one ``channels x input_size x input_size`` image (or
+    ``channels x H x W`` for ``input_size = (H, W)``); run in eval mode on a throw-away input so no
+    BatchNorm statistic moves."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     was_training = stem.training
     stem.eval()
     try:
         param = next(stem.parameters())
-        out = stem(torch.zeros(1, channels, input_size, input_size, device=param.device, dtype=param.dtype))
+        out = stem(torch.zeros(1, channels, h, w, device=param.device, dtype=param.dtype))
     finally:
         stem.train(was_training)
     return tuple(int(s) for s in out.shape[1:])

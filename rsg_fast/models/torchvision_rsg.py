@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from rsg_fast.losses import NormedLinear
-from rsg_fast.models.common import RSGModelMixin, infer_shape, make_rsg
+from rsg_fast.models.common import RSGModelMixin
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                      "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
@@ -46,9 +46,11 @@ class TorchvisionRSG(RSGModelMixin, nn.Module):
         self.set_head_classes(head_classes)
         self.rsg = None
         if rsg is not None:
-            stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool,
-                                 *[getattr(self, f"layer{i}") for i in range(1, rsg_stage + 1)])
-            self.rsg = make_rsg(infer_shape(stem, input_size), num_classes, self.head_classes, dict(rsg))
+            self._make_rsg(input_size, rsg)
+
+    def _rsg_stem(self) -> nn.Module:
+        return nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool,
+                             *[getattr(self, f"layer{i}") for i in range(1, self.rsg_stage + 1)])
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, epoch=None, *,
                 host_target: torch.Tensor | None = None):
