@@ -442,9 +442,24 @@ def test_whole_run_progress_bar_and_one_tensorboard_note(tmp_path, capsys, monke
     args = [a for a in SHORT if a != "--no-progress"] + ["--epochs", "2", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     err = capsys.readouterr().err
-    steps_per_epoch = -(-json.load(open(tmp_path / "run" / "config.json"))["train_size"] // 64)
+    train_size = json.load(open(tmp_path / "run" / "config.json"))["train_size"]
+    assert train_size % 64                        # a smaller last batch, which --drop-last leaves out
+    steps_per_epoch = train_size // 64
     assert f"{2 * steps_per_epoch}/{2 * steps_per_epoch}" in err          # one bar over both epochs
     assert err.count("no TensorBoard scalars are written") == 1
+    args += ["--no-drop-last", "--out", str(tmp_path / "kept")]
+    assert main(args) == 0
+    assert f"{2 * steps_per_epoch + 2}/{2 * steps_per_epoch + 2}" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_training_set_with_drop_last_is_an_error(tmp_path, capsys):
+    """drop_last (the published scripts' setting, the default) would leave no batch at all."""
+    args = SHORT + ["--batch-size", "4096", "--epochs", "1"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 4096 is larger than the training set" in err and "--no-drop-last" in err
+    assert not (tmp_path / "a" / "checkpoint_last.pt").exists()
+    assert main(args + ["--no-drop-last", "--out", str(tmp_path / "b")]) == 0
 
 
 def test_tensorboard_that_fails_to_start_is_said_once(tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ value; flags whose default is worked out from other settings say how in their he
 """
 from __future__ import annotations
 
+import argparse
+
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import (
     Parser, device_name, fraction, in_range, nonneg_float, nonneg_int, positive_float, positive_int,
@@ -94,6 +96,9 @@ def build_parser() -> Parser:
     t.add_argument("--epochs", type=positive_int("--epochs"), default=200, help="length of the schedule")
     t.add_argument("--batch-size", type=positive_int("--batch-size"), default=128,
                    help="global batch (split across processes)")
+    t.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave out each epoch's last, smaller batch, as the published scripts (drop_last=True); "
+                        "--no-drop-last trains on it too")
     t.add_argument("--lr", type=positive_float("--lr"), default=0.1, help="base learning rate")
     t.add_argument("--momentum", type=nonneg_float("--momentum"), default=0.9, help="SGD momentum")
     t.add_argument("--weight-decay", type=nonneg_float("--weight-decay"), default=2e-4, help="SGD weight decay")

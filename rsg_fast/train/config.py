@@ -67,6 +67,7 @@ class TrainConfig:
     lambda_mv: float
     epochs: int
     batch_size: int
+    drop_last: bool
     lr: float
     momentum: float
     weight_decay: float
@@ -153,7 +154,7 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         loss_type=args.loss_type, train_rule=args.train_rule, drw_epoch=given(args.drw_epoch, switch),
         cb_beta=args.cb_beta, focal_gamma=args.focal_gamma, ldam_max_m=args.ldam_max_m, ldam_s=args.ldam_s,
         lambda_cesc=args.lambda_cesc, lambda_mv=args.lambda_mv, epochs=epochs, batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        drop_last=args.drop_last, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         warmup_epochs=given(args.warmup_epochs, min(5, max(first - 1, 0))), lr_milestones=list(milestones),
         lr_factors=list(args.lr_factors), out=args.out, seed=args.seed,
         device=str(resolve_device(args.device, "--device")), rsg=not args.no_rsg, amp=args.amp,

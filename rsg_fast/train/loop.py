@@ -76,7 +76,8 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
     sampler = EpochSampler(data.train.targets, cfg.seed, proc.rank, proc.world)
     pin = device.type == "cuda"
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size // proc.world, sampler=sampler,
-                              num_workers=cfg.workers, pin_memory=pin, persistent_workers=False)
+                              num_workers=cfg.workers, pin_memory=pin, persistent_workers=False,
+                              drop_last=cfg.drop_last)
     test_loader = DataLoader(data.test, batch_size=max(cfg.batch_size // proc.world, 1) * 2,
                              sampler=ShardSampler(len(data.test), proc.rank, proc.world), num_workers=cfg.workers,
                              pin_memory=pin)

@@ -48,6 +48,12 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
         raise ValueError(f"{len(empty)} of {data.num_classes} classes have no training image (ids {shown}); "
                          f"check the training list or set --num-classes")
     config = config.with_data(data, proc.world)
+    per_process = -(-len(data.train) // proc.world)        # what each process's sampler yields
+    if config.drop_last and per_process < config.batch_size // proc.world:
+        raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({len(data.train)} "
+                         f"images{f' over {proc.world} processes' if proc.world > 1 else ''}): with --drop-last "
+                         f"(the default, as the published scripts) no batch is left; give a smaller --batch-size "
+                         f"or --no-drop-last")
     if config.rsg and not 0 < len(config.head_classes) < data.num_classes:
         raise ValueError(f"--head-ratio {config.head_ratio} gives {len(config.head_classes)} head classes of "
                          f"{data.num_classes}; RSG needs at least one head and one tail class")
