@@ -142,12 +142,3 @@ def sample_offset(c, hw, sc, sh, sw, C: tl.constexpr, H: tl.constexpr, W: tl.con
         off = c.to(tl.int64) * sc + h.to(tl.int64) * sh + w.to(tl.int64) * sw
     return off
 
-
-def csr_by_index(index: torch.Tensor, n_rows: int):
-    """Group positions m by ``index[m]``: ``(perm, offsets)`` with the m's of row n in
-    ``perm[offsets[n]:offsets[n+1]]``, in increasing m (stable sort), so sums are deterministic."""
-    # sort + searchsorted rather than bincount + cumsum: no atomics, and allowed under
-    # torch.use_deterministic_algorithms(True)
-    sorted_index, perm = torch.sort(index, stable=True)
-    offsets = torch.searchsorted(sorted_index, torch.arange(n_rows + 1, dtype=index.dtype, device=index.device))
-    return perm, offsets

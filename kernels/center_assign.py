@@ -36,8 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, check_extent, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like,
-                      pow2, sample_offset, strides4)
+from ._common import (acc_dtype, check_extent, grid, launch, layout_code, new_empty, new_empty_like, pow2,
+                      sample_offset, strides4)
+from .csr import csr_by_index
 
 
 @triton.jit
@@ -367,9 +368,11 @@ def center_assign_param_grads(target, centers, shift, dmean, gamma, mean_dist, g
     gc = new_empty((L, K, C) if need_centers else (0,), centers.dtype, dev)
     gl = new_empty((L, C, K) if need_linear else (0,), linear_dtype, dev)
     gb = new_empty((L, K) if need_bias else (0,), bias_dtype, dev)
-    if not (need_centers or need_linear or need_bias):     # frozen parameters: no sort, no launch
+    if not (need_centers or need_linear or need_bias):     # frozen parameters: no CSR, no launch
         return gc, gl, gb
     g = grid("center_assign's backward", ("centers.shape[0] (L)", L, 1), (f"x.shape[1] (C, at K = {K})", C, bc))
+    # a label outside [0, L) (check_target=False) lands in no class's range of the CSR: its sample adds
+    # to no parameter's gradient (the forward clamps it instead; only memory safety is promised then)
     perm, offsets = csr_by_index(target, L)
     ptrs, strides, flags = _incoming_args(gamma, g_gamma, g_dist, g_cesc)
     launch(_center_assign_param_grad_kernel, g)(

@@ -7,8 +7,8 @@ index-add that displacement and mv_terms use in their backward.
 ``table`` is the (R, C) view of RSG's centres (R = L*K) and ``row`` (N,) each sample's closest
 centre (``center_assign``'s output): the kernel follows the two indices itself, so neither the
 (N, C) closest-centre rows nor their gather for the pairs is ever written.
-grad_x is a gather, not a scatter: the m's are grouped by index (stable sort + searchsorted on the
-device, no host sync) and program (n, channel block) sums its own m's in increasing order. No
+grad_x is a gather, not a scatter: the m's are grouped by index (``csr.csr_by_index``: one launch, on
+the device, no host sync) and program (n, channel block) sums its own m's in increasing order. No
 atomics, bit-for-bit reproducible, and every element of grad_x is written (zeros where no m).
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    acc_dtype, check_extent, csr_by_index, grid, launch, layout_code, new_empty, new_empty_like, sample_offset,
-    spatial_blocks, strides4,
+    acc_dtype, check_extent, grid, launch, layout_code, new_empty, new_empty_like, sample_offset, spatial_blocks,
+    strides4,
 )
+from .csr import csr_by_index
 
 
 @triton.jit

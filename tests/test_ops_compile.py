@@ -50,8 +50,9 @@ def result():
 
 def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills(result):
     assert result["variants"] > 50, result
+    largest = ("_batch_plan_kernel", "_pair_indices_kernel", "_csr_kernel")     # run at the largest sizes they take
     for shape, kernels in result["paper"].items():
-        for name in (STREAMING if shape != "max-batch" else ("_batch_plan_kernel", "_pair_indices_kernel")):
+        for name in (STREAMING if shape != "max-batch" else largest):
             assert name in kernels, (shape, name, sorted(kernels))
         for name, variants in kernels.items():
             for info in variants:
@@ -63,7 +64,8 @@ def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills(result):
 def test_offsets_that_can_pass_2_31_are_computed_in_64_bits(result):
     """Every kernel, every variant (all strides runtime values in some): no offset wraps at 2**31."""
     assert set(result["narrow"]) >= set(STREAMING) | {"_center_assign_param_grad_kernel",
-                                                       "_center_assign_finish_kernel"}, sorted(result["narrow"])
+                                                       "_center_assign_finish_kernel", "_csr_kernel"}, \
+        sorted(result["narrow"])
     assert not {name: found for name, found in result["narrow"].items() if found}
 
 
@@ -285,10 +287,10 @@ def _main(report_path):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from rsg_fast.kernels import center_assign, displacement, mv_terms, pairs, tap_window_means
+    from rsg_fast.kernels import center_assign, csr, displacement, mv_terms, pairs, tap_window_means
 
     recorder = _Recorder()
-    for mod in (center_assign, displacement, mv_terms, pairs, tap_window_means):
+    for mod in (center_assign, csr, displacement, mv_terms, pairs, tap_window_means):
         mod.launch = recorder
     target = GPUTarget("cuda", 90, 32)
 
@@ -316,12 +318,15 @@ def _main(report_path):
         narrow.setdefault(name, []).extend(_narrow_offsets(job().asm["ttir"]))
     result = {"variants": len(compile_all(recorder.calls)), "paper": {}, "narrow": narrow}
 
-    # the pairs kernels at the largest batch they take (one program holds the whole batch)
+    # the pairs kernels at the largest batch they take (one program holds the whole batch), and the
+    # CSR kernel at the largest index it takes (int64 and int32 values)
     recorder.calls.clear()
     from rsg_fast.kernels.pairs import MAX_BATCH
     labels = torch.randint(0, 10, (MAX_BATCH,))
     is_head, counts = pairs.batch_plan(labels, torch.ones(10, dtype=torch.bool), 0.5)
     pairs.pair_indices(is_head, counts, MAX_BATCH // 2)
+    for dt in (torch.int64, torch.int32):
+        csr.csr_by_index(torch.zeros(csr.MAX_LEN, dtype=dt), csr.MAX_ROWS)
     result["paper"]["max-batch"] = {}
     for name, job in compile_all(recorder.calls).values():
         info = _ptxas_report(job().asm["ptx"])

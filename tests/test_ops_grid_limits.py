@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rsg_fast import ops
-from rsg_fast.kernels import center_assign, displacement, mv_terms, tap_window_means
+from rsg_fast.kernels import center_assign, csr, displacement, mv_terms, tap_window_means
 
 MAX_GRID = (2**31 - 1, 65535, 65535)    # CUDA's limits on grid axes x, y, z
 T = "triton"
@@ -29,7 +29,7 @@ def grids(monkeypatch):
         seen.append(tuple(programs))
         return lambda *args, **kwargs: None
 
-    for module in (center_assign, displacement, mv_terms, tap_window_means):
+    for module in (center_assign, csr, displacement, mv_terms, tap_window_means):
         monkeypatch.setattr(module, "launch", record)
     return seen
 
