@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import BACKENDS, DEVICE, close, grads, leaf
+from helpers import BACKENDS, DEVICE, close, leaf
 from rsg_fast import ops
 from rsg_fast.kernels._common import poisoned_outputs
 from rsg_fast.ops import naive
+from rsg_fast.testing import tolerance
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 4, 130), (2, 5, 1, 3), (2, 6, 6, 20),   # P, H, W, D
           (2, 7, 5, 130)]   # D > 128: five channel blocks of 32 (the last partial), H*W = 35 > 32: two spatial blocks
@@ -22,18 +23,53 @@ def test_values_and_grads(backend, shape):
     assert out.dtype == torch.float32 and out.shape == (shape[0], shape[3], 3, 3)
 
 
-def _compare_with_float64_reference(pre, backend):
-    """The op's values and grad_pre (kept in ``pre``'s strides) against the naive float64 reference."""
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_values_and_grads(backend, dtype):
+    """2-byte inputs, a partial channel block: S in fp32 from the rounded inputs, grad_pre rounded
+    once to the input's dtype."""
+    pre = torch.randn(2, 9, 20, 40, device=DEVICE).to(dtype)
+    _compare_with_float64_reference(pre, backend, grad_rtol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_stays_in_the_windows_that_read_it(backend):
+    """NaN activations (a corner, an edge, the middle) make every S entry whose window reads them NaN
+    (the ReLU keeps NaN). The Triton kernels add no NaN elsewhere; the PyTorch path's matrix products
+    also spread it to the other taps of the channel (0 * NaN). Gradients agree away from the NaN
+    positions (at them, the Triton backward gives 0; PyTorch's ReLU backward passes the gradient)."""
+    pre = torch.randn(2, 6, 21, 40, device=DEVICE)
+    pre[0, 0, 0, 3] = pre[0, 3, 10, 5] = pre[1, 5, 20, 39] = pre[1, 0, 11, 0] = float("nan")
     pre_r = leaf(pre.double())
     ref = naive.tap_window_means(pre_r)
-    w = torch.randn_like(ref)
-    (ref_grad,) = grads([ref], [pre_r], [w])
     pre_a = leaf(pre)
     with poisoned_outputs():
         out = ops.relu_tap_window_means(pre_a, backend=backend)
-        (got,) = grads([out], [pre_a], [w])
+        g = torch.randn_like(out)
+        (got,) = torch.autograd.grad(out, pre_a, g)
+    (ref_grad,) = torch.autograd.grad(ref, pre_r, g.double())
+    # windows reading a corner: 4 taps; the middle: 9; a last-row corner: 4; a first-row middle column: 6
+    assert ref.isnan().sum() == 4 + 9 + 4 + 6 and (out.isnan() >= ref.isnan()).all()
+    if backend == "triton":
+        assert torch.equal(out.isnan(), ref.isnan())
+    close(out.nan_to_num(), ref.masked_fill(out.isnan(), 0))
+    finite = ~pre.isnan()
+    close(got[finite], ref_grad[finite])
+
+
+def _compare_with_float64_reference(pre, backend, grad_rtol=1e-5, grad_s=None):
+    """The op's values and grad_pre (kept in ``pre``'s strides) against the naive float64 reference,
+    for the incoming gradient ``grad_s`` (S's dtype, any strides; default random, contiguous)."""
+    pre_r = leaf(pre.double())
+    ref = naive.tap_window_means(pre_r)
+    pre_a = leaf(pre)
+    with poisoned_outputs():
+        out = ops.relu_tap_window_means(pre_a, backend=backend)
+        g = torch.randn_like(out) if grad_s is None else grad_s
+        (got,) = torch.autograd.grad(out, pre_a, g)
+    (ref_grad,) = torch.autograd.grad(ref, pre_r, g.double())
     close(out, ref)
-    close(got, ref_grad)
+    close(got, ref_grad, rtol=grad_rtol)
     return out
 
 
@@ -113,3 +149,14 @@ def test_gapped_input_values_and_grads(backend):
     pre = torch.randn(2, 3, 4, 10, device=DEVICE)[..., ::2]
     assert not pre.is_contiguous()
     _compare_with_float64_reference(pre, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gapped_input_and_gradient(backend):
+    """Every stride a runtime value: gaps along P, W and D of pre ((H, W) still one flat axis) and
+    along every dimension of grad_S, two channel blocks."""
+    pre = torch.randn(4, 5, 22, 80, device=DEVICE)[::2, :, ::2, ::2]       # (2, 5, 11, 40): W stride 160
+    assert not pre.is_contiguous()
+    grad_s = torch.randn(4, 80, 6, 6, device=DEVICE)[::2, ::2, ::2, ::2]
+    assert not grad_s.is_contiguous()
+    _compare_with_float64_reference(pre, backend, grad_s=grad_s)
