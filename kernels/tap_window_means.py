@@ -9,6 +9,13 @@ the convolution weight's (D, 3, 3) layout per sample, so the pooled output is on
 with the weight as it is stored. These kernels compute S straight from ``pre`` (the ReLU on the
 fly: a is never stored) and, backward,
     grad_pre[p, h, w, d] = [pre > 0] * (1/HW) sum_{i: h in R_i} sum_{j: w in C_j} grad_S[p, d, i, j].
+
+Each R_i is a union of three row classes, the first row (0), the middle rows (1 .. H-2) and the
+last row (H-1), and likewise each C_j: every window is a union of the nine (row class, column
+class) regions (H = 1: the one row is read by tap row 1 only; likewise W = 1). The forward sums
+relu(pre) over each region (a row walk that only adds) and adds the regions of each window; the
+backward's sum over taps takes one of nine values per channel, formed once, so its row walk only
+selects.
 """
 from __future__ import annotations
 
@@ -20,56 +27,206 @@ from ._common import check_extent, grid, launch, new_empty, new_empty_like, pow2
 
 
 @triton.jit
-def _taps(hw, H: tl.constexpr, W: tl.constexpr):
-    """Masks of the tap rows 0 and 2 and tap columns 0 and 2 that read flat position hw (tap row
-    and column 1 read every position)."""
-    h = hw // W
-    w = hw - h * W
-    return h <= H - 2, h >= 1, w <= W - 2, w >= 1
+def _i64(x):
+    """x (a compile-time int or a tensor) as int64, so that a product with a runtime stride is 64-bit."""
+    return tl.cast(x, tl.int64)
+
+
+@triton.jit
+def _load(ptrs, mask, MASKED: tl.constexpr):
+    """tl.load, masked (dead lanes read 0) only where a channel block runs past D."""
+    if MASKED:
+        x = tl.load(ptrs, mask=mask, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _clamp(w, W: tl.constexpr, CLAMP: tl.constexpr):
+    """Column indices to load: a slot past the map (w >= W) reads column W-1 again instead of being
+    masked (a masked load zero-fills its registers first, every iteration, and at 14 x 14 ptxas then
+    issued the loop's loads one at a time); those slots stay out of every result."""
+    if CLAMP:
+        w = tl.minimum(w, W - 1)
+    return w
+
+
+@triton.jit
+def _relu(x, acc_ty: tl.constexpr):
+    return tl.maximum(x.to(acc_ty), 0.0, propagate_nan=tl.PropagateNan.ALL)   # keeps NaN, as torch.relu
+
+
+@triton.jit
+def _column_sums(t, w, W: tl.constexpr, HAS_FIRST: tl.constexpr, HAS_LAST: tl.constexpr):
+    """(first, middle, last) column-class sums over axis 0 of a [BLOCK_W, BLOCK_D] tile whose slot k
+    holds column w[k]; slots past the map (w >= W) fall in no class. W == 1: (all, 0, 0). A class
+    the caller knows the chunk lacks (HAS_FIRST, HAS_LAST false) gives zeros without a reduction."""
+    if HAS_FIRST:
+        first = tl.sum(tl.where((w == 0)[:, None], t, 0.0), axis=0)
+    else:
+        first = tl.zeros([t.shape[1]], t.dtype)
+    if W == 1:
+        mid = tl.zeros_like(first)
+        last = tl.zeros_like(first)
+    else:
+        mid = tl.sum(tl.where(((w >= 1) & (w <= W - 2))[:, None], t, 0.0), axis=0)
+        if HAS_LAST:
+            last = tl.sum(tl.where((w == W - 1)[:, None], t, 0.0), axis=0)
+        else:
+            last = tl.zeros_like(first)
+    return first, mid, last
+
+
+@triton.jit
+def _tap_sums(first, mid, last, N: tl.constexpr):
+    """(tap 0, tap 1, tap 2) from the sums over the first, middle and last positions of an axis of
+    length N: tap 0 reads [0, N-2], tap 1 all, tap 2 [1, N-1] (N == 1: tap 1 only). Sums of
+    non-negative parts, nothing subtracted."""
+    if N == 1:
+        t0 = tl.zeros_like(first)
+        t1 = first
+        t2 = tl.zeros_like(first)
+    else:
+        t0 = first + mid
+        t1 = first + mid + last
+        t2 = mid + last
+    return t0, t1, t2
+
+
+@triton.jit
+def _chunk_rows(base, w_ld, sphw, d_off, dmask, acc, H: tl.constexpr, W: tl.constexpr,
+                BLOCK_R: tl.constexpr, MASK_D: tl.constexpr, AHEAD: tl.constexpr):
+    """relu(pre) over the rows of one column chunk (columns w_ld, [BLOCK_W]; channels d_off):
+    (row 0, acc + the sum over the middle rows 1 .. H-2, row H-1), [BLOCK_W, BLOCK_D] tiles in
+    acc's dtype (rows that do not exist give zeros). Per element of the row walk: one load, one max
+    and one add. AHEAD: the edge rows' loads and each next group's are issued before the adds they
+    wait for (more bytes in flight, twice the registers for loaded data)."""
+    acc_ty: tl.constexpr = acc.dtype
+    r = tl.arange(0, BLOCK_R)
+    off = w_ld.to(tl.int64)[:, None] * sphw + d_off[None, :]
+    off3 = (r[:, None] * W + w_ld[None, :]).to(tl.int64)[:, :, None] * sphw + d_off[None, None, :]
+    mask = dmask[None, :]
+    last_row = _i64((H - 1) * W) * sphw
+    if AHEAD:
+        x_first = _load(base + off, mask, MASK_D)
+        if H > 1:
+            x_last = _load(base + last_row + off, mask, MASK_D)
+    if H > 2:
+        # whole groups of BLOCK_R middle rows, no row mask. The columns and channels of a chunk take
+        # all 32 lanes (from 4 columns in fp32, 8 in 2-byte types), so a group's rows lie in each
+        # thread's own registers and its sum is BLOCK_R adds per element, as an elementwise one,
+        # into a BLOCK_R times smaller accumulator
+        if AHEAD:
+            if (H - 2) // BLOCK_R > 0:
+                x = _load(base + _i64(W) * sphw + off3, mask[None, :, :], MASK_D)
+                for g in range(1, (H - 2) // BLOCK_R):
+                    x_next = _load(base + _i64((1 + g * BLOCK_R) * W) * sphw + off3, mask[None, :, :], MASK_D)
+                    acc += tl.sum(_relu(x, acc_ty), axis=0)
+                    x = x_next
+                acc += tl.sum(_relu(x, acc_ty), axis=0)
+        else:
+            for g in range((H - 2) // BLOCK_R):
+                x = _load(base + _i64((1 + g * BLOCK_R) * W) * sphw + off3, mask[None, :, :], MASK_D)
+                acc += tl.sum(_relu(x, acc_ty), axis=0)
+        if (H - 2) % BLOCK_R != 0:
+            x = tl.load(base + _i64((1 + (H - 2) // BLOCK_R * BLOCK_R) * W) * sphw + off3,
+                        mask=mask[None, :, :] & (r < (H - 2) % BLOCK_R)[:, None, None], other=0.0)
+            acc += tl.sum(_relu(x, acc_ty), axis=0)
+    if not AHEAD:
+        x_first = _load(base + off, mask, MASK_D)
+        if H > 1:
+            x_last = _load(base + last_row + off, mask, MASK_D)
+    t_first = _relu(x_first, acc_ty)
+    if H > 1:
+        t_last = _relu(x_last, acc_ty)
+    else:
+        t_last = tl.zeros_like(acc)
+    return t_first, acc, t_last
 
 
 @triton.jit
 def _relu_tap_window_means_fwd_kernel(
     pre_ptr, out_ptr, spp, sphw, spd,
-    H: tl.constexpr, W: tl.constexpr, D: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_D: tl.constexpr,
+    H: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Program (p, db): S[p, d, :, :] for the channels d of its block.
+
+    The rows of the map fall in three classes, first (h = 0), middle (1 .. H-2) and last (H-1),
+    and so do its columns; each tap window is a union of the nine (row class, column class)
+    regions. The program walks the map in column chunks of BLOCK_W (one chunk when W <= BLOCK_W),
+    adding relu(pre) elementwise into one tile per row class (``_chunk_rows``), splits the tiles by
+    column class into the nine region sums, and forms each S[i, j] as a sum of the regions its
+    window covers: no masks or selects per element, and nothing subtracted.
 
     Shapes: pre (P, H, W, D) with (H, W) one flat axis (stride sphw), any other strides
     (channels-last contiguous gives vector loads along d); S (P, D, 3, 3) contiguous in the acc
     dtype (that of the output buffer). Bytes: reads P*HW*D, writes 9*P*D.
     """
     HW: tl.constexpr = H * W
+    N_CHUNKS: tl.constexpr = (W + BLOCK_W - 1) // BLOCK_W
+    CLAMP: tl.constexpr = W % BLOCK_W != 0
+    MASK_D: tl.constexpr = D % BLOCK_D != 0
+    acc_ty: tl.constexpr = out_ptr.dtype.element_ty
     p = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
-    acc_ty = out_ptr.dtype.element_ty
-    s00 = tl.zeros([BLOCK_D], acc_ty)
-    s01 = tl.zeros([BLOCK_D], acc_ty)
-    s02 = tl.zeros([BLOCK_D], acc_ty)
-    s10 = tl.zeros([BLOCK_D], acc_ty)
-    s11 = tl.zeros([BLOCK_D], acc_ty)
-    s12 = tl.zeros([BLOCK_D], acc_ty)
-    s20 = tl.zeros([BLOCK_D], acc_ty)
-    s21 = tl.zeros([BLOCK_D], acc_ty)
-    s22 = tl.zeros([BLOCK_D], acc_ty)
+    base = pre_ptr + p * spp
     d_off = offs_d.to(tl.int64) * spd     # int64: a channel stride can span the whole tensor
-    for start in range(0, HW, BLOCK_HW):
-        hw = start + tl.arange(0, BLOCK_HW)
-        off = p * spp + hw.to(tl.int64)[:, None] * sphw + d_off[None, :]
-        a = tl.load(pre_ptr + off, mask=(hw < HW)[:, None] & dmask[None, :], other=0.0).to(acc_ty)
-        a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)   # ReLU keeps NaN, as torch's does
-        # (masked lanes load 0: they add nothing below)
-        r0, r2, c0, c2 = _taps(hw, H, W)
-        s00 += tl.sum(tl.where((r0 & c0)[:, None], a, 0.0), axis=0)
-        s01 += tl.sum(tl.where(r0[:, None], a, 0.0), axis=0)
-        s02 += tl.sum(tl.where((r0 & c2)[:, None], a, 0.0), axis=0)
-        s10 += tl.sum(tl.where(c0[:, None], a, 0.0), axis=0)
-        s11 += tl.sum(a, axis=0)
-        s12 += tl.sum(tl.where(c2[:, None], a, 0.0), axis=0)
-        s20 += tl.sum(tl.where((r2 & c0)[:, None], a, 0.0), axis=0)
-        s21 += tl.sum(tl.where(r2[:, None], a, 0.0), axis=0)
-        s22 += tl.sum(tl.where((r2 & c2)[:, None], a, 0.0), axis=0)
+    zero = tl.zeros([BLOCK_W, BLOCK_D], acc_ty)
+    w = tl.arange(0, BLOCK_W)
+    # region sums, {first, middle, last} row class x {first (a), middle (m), last (z)} column class;
+    # the chunks in the order that keeps the fewest of them live across a row walk
+    fm = tl.zeros([BLOCK_D], acc_ty)
+    mm = tl.zeros([BLOCK_D], acc_ty)
+    zm = tl.zeros([BLOCK_D], acc_ty)
+    if N_CHUNKS > 2:
+        # chunks 1 .. N_CHUNKS-2 hold middle columns only: added elementwise, reduced once after
+        # the loop (no reduction into a loop-carried value: LLVM's SLP vectorizer crashed on
+        # per-chunk sums, in triton 3.8)
+        c_first = zero
+        c_mid = zero
+        c_last = zero
+        for c0 in range(BLOCK_W, (N_CHUNKS - 1) * BLOCK_W, BLOCK_W):
+            t_first, c_mid, t_last = _chunk_rows(base, c0 + w, sphw, d_off, dmask, c_mid, H, W, BLOCK_R, MASK_D, False)
+            c_first += t_first
+            c_last += t_last
+        fm += tl.sum(c_first, axis=0)
+        mm += tl.sum(c_mid, axis=0)
+        zm += tl.sum(c_last, axis=0)
+    if N_CHUNKS > 1:   # the last chunk: middle columns and the last one
+        w_last = (N_CHUNKS - 1) * BLOCK_W + w
+        t_first, t_mid, t_last = _chunk_rows(base, _clamp(w_last, W, CLAMP), sphw, d_off, dmask, zero,
+                                             H, W, BLOCK_R, MASK_D, False)
+        _, m, fz = _column_sums(t_first, w_last, W, False, True)
+        fm += m
+        _, m, mz = _column_sums(t_mid, w_last, W, False, True)
+        mm += m
+        _, m, zz = _column_sums(t_last, w_last, W, False, True)
+        zm += m
+    # chunk 0: the first column and middle ones (and the last one, when it is the only chunk)
+    t_first, t_mid, t_last = _chunk_rows(base, _clamp(w, W, CLAMP and N_CHUNKS == 1), sphw, d_off, dmask, zero,
+                                         H, W, BLOCK_R, MASK_D, N_CHUNKS == 1)
+    fa, m, z = _column_sums(t_first, w, W, True, N_CHUNKS == 1)
+    fm += m
+    if N_CHUNKS == 1:
+        fz = z
+    ma, m, z = _column_sums(t_mid, w, W, True, N_CHUNKS == 1)
+    mm += m
+    if N_CHUNKS == 1:
+        mz = z
+    za, m, z = _column_sums(t_last, w, W, True, N_CHUNKS == 1)
+    zm += m
+    if N_CHUNKS == 1:
+        zz = z
+    # the tap rows' sums per column class (H == 1: row 0 is the "first" row, read by tap row 1 only)
+    r0a, r1a, r2a = _tap_sums(fa, ma, za, H)
+    r0m, r1m, r2m = _tap_sums(fm, mm, zm, H)
+    r0z, r1z, r2z = _tap_sums(fz, mz, zz, H)
+    s00, s01, s02 = _tap_sums(r0a, r0m, r0z, W)
+    s10, s11, s12 = _tap_sums(r1a, r1m, r1z, W)
+    s20, s21, s22 = _tap_sums(r2a, r2m, r2z, W)
     o = out_ptr + p * (9 * D) + offs_d * 9          # S[p, d, i, j]
     tl.store(o + 0, s00 / HW, mask=dmask)
     tl.store(o + 1, s01 / HW, mask=dmask)
@@ -83,20 +240,73 @@ def _relu_tap_window_means_fwd_kernel(
 
 
 @triton.jit
+def _column_taps(g0, g1, g2, W: tl.constexpr):
+    """(first, middle, last) column class: the sum of g_j over the tap columns j that read it, in the
+    order the window sums add up (first: g0 + g1, middle: (g0 + g1) + g2, last: g1 + g2;
+    W == 1: the only column, g1)."""
+    if W == 1:
+        first, mid, last = g1, g1, g1
+    else:
+        first, mid, last = g0 + g1, g0 + g1 + g2, g1 + g2
+    return first, mid, last
+
+
+@triton.jit
+def _class_tile(first, mid, last, w, W: tl.constexpr, out_ty: tl.constexpr):
+    """[BLOCK_W, BLOCK_D] tile whose slot k holds the value of column w[k]'s class, in out_ty."""
+    if W == 1:
+        t = tl.broadcast_to(first[None, :], (w.shape[0], first.shape[0]))
+    else:
+        t = tl.where((w == 0)[:, None], first[None, :], tl.where((w == W - 1)[:, None], last[None, :], mid[None, :]))
+    return t.to(out_ty)
+
+
+@triton.jit
+def _relu_grad(x, g, ASM: tl.constexpr):
+    """ReLU's backward as these kernels have always taken it: [x > 0] ? g : 0 (0 where x is NaN).
+    ASM (fp32, compiled): one setp and one selp per element. As tl.where, LLVM's SLP vectorizer
+    turns the compares into one <N x i1> vector that NVPTX packs into integer bit masks and unpacks
+    again: about 90 more instructions per 1024 elements at ImageNet-LT, and ptxas then issued the
+    loop's loads in two dependent batches."""
+    if ASM:
+        y = tl.inline_asm_elementwise("{ .reg .pred p; setp.gt.f32 p, $1, 0f00000000; selp.b32 $0, $2, 0, p; }",
+                                      "=r,r,r", [x, g], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        y = tl.where(x > 0, g, 0.0)
+    return y
+
+
+@triton.jit
+def _store(ptrs, value, mask, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptrs, value, mask=mask)
+    else:
+        tl.store(ptrs, value)
+
+
+@triton.jit
 def _relu_tap_window_means_bwd_kernel(
     pre_ptr, gs_ptr, gpre_ptr, spp, sphw, spd, sgp, sgd, sgi, sgj, sop, sohw, sod,
-    H: tl.constexpr, W: tl.constexpr, D: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_D: tl.constexpr,
+    H: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, ASM: tl.constexpr,
 ):
     """Program (p, db): grad_pre[p, :, :, d] for the channels d of its block (module docstring).
+
+    A position's gradient sum depends only on its (row, column) class (first, middle, last), so the
+    program forms the nine sums once, lays them out per column chunk as one [BLOCK_W, BLOCK_D] tile
+    per row class, and the row walk (the forward's tiles) only selects: [pre > 0] ? tile : 0.
 
     Shapes: pre and grad_pre (P, H, W, D) with (H, W) one flat axis, any other strides; grad_S
     (P, D, 3, 3) any strides. Bytes: reads P*HW*D of pre and 9*P*D of grad_S, writes P*HW*D.
     """
     HW: tl.constexpr = H * W
+    MASK_D: tl.constexpr = D % BLOCK_D != 0
+    MASKED: tl.constexpr = MASK_D or (W % BLOCK_W != 0)     # stores
+    out_ty: tl.constexpr = gpre_ptr.dtype.element_ty
     p = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
-    acc_ty = gs_ptr.dtype.element_ty         # grad_S comes in S's (acc) dtype
+    acc_ty: tl.constexpr = gs_ptr.dtype.element_ty         # grad_S comes in S's (acc) dtype
     # int64 offsets: a stride here may span the whole tensor (e.g. channels outermost)
     d64 = offs_d.to(tl.int64)
     pre_d, out_d = d64 * spd, d64 * sod
@@ -112,38 +322,78 @@ def _relu_tap_window_means_bwd_kernel(
     g20 = tl.load(g2, mask=dmask, other=0.0).to(acc_ty)
     g21 = tl.load(g2 + sgj, mask=dmask, other=0.0).to(acc_ty)
     g22 = tl.load(g2 + sgj + sgj, mask=dmask, other=0.0).to(acc_ty)
-    for start in range(0, HW, BLOCK_HW):
-        hw = start + tl.arange(0, BLOCK_HW)
-        m = (hw < HW)[:, None] & dmask[None, :]
-        r0, r2, c0, c2 = _taps(hw, H, W)
-        # sum over the tap rows that read h of (sum over the tap columns that read w)
-        row0 = tl.where(c0[:, None], g00[None, :], 0.0) + g01[None, :] + tl.where(c2[:, None], g02[None, :], 0.0)
-        row1 = tl.where(c0[:, None], g10[None, :], 0.0) + g11[None, :] + tl.where(c2[:, None], g12[None, :], 0.0)
-        row2 = tl.where(c0[:, None], g20[None, :], 0.0) + g21[None, :] + tl.where(c2[:, None], g22[None, :], 0.0)
-        gsum = tl.where(r0[:, None], row0, 0.0) + row1 + tl.where(r2[:, None], row2, 0.0)
-        hw64 = hw.to(tl.int64)[:, None]
-        a = tl.load(pre_ptr + p * spp + hw64 * sphw + pre_d[None, :], mask=m, other=0.0)
-        grad = tl.where(a > 0, gsum / HW, 0.0)
-        tl.store(gpre_ptr + p * sop + hw64 * sohw + out_d[None, :], grad.to(gpre_ptr.dtype.element_ty),
-                 mask=m)
+    # per tap row, the sum over the tap columns that read each column class; then per row class the
+    # sum over the tap rows that read it: the nine distinct values of the gradient sum
+    t0a, t0m, t0z = _column_taps(g00, g01, g02, W)
+    t1a, t1m, t1z = _column_taps(g10, g11, g12, W)
+    t2a, t2m, t2z = _column_taps(g20, g21, g22, W)
+    fa, ma, za = _column_taps(t0a, t1a, t2a, H)
+    fm, mm, zm = _column_taps(t0m, t1m, t2m, H)
+    fz, mz, zz = _column_taps(t0z, t1z, t2z, H)
+    fa, fm, fz, ma, mm, mz, za, zm, zz = fa / HW, fm / HW, fz / HW, ma / HW, mm / HW, mz / HW, za / HW, zm / HW, zz / HW
+    r = tl.arange(0, BLOCK_R)
+    pre_base = pre_ptr + p * spp
+    out_base = gpre_ptr + p * sop
+    for c0 in range(0, W, BLOCK_W):
+        w = c0 + tl.arange(0, BLOCK_W)
+        w_ld = _clamp(w, W, W % BLOCK_W != 0)
+        w64 = w_ld.to(tl.int64)[:, None]
+        rw64 = (r[:, None] * W + w_ld[None, :]).to(tl.int64)[:, :, None]
+        pre_off, out_off = w64 * sphw + pre_d[None, :], w64 * sohw + out_d[None, :]
+        pre_off3, out_off3 = rw64 * sphw + pre_d[None, None, :], rw64 * sohw + out_d[None, None, :]
+        mask = (w < W)[:, None] & dmask[None, :]
+        last_row = _i64((H - 1) * W)
+        x_first = _load(pre_base + pre_off, dmask[None, :], MASK_D)
+        if H > 1:
+            x_last = _load(pre_base + last_row * sphw + pre_off, dmask[None, :], MASK_D)
+        g_first = _class_tile(fa, fm, fz, w, W, out_ty)
+        _store(out_base + out_off, _relu_grad(x_first, g_first, ASM), mask, MASKED)
+        if H > 1:
+            g_last = _class_tile(za, zm, zz, w, W, out_ty)
+            _store(out_base + last_row * sohw + out_off, _relu_grad(x_last, g_last, ASM), mask, MASKED)
+        if H > 2:
+            g_mid = _class_tile(ma, mm, mz, w, W, out_ty)[None, :, :]
+            for g in range((H - 2) // BLOCK_R):     # whole groups of middle rows: no row mask
+                row = _i64((1 + g * BLOCK_R) * W)
+                x = _load(pre_base + row * sphw + pre_off3, dmask[None, None, :], MASK_D)
+                _store(out_base + row * sohw + out_off3, _relu_grad(x, g_mid, ASM), mask[None, :, :], MASKED)
+            if (H - 2) % BLOCK_R != 0:
+                row = _i64((1 + (H - 2) // BLOCK_R * BLOCK_R) * W)
+                tail = mask[None, :, :] & (r < (H - 2) % BLOCK_R)[:, None, None]
+                x = tl.load(pre_base + row * sphw + pre_off3, mask=tail)
+                tl.store(out_base + row * sohw + out_off3, _relu_grad(x, g_mid, ASM), mask=tail)
 
 
-def _blocks(HW: int, D: int):
-    """(BLOCK_HW, BLOCK_D): 32 channels (a 128-byte line of fp32 per position) by up to 32 positions.
-    Narrow channel blocks give P * D / 32 programs (1536 at ImageNet-LT's 192 pairs and D = 256; 128
-    channels gave 384, under three per SM), all resident at once; what one iteration of all of them
-    loads together, P * D * BLOCK_HW * itemsize, does not depend on BLOCK_D: about 48 KB per SM in
-    fp32 there (24 KB in bf16; 64 positions would double it, but the forward then needs 255
-    registers). Each program is one warp: in the forward it holds whole columns of its tile, so its
-    nine sums over positions stay inside the warp (with four warps, split along positions, each of
-    them crossed warps through shared memory, two barriers each, every iteration), and one-warp
-    programs of either kernel all fit on the SMs at once (four-warp ones of the backward: 4 per SM in
-    bf16, at 113 registers). Past 65535 blocks of 32 (CUDA's grid limit) the blocks take 128
-    channels, so the size limit stays the documented one (docs/ops-contract.md)."""
+# False under the Triton interpreter (TRITON_INTERPRET=1), which runs no inline PTX
+_COMPILED = isinstance(_relu_tap_window_means_bwd_kernel, triton.runtime.jit.JITFunction)
+
+
+def _blocks(H: int, W: int, D: int, itemsize: int):
+    """(BLOCK_R, BLOCK_W, BLOCK_D): a program's tile is BLOCK_R rows x BLOCK_W columns x BLOCK_D
+    channels, at most 4 KB (1024 fp32 slots, 2048 of 2 bytes). 32 channels (a 128-byte line of fp32,
+    two 32-byte sectors of bf16) give P * D / 32 one-warp programs: 1536 at ImageNet-LT's 192 pairs
+    and D = 256, all resident at once (at most 127 registers there: 16 per SM fit). What all of them
+    have in flight together, P * D * BLOCK_R * BLOCK_W * itemsize, does not depend on BLOCK_D, so
+    2-byte inputs take twice the rows rather than 64 channels (which would halve the warps that hide
+    the latency). ImageNet-LT's 14 x 14 maps: 2 rows (fp32; 4 of bf16) x 16 columns (14 live) x 32
+    channels, 3.5 KB a group, the edge rows with the first. A row fills at most half the tile, else
+    the columns come in chunks of a quarter tile (8 fp32 columns, 16 of 2 bytes) in half tiles: a
+    program walking several chunks holds more (the middle chunks' sums). A channel block past D
+    takes a quarter tile: its mask can make the accesses scalar (at D = 20 or 40, one load and one
+    address per element). Past 65535 blocks of 32 channels (CUDA's grid limit) the blocks take 128,
+    so the size limit stays the documented one (docs/ops-contract.md)."""
     bd = pow2(D, hi=32)
     if (D + bd - 1) // bd > 65535:
         bd = pow2(D, hi=128)
-    return pow2(HW, hi=max(1, 1024 // bd)), bd
+    slots = 4096 // itemsize
+    if D % bd:
+        slots //= 4
+    bw = pow2(W)
+    if bw > slots // (2 * bd):
+        slots //= 2
+        bw = max(1, slots // (2 * bd))
+    br = max(1, min(slots // (bw * bd), pow2(max(H - 2, 1))))
+    return br, bw, bd
 
 
 def flat_hw_stride(t: torch.Tensor) -> int | None:
@@ -164,12 +414,12 @@ def relu_tap_window_means_forward(pre: torch.Tensor, acc: torch.dtype) -> torch.
     """S (P, D, 3, 3) contiguous in ``acc`` from pre (P, H, W, D), any strides."""
     pre = _flat(pre)
     P, H, W, D = pre.shape
-    bhw, bd = _blocks(H * W, D)
+    br, bw, bd = _blocks(H, W, D, pre.element_size())
     g = grid("relu_tap_window_means", ("pre.shape[0] (P)", P, 1), ("pre.shape[3] (D)", D, bd))
     check_extent("relu_tap_window_means", "H * W of pre", H * W)
     out = new_empty((P, D, 3, 3), acc, pre.device)
     launch(_relu_tap_window_means_fwd_kernel, g)(
-        pre, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd,
+        pre, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), H=H, W=W, D=D, BLOCK_R=br, BLOCK_W=bw, BLOCK_D=bd,
         num_warps=1)
     return out
 
@@ -178,13 +428,14 @@ def relu_tap_window_means_backward(pre: torch.Tensor, grad: torch.Tensor) -> tor
     """grad_pre (P, H, W, D) in pre's dtype (and layout, when its (H, W) is one flat axis)."""
     pre = _flat(pre)
     P, H, W, D = pre.shape
-    bhw, bd = _blocks(H * W, D)
+    br, bw, bd = _blocks(H, W, D, pre.element_size())
     g = grid("relu_tap_window_means's backward", ("pre.shape[0] (P)", P, 1), ("pre.shape[3] (D)", D, bd))
     check_extent("relu_tap_window_means's backward", "H * W of pre", H * W)
     out = new_empty_like(pre)
     launch(_relu_tap_window_means_bwd_kernel, g)(
         pre, grad, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), *grad.stride(),
-        out.stride(0), flat_hw_stride(out), out.stride(3), H=H, W=W, D=D, BLOCK_HW=bhw, BLOCK_D=bd, num_warps=1)
+        out.stride(0), flat_hw_stride(out), out.stride(3), H=H, W=W, D=D, BLOCK_R=br, BLOCK_W=bw, BLOCK_D=bd,
+        ASM=pre.dtype == torch.float32 and _COMPILED, num_warps=1)
     return out
 
 

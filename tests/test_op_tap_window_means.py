@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from helpers import BACKENDS, DEVICE, close, leaf
 from rsg_fast import ops
+from rsg_fast.kernels import tap_window_means
 from rsg_fast.kernels._common import poisoned_outputs
 from rsg_fast.ops import naive
 from rsg_fast.testing import tolerance
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 4, 130), (2, 5, 1, 3), (2, 6, 6, 20),   # P, H, W, D
-          (2, 7, 5, 130)]   # D > 128: five channel blocks of 32 (the last partial), H*W = 35 > 32: two spatial blocks
+          (2, 7, 5, 130)]   # D > 128: five channel blocks of 32 (the last partial)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -23,11 +24,53 @@ def test_values_and_grads(backend, shape):
     assert out.dtype == torch.float32 and out.shape == (shape[0], shape[3], 3, 3)
 
 
+# (P, H, W, D) reaching each static branch of the Triton kernels at fp32, with the tiles _blocks
+# gives them (BLOCK_R rows x BLOCK_W columns x BLOCK_D channels): row 0, the middle rows in whole
+# groups of BLOCK_R and a masked last group, row H-1; column chunks of BLOCK_W (the first, a loop
+# over the middle ones, the last; a chunk past the map re-reads column W-1), channel blocks.
+BRANCH_SHAPES = {
+    "H = W = 2: no middle row or column": ((2, 2, 2, 5), (1, 2, 8)),
+    "H = W = 3: one middle row and column, a chunk past the map": ((2, 3, 3, 32), (1, 4, 32)),
+    "two whole row groups and a partial one": ((2, 12, 5, 32), (4, 8, 32)),     # 10 middle rows = 4 + 4 + 2
+    "one whole row group and a partial one": ((2, 9, 6, 32), (4, 8, 32)),       # 7 = 4 + 3
+    "column chunks, the last one partial": ((2, 5, 37, 32), (2, 8, 32)),        # 37 = 8 + 3 * 8 + 5
+    "one row, column chunks": ((2, 1, 40, 32), (1, 8, 32)),
+    "one column, row groups": ((2, 70, 1, 32), (32, 1, 32)),                    # 68 middle rows = 32 + 32 + 4
+    "D not a multiple of the channel block, column chunks": ((2, 6, 21, 40), (2, 2, 32)),
+}
+
+
+@pytest.mark.parametrize("case", list(BRANCH_SHAPES))
+def test_branch_shapes_get_their_tiles(case):
+    """The shapes above still reach the branches they are named after (see _blocks)."""
+    (_, H, W, D), blocks = BRANCH_SHAPES[case]
+    assert tap_window_means._blocks(H, W, D, 4) == blocks
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(BRANCH_SHAPES))
+def test_values_and_grads_in_every_branch(backend, case):
+    shape, _ = BRANCH_SHAPES[case]
+    _compare_with_float64_reference(torch.randn(*shape, device=DEVICE), backend)
+
+
+# tilings _blocks does not choose at these sizes, forced: two column chunks (no middle one), a
+# one-column chunk, more rows a group than middle rows (the masked group only)
+FORCED_TILINGS = [((2, 5, 4, 32), (2, 2, 32)), ((2, 4, 7, 16), (1, 4, 16)), ((2, 6, 5, 32), (4, 2, 32)),
+                  ((2, 7, 3, 8), (2, 1, 8)), ((2, 9, 6, 20), (8, 8, 32))]
+
+
+@pytest.mark.parametrize("shape, blocks", FORCED_TILINGS)
+def test_values_and_grads_at_forced_tilings(monkeypatch, shape, blocks):
+    monkeypatch.setattr(tap_window_means, "_blocks", lambda H, W, D, itemsize: blocks)
+    _compare_with_float64_reference(torch.randn(*shape, device=DEVICE), "triton")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_values_and_grads(backend, dtype):
-    """2-byte inputs, a partial channel block: S in fp32 from the rounded inputs, grad_pre rounded
-    once to the input's dtype."""
+    """2-byte inputs (tiles of their own), column chunks and a partial channel block: S in fp32
+    from the rounded inputs, grad_pre rounded once to the input's dtype."""
     pre = torch.randn(2, 9, 20, 40, device=DEVICE).to(dtype)
     _compare_with_float64_reference(pre, backend, grad_rtol=tolerance(dtype))
 
@@ -152,9 +195,9 @@ def test_gapped_input_values_and_grads(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gapped_input_and_gradient(backend):
+def test_gapped_input_and_gradient_with_column_chunks(backend):
     """Every stride a runtime value: gaps along P, W and D of pre ((H, W) still one flat axis) and
-    along every dimension of grad_S, two channel blocks."""
+    along every dimension of grad_S, over column chunks and two channel blocks."""
     pre = torch.randn(4, 5, 22, 80, device=DEVICE)[::2, :, ::2, ::2]       # (2, 5, 11, 40): W stride 160
     assert not pre.is_contiguous()
     grad_s = torch.randn(4, 80, 6, 6, device=DEVICE)[::2, ::2, ::2, ::2]
