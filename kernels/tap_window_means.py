@@ -262,18 +262,9 @@ def _class_tile(first, mid, last, w, W: tl.constexpr, out_ty: tl.constexpr):
 
 
 @triton.jit
-def _relu_grad(x, g, ASM: tl.constexpr):
-    """ReLU's backward as these kernels have always taken it: [x > 0] ? g : 0 (0 where x is NaN).
-    ASM (fp32, compiled): one setp and one selp per element. As tl.where, LLVM's SLP vectorizer
-    turns the compares into one <N x i1> vector that NVPTX packs into integer bit masks and unpacks
-    again: about 90 more instructions per 1024 elements at ImageNet-LT, and ptxas then issued the
-    loop's loads in two dependent batches."""
-    if ASM:
-        y = tl.inline_asm_elementwise("{ .reg .pred p; setp.gt.f32 p, $1, 0f00000000; selp.b32 $0, $2, 0, p; }",
-                                      "=r,r,r", [x, g], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        y = tl.where(x > 0, g, 0.0)
-    return y
+def _relu_grad(x, g):
+    """ReLU's backward as these kernels have always taken it: [x > 0] ? g : 0 (0 where x is NaN)."""
+    return tl.where(x > 0, g, 0.0)
 
 
 @triton.jit
@@ -288,7 +279,7 @@ def _store(ptrs, value, mask, MASKED: tl.constexpr):
 def _relu_tap_window_means_bwd_kernel(
     pre_ptr, gs_ptr, gpre_ptr, spp, sphw, spd, sgp, sgd, sgi, sgj, sop, sohw, sod,
     H: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, ASM: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Program (p, db): grad_pre[p, :, :, d] for the channels d of its block (module docstring).
 
@@ -347,25 +338,21 @@ def _relu_tap_window_means_bwd_kernel(
         if H > 1:
             x_last = _load(pre_base + last_row * sphw + pre_off, dmask[None, :], MASK_D)
         g_first = _class_tile(fa, fm, fz, w, W, out_ty)
-        _store(out_base + out_off, _relu_grad(x_first, g_first, ASM), mask, MASKED)
+        _store(out_base + out_off, _relu_grad(x_first, g_first), mask, MASKED)
         if H > 1:
             g_last = _class_tile(za, zm, zz, w, W, out_ty)
-            _store(out_base + last_row * sohw + out_off, _relu_grad(x_last, g_last, ASM), mask, MASKED)
+            _store(out_base + last_row * sohw + out_off, _relu_grad(x_last, g_last), mask, MASKED)
         if H > 2:
             g_mid = _class_tile(ma, mm, mz, w, W, out_ty)[None, :, :]
             for g in range((H - 2) // BLOCK_R):     # whole groups of middle rows: no row mask
                 row = _i64((1 + g * BLOCK_R) * W)
                 x = _load(pre_base + row * sphw + pre_off3, dmask[None, None, :], MASK_D)
-                _store(out_base + row * sohw + out_off3, _relu_grad(x, g_mid, ASM), mask[None, :, :], MASKED)
+                _store(out_base + row * sohw + out_off3, _relu_grad(x, g_mid), mask[None, :, :], MASKED)
             if (H - 2) % BLOCK_R != 0:
                 row = _i64((1 + (H - 2) // BLOCK_R * BLOCK_R) * W)
                 tail = mask[None, :, :] & (r < (H - 2) % BLOCK_R)[:, None, None]
                 x = tl.load(pre_base + row * sphw + pre_off3, mask=tail)
-                tl.store(out_base + row * sohw + out_off3, _relu_grad(x, g_mid, ASM), mask=tail)
-
-
-# False under the Triton interpreter (TRITON_INTERPRET=1), which runs no inline PTX
-_COMPILED = isinstance(_relu_tap_window_means_bwd_kernel, triton.runtime.jit.JITFunction)
+                tl.store(out_base + row * sohw + out_off3, _relu_grad(x, g_mid), mask=tail)
 
 
 def _blocks(H: int, W: int, D: int, itemsize: int):
@@ -435,7 +422,7 @@ def relu_tap_window_means_backward(pre: torch.Tensor, grad: torch.Tensor) -> tor
     launch(_relu_tap_window_means_bwd_kernel, g)(
         pre, grad, out, pre.stride(0), flat_hw_stride(pre), pre.stride(3), *grad.stride(),
         out.stride(0), flat_hw_stride(out), out.stride(3), H=H, W=W, D=D, BLOCK_R=br, BLOCK_W=bw, BLOCK_D=bd,
-        ASM=pre.dtype == torch.float32 and _COMPILED, num_warps=1)
+        num_warps=1)
     return out
 
 
