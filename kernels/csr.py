@@ -77,7 +77,9 @@ def csr_by_sort(index: torch.Tensor, n_rows: int):
     # sort + searchsorted rather than bincount + cumsum: no atomics, and allowed under
     # torch.use_deterministic_algorithms(True)
     sorted_index, perm = torch.sort(index, stable=True)
-    offsets = torch.searchsorted(sorted_index, torch.arange(n_rows + 1, dtype=index.dtype, device=index.device))
+    if sorted_index.dtype != torch.int64:   # row numbers in the index dtype would wrap past its range
+        sorted_index = sorted_index.to(torch.int64)
+    offsets = torch.searchsorted(sorted_index, torch.arange(n_rows + 1, dtype=torch.int64, device=index.device))
     return perm, offsets
 
 

@@ -76,6 +76,16 @@ def test_other_integer_dtypes(dtype, launches):
     _check(torch.randint(0, 9, (100,)).to(dtype), 10, launches)
 
 
+@pytest.mark.parametrize("dtype, n_rows", [(torch.uint8, 300), (torch.int8, 200), (torch.int16, 33000)])
+def test_more_rows_than_the_index_dtype_holds(dtype, n_rows, launches):
+    """Row numbers past the index dtype's range (the sort's searchsorted must not wrap them): the
+    offsets of the rows beyond the largest value are all len, on both paths."""
+    index = torch.randint(0, 100, (100,)).to(dtype)
+    _check(index, n_rows, launches)
+    perm, offsets = csr.csr_by_sort(index, n_rows)
+    assert (offsets[100:] == 100).all() and offsets[0] == 0
+
+
 @pytest.mark.parametrize("length, n_rows, kernel", [
     (csr.MAX_LEN, 3, True), (csr.MAX_LEN + 1, 3, False),
     (100, csr.MAX_ROWS, True), (100, csr.MAX_ROWS + 1, False),
