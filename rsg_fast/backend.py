@@ -22,7 +22,7 @@ import torch
 BACKEND_CHOICES = ("auto", "torch", "triton")
 ENV_VAR = "RSG_FAST_BACKEND"
 
-__all__ = ["BACKEND_CHOICES", "ENV_VAR", "resolve_backend", "triton_available", "triton_interpret"]
+__all__ = ["BACKEND_CHOICES", "ENV_VAR", "check_backend", "resolve_backend", "triton_available", "triton_interpret"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,12 +51,18 @@ def _env_override() -> str | None:
     return value
 
 
-def resolve_backend(backend: str | None, device: torch.device | str) -> str:
-    """Return ``"torch"`` or ``"triton"`` for tensors on ``device`` (see the module docstring)."""
+def check_backend(backend: str | None) -> str:
+    """The ``backend`` argument as one of ``BACKEND_CHOICES`` (None means ``"auto"``), else a ``ValueError``."""
     if backend is None:
-        backend = "auto"
+        return "auto"
     if not isinstance(backend, str) or backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {BACKEND_CHOICES} (or None for 'auto'), got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str | None, device: torch.device | str) -> str:
+    """Return ``"torch"`` or ``"triton"`` for tensors on ``device`` (see the module docstring)."""
+    backend = check_backend(backend)
     device = torch.device(device)
     source = "backend argument"
     if backend == "auto":

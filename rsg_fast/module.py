@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from rsg_fast import ops
 from rsg_fast._validation import (HOST_TARGET_MESSAGE, NON_FINITE_MESSAGE, check_forward_arguments,
                                   check_host_target, raise_for_labels, raise_if_labels_differ)
-from rsg_fast.backend import BACKEND_CHOICES, resolve_backend
+from rsg_fast.backend import check_backend, resolve_backend
 from rsg_fast.parameters import RSGParameters
 
 FUNCTORCH_MESSAGE = (
@@ -67,10 +67,7 @@ class RSG(RSGParameters):
     def __init__(self, n_center=3, feature_maps_shape=[32, 16, 16], num_classes=10,  # noqa: B006 (published API)
                  contrastive_module_dim=128, head_class_lists=[], transfer_strength=1.0,  # noqa: B006
                  epoch_thresh=100, *, mv_loss="original", backend="auto", validate=True, check_finite=False):
-        if backend is None:          # as the ops' backend=None: "auto"
-            backend = "auto"
-        if not isinstance(backend, str) or backend not in BACKEND_CHOICES:
-            raise ValueError(f"backend must be one of {BACKEND_CHOICES} (or None for 'auto'), got {backend!r}")
+        backend = check_backend(backend)     # None means "auto", as in the ops
         super().__init__(n_center, feature_maps_shape, num_classes, contrastive_module_dim, head_class_lists,
                          transfer_strength, epoch_thresh, mv_loss=mv_loss, validate=validate,
                          check_finite=check_finite)
