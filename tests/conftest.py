@@ -25,6 +25,19 @@ torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(autouse=True)
+def _sanitized_interpreter():
+    """Under the Triton interpreter every launch is checked for out-of-bounds accesses and races
+    between programs, which a GPU shows and the interpreter does not (tests/interpreter_sanitizer.py)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    from interpreter_sanitizer import sanitize
+
+    with sanitize():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     """Every test starts from a fixed seed so a failure reproduces; tests draw fresh inputs from it."""
     torch.manual_seed(0)
