@@ -8,7 +8,7 @@ columns) and a = relu(pre) is the 1x1 convolution's activation, channels-last (P
 the convolution weight's (D, 3, 3) layout per sample, so the pooled output is one matrix product
 with the weight as it is stored. These kernels compute S straight from ``pre`` (the ReLU on the
 fly: a is never stored) and, backward,
-    grad_pre[p, h, w, d] = [pre > 0] * (1/HW) sum_{i: h in R_i} sum_{j: w in C_j} grad_S[p, d, i, j].
+    grad_pre[p, h, w, d] = [not pre <= 0] * (1/HW) sum_{i: h in R_i} sum_{j: w in C_j} grad_S[p, d, i, j].
 
 Each R_i is a union of three row classes, the first row (0), the middle rows (1 .. H-2) and the
 last row (H-1), and likewise each C_j: every window is a union of the nine (row class, column
@@ -263,8 +263,8 @@ def _class_tile(first, mid, last, w, W: tl.constexpr, out_ty: tl.constexpr):
 
 @triton.jit
 def _relu_grad(x, g):
-    """ReLU's backward as these kernels have always taken it: [x > 0] ? g : 0 (0 where x is NaN)."""
-    return tl.where(x > 0, g, 0.0)
+    """ReLU's backward as torch.relu's: [x <= 0] ? 0 : g, so the gradient passes where x is NaN."""
+    return tl.where(x <= 0, 0.0, g)
 
 
 @triton.jit
@@ -285,7 +285,7 @@ def _relu_tap_window_means_bwd_kernel(
 
     A position's gradient sum depends only on its (row, column) class (first, middle, last), so the
     program forms the nine sums once, lays them out per column chunk as one [BLOCK_W, BLOCK_D] tile
-    per row class, and the row walk (the forward's tiles) only selects: [pre > 0] ? tile : 0.
+    per row class, and the row walk (the forward's tiles) only selects: [pre <= 0] ? 0 : tile.
 
     Shapes: pre and grad_pre (P, H, W, D) with (H, W) one flat axis, any other strides; grad_S
     (P, D, 3, 3) any strides. Bytes: reads P*HW*D of pre and 9*P*D of grad_S, writes P*HW*D.
