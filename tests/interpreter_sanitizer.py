@@ -11,7 +11,10 @@ interpreter so that every launch checks:
 * **write-write races**: no address is stored by two different programs (on a GPU the order is
   undefined), and no store writes one address from two lanes with different values;
 * **read-write races**: no program loads an address that another program of the same launch stores
-  (on a GPU it may see the old or the new value).
+  (on a GPU it may see the old or the new value);
+* **unfenced read-back**: no program loads an address it stored itself unless a ``tl.debug_barrier()``
+  lies between (another thread of the program may have stored it; which thread holds which element
+  is the compiler's choice, so the check cannot exempt a thread reading its own store).
 
 Atomics are bounds-checked and left out of the race checks. A violation raises ``MemoryAccessError``
 naming the kernel, the program, the argument and the element. Used by ``tests/conftest.py`` for every
@@ -97,6 +100,28 @@ class _Launch:
     arguments: list[_Argument] = dataclasses.field(default_factory=list)
     reads: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)
     writes: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)
+    unfenced: list[np.ndarray] = dataclasses.field(default_factory=list)  # this program's stores since its last barrier
+    unfenced_range: tuple[int, int] = (0, -1)                               # their [min, max] address
+
+    def fence(self) -> None:
+        self.unfenced, self.unfenced_range = [], (0, -1)
+
+    def check_read_back(self, addresses: np.ndarray, program) -> None:
+        lo, hi = self.unfenced_range
+        if addresses.size == 0 or addresses.max() < lo or addresses.min() > hi:
+            return
+        stored = np.isin(addresses, np.concatenate(self.unfenced))
+        if stored.any():
+            raise MemoryAccessError(
+                f"{self.kernel}, program {program} of grid {self.grid}: loads {_name(self, int(addresses[stored][0]))}, "
+                f"which it stored itself with no tl.debug_barrier() between; on a GPU another thread of "
+                f"the program may have stored it, and the load may see the old value")
+
+    def add_unfenced(self, addresses: np.ndarray) -> None:
+        lo, hi = self.unfenced_range
+        first, last = int(addresses.min()), int(addresses.max())
+        self.unfenced.append(addresses)
+        self.unfenced_range = (first, last) if lo > hi else (min(lo, first), max(hi, last))
 
 
 _current: list[_Launch] = []   # the launch being interpreted (launches do not nest)
@@ -202,6 +227,8 @@ def sanitize() -> Iterator[None]:
             (executor, "__call__"): executor.__call__,
             (executor, "_init_args_hst"): executor._init_args_hst,
             (builder_cls, "set_grid_dim"): builder_cls.set_grid_dim,
+            (builder_cls, "set_grid_idx"): builder_cls.set_grid_idx,
+            (builder_cls, "create_barrier"): builder_cls.create_barrier,
             (builder_cls, "create_masked_load"): builder_cls.create_masked_load,
             (builder_cls, "create_masked_store"): builder_cls.create_masked_store,
             (builder_cls, "create_atomic_rmw"): builder_cls.create_atomic_rmw,
@@ -234,9 +261,20 @@ def sanitize() -> Iterator[None]:
             _current[-1].grid = (nx, ny, nz)
         return originals[(builder_cls, "set_grid_dim")](self, nx, ny, nz)
 
+    def set_grid_idx(self, x, y, z):
+        if _current:
+            _current[-1].fence()   # a new program: nothing of its own stored yet
+        return originals[(builder_cls, "set_grid_idx")](self, x, y, z)
+
+    def barrier(self):
+        if _current:
+            _current[-1].fence()
+        return originals[(builder_cls, "create_barrier")](self)
+
     def masked_load(self, ptrs, mask, other, *rest):
         addresses = _check_bounds(self, "load", ptrs, mask)
         if _current:
+            _current[-1].check_read_back(addresses, _program(self))
             _current[-1].reads.append((addresses, _linear(_current[-1], _program(self))))
         return originals[(builder_cls, "create_masked_load")](self, ptrs, mask, other, *rest)
 
@@ -255,6 +293,7 @@ def sanitize() -> Iterator[None]:
                         f"{launch.kernel}, program {_program(self)} of grid {launch.grid}: one store writes "
                         f"different values to {_name(launch, int(sorted_addr[1:][same][0]))} from two lanes")
             launch.writes.append((np.unique(addresses), _linear(launch, _program(self))))
+            launch.add_unfenced(addresses)
         return originals[(builder_cls, "create_masked_store")](self, ptrs, value, mask, *rest)
 
     def atomic_rmw(self, op, ptr, val, mask, *rest):
@@ -267,7 +306,8 @@ def sanitize() -> Iterator[None]:
 
     replacements = {
         (executor, "__call__"): call, (executor, "_init_args_hst"): init_args_hst,
-        (builder_cls, "set_grid_dim"): set_grid_dim, (builder_cls, "create_masked_load"): masked_load,
+        (builder_cls, "set_grid_dim"): set_grid_dim, (builder_cls, "set_grid_idx"): set_grid_idx,
+        (builder_cls, "create_barrier"): barrier, (builder_cls, "create_masked_load"): masked_load,
         (builder_cls, "create_masked_store"): masked_store, (builder_cls, "create_atomic_rmw"): atomic_rmw,
         (builder_cls, "create_atomic_cas"): atomic_cas,
     }

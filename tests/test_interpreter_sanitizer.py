@@ -48,6 +48,17 @@ def _lanes_into_one(y_ptr, BLOCK: tl.constexpr):
     tl.store(y_ptr + tl.arange(0, BLOCK) * 0, tl.arange(0, BLOCK).to(tl.float32))
 
 
+@triton.jit
+def _reverse_through_scratch(x_ptr, scratch_ptr, y_ptr, BLOCK: tl.constexpr, FENCED: tl.constexpr):
+    """y = x reversed, through a scratch buffer that lane i writes and lane BLOCK - 1 - i reads back:
+    another thread's store, so a barrier must lie between (FENCED=False is the bug)."""
+    i = tl.arange(0, BLOCK)
+    tl.store(scratch_ptr + i, tl.load(x_ptr + i))
+    if FENCED:
+        tl.debug_barrier()
+    tl.store(y_ptr + i, tl.load(scratch_ptr + BLOCK - 1 - i))
+
+
 def test_correct_kernels_pass_at_odd_sizes_and_views():
     with sanitize():
         for rows, cols in [(1, 1), (3, 5), (7, 13)]:
@@ -98,6 +109,15 @@ def test_one_store_writing_two_values_to_one_address_is_caught():
     y = torch.empty(1)
     with sanitize(), pytest.raises(MemoryAccessError, match="different values"):
         _lanes_into_one[(1,)](y, BLOCK=4)
+
+
+def test_reading_back_a_store_needs_a_barrier():
+    x, scratch, y = torch.randn(8), torch.empty(8), torch.empty(8)
+    with sanitize(), pytest.raises(MemoryAccessError, match=r"loads element 7 of argument 'scratch_ptr' .*, which it stored itself with no tl.debug_barrier"):
+        _reverse_through_scratch[(1,)](x, scratch, y, BLOCK=8, FENCED=False)
+    with sanitize():
+        _reverse_through_scratch[(1,)](x, scratch, y, BLOCK=8, FENCED=True)
+    assert torch.equal(y, x.flip(0))
 
 
 def test_every_test_runs_sanitized():
