@@ -225,9 +225,11 @@ class RSG(RSGParameters):
         P, C, H, W = first.shape
         D = w1.shape[0]
         # the 1x1 convolution as one matrix product on channels-last rows of cat[first, second], in
-        # autocast's dtype where it is on (as the convolution would run), else the parameters'
+        # autocast's dtype where it is on (as the convolution would run), else the parameters'; autocast
+        # leaves float64 alone, so a float64 module stays float64 under it
         device_type = first.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else w1.dtype
+        autocast = torch.is_autocast_enabled(device_type) and w1.dtype != torch.float64
+        dtype = torch.get_autocast_dtype(device_type) if autocast else w1.dtype
         rows = torch.cat([first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)], dim=3).to(dtype)
         # explicit sizes, no -1: P is data-dependent under torch.compile and may be 0
         pre = torch.addmm(b1.to(dtype), rows.reshape(P * H * W, 2 * C), w1.flatten(1).t().to(dtype))

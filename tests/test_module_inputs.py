@@ -80,6 +80,27 @@ def test_under_autocast_maps_of_a_dtype_that_cannot_run_are_rejected_at_the_firs
             assert out[0].shape[0] > 8 and torch.isfinite(x.grad).all(), (cls.__name__, maps_dtype)
 
 
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_float64_module_under_autocast_computes_in_float64(autocast_dtype):
+    """Autocast leaves float64 alone, so a float64 module under it gives what it gives outside it (and
+    what ReferenceRSG gives), float64 losses included. The contrastive module's 1x1 convolution, done
+    as a matrix product, once ran in autocast's dtype: loss_cesc off by 2e-3 before the threshold,
+    loss_mv off and returned in float32 after it."""
+    ref, fast = _pair(dtype=torch.float64)
+    x = torch.randn(8, 4, 3, 3, dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 2, 3, 0, 1, 2])
+    for epoch in (0, 9):
+        plain = fast(x, [0], y, epoch)
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            got = fast(x, [0], y, epoch)
+            expect = ref(x, [0], y, epoch)
+        assert got[0].shape[0] == expect[0].shape[0] and torch.equal(got[3], expect[3])
+        for a, b, c in zip(got[:3], plain[:3], expect[:3]):
+            assert a.dtype == torch.float64, epoch
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+            close(a, c, rtol=1e-10)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("offset", [1e3, 1e4])
 def test_large_common_offset_keeps_the_cesc_loss_and_centre_gradients_exact(backend, offset):
