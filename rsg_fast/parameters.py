@@ -81,8 +81,10 @@ class RSGParameters(nn.Module):
         return epoch > self.epoch_thresh      # exact for any int (float() overflows above 1e308)
 
     def _head_classes(self, head_class_lists) -> tuple[int, ...]:
+        # None: the module's list, checked here too, since it is a public attribute a caller may have
+        # set after construction (a class id past num_classes would otherwise be silently ignored)
         if head_class_lists is None:
-            return tuple(self.head_class_lists)
+            head_class_lists = self.head_class_lists
         return check_head_classes(head_class_lists, self.num_classes)
 
     def _segments(self, n_head: int, n_tail: int) -> tuple[int, int]:

@@ -265,3 +265,24 @@ def test_half_precision_module_outside_autocast(dtype, backend):
         assert got[0].dtype == dtype and torch.equal(got[3], want[3])
         for a, b in zip(got[:3], want[:3]):
             close(a, b, rtol=5e-2)
+
+
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+def test_head_class_lists_attribute_set_after_construction_is_checked_when_forward_falls_back_to_it(cls):
+    """forward(..., head_class_lists=None, ...) uses the module's ``head_class_lists``, a public attribute
+    a training script may set once it knows the class counts. It was used unchecked: a class id past
+    num_classes was silently ignored (no heads, no new samples) and a tensor or repeats went through."""
+    m = cls(3, [4, 3, 3], 4, 6, [0], 1.0, 3)
+    x, y = torch.randn(6, 4, 3, 3), torch.tensor([0, 1, 0, 2, 3, 1])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for heads, error, match in (([4], ValueError, r"head_class_lists holds 4, outside \[0, num_classes=4\)"),
+                                ([0, 0], ValueError, "head_class_lists repeats class ids"),
+                                ({0, 1}, TypeError, "head_class_lists must be a sequence")):
+        m.head_class_lists = heads
+        with pytest.raises(error, match=match):
+            m(x, None, y, 9)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert not getattr(m, "_head_tables", None)
+    m.head_class_lists = torch.tensor([1, 0])       # what forward's argument takes, the attribute takes
+    got, want = m(x, None, y, 9), m(x, [0, 1], y, 9)
+    assert torch.equal(got[3], want[3]) and got[0].shape == want[0].shape
