@@ -18,11 +18,21 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.benchmark import Measurement, TaskSpec, Timer
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on a
+# machine without CUDA: these timers compile nothing, so on the CPU the warning only misleads
+_cpp_extension_log = logging.getLogger("torch.utils.cpp_extension")
+_level = _cpp_extension_log.level
+_cpp_extension_log.setLevel(logging.ERROR)
+try:
+    from torch.utils.benchmark import Measurement, TaskSpec, Timer
+finally:
+    _cpp_extension_log.setLevel(_level)
 
 from rsg_fast.bench.cases import Case
 
