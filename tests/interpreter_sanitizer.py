@@ -7,7 +7,8 @@ interpreter so that every launch checks:
 
 * **bounds**: every active lane of a load, store or atomic addresses an element of one of the
   tensors passed to the kernel (for a strided view, an element of the view: not a gap between its
-  rows, not the storage past its end), aligned to the element size;
+  rows, not the storage past its end), aligned to the element size, and all lanes of one access the
+  same tensor;
 * **write-write races**: no address is stored by two different programs (on a GPU the order is
   undefined), and no store writes one address from two lanes with different values;
 * **read-write races**: no program loads an address that another program of the same launch stores
@@ -159,8 +160,18 @@ def _check_bounds(builder, kind: str, ptrs, mask) -> np.ndarray:
         return addresses
     width = max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
     legal = np.zeros(addresses.shape, dtype=bool)
+    owners = []   # the arguments holding every lane: a pointer comes from one tensor
     for argument in launch.arguments:
-        legal |= argument.holds(addresses, width)
+        held = argument.holds(addresses, width)
+        legal |= held
+        if held.all():
+            owners.append(argument)
+    if legal.all() and not owners:
+        spanned = [a.name for a in launch.arguments if a.holds(addresses, width).any()]
+        raise MemoryAccessError(
+            f"{launch.kernel}, program {_program(builder)} of grid {launch.grid}: one {kind} reaches into "
+            f"several tensors ({', '.join(map(repr, spanned))}): a pointer computed from one of them ran "
+            f"past it into another")
     if not legal.all():
         bad = int(addresses[~legal][0])
         nearest = min(launch.arguments, key=lambda a: min(abs(bad - a.span[0]), abs(bad - a.span[1])), default=None)

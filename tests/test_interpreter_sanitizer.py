@@ -29,6 +29,13 @@ def _copy(x_ptr, y_ptr, n, stride_row, n_cols, MASKED: tl.constexpr, BLOCK: tl.c
 
 
 @triton.jit
+def _copy_two(x_ptr, other_ptr, y_ptr, BLOCK: tl.constexpr):
+    """y[:16] = x[:16], with x only 13 long (the bug: no mask); other_ptr is a second input, unused."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, tl.load(x_ptr + i))
+
+
+@triton.jit
 def _sum_into_first(x_ptr, y_ptr, BLOCK: tl.constexpr):
     """Every program stores its block's sum to y[0] (the bug: no atomics, no per-program slot)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -88,6 +95,15 @@ def test_a_read_in_a_gap_of_a_strided_view_is_caught():
     y = torch.empty(20)
     with sanitize(), pytest.raises(MemoryAccessError, match="load.*argument 'x_ptr'"):
         _copy[(3,)](view, y, 20, 4, 4, MASKED=True, BLOCK=8)
+
+
+def test_a_read_running_from_one_tensor_into_the_next_is_caught():
+    """Two arguments that are neighbouring slices of one buffer: reading past the first lands on
+    elements of the second, legal addresses one by one, but one access may not span two tensors."""
+    buffer = torch.randn(26)
+    x, other, y = buffer[:13], buffer[13:], torch.empty(16)
+    with sanitize(), pytest.raises(MemoryAccessError, match=r"reaches into several tensors \('x_ptr', 'other_ptr'\)"):
+        _copy_two[(2,)](x, other, y, BLOCK=8)
 
 
 def test_programs_storing_one_address_is_a_race():
