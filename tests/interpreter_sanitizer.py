@@ -17,6 +17,10 @@ interpreter so that every launch checks:
   lies between (another thread of the program may have stored it; which thread holds which element
   is the compiler's choice, so the check cannot exempt a thread reading its own store).
 
+It also poisons what a GPU leaves undefined: the masked-off lanes of a load without ``other`` are NaN
+(integers: a large value, booleans: True) instead of the interpreter's 0, so a kernel whose result
+depends on them fails its value tests here as it would on a GPU.
+
 Atomics are bounds-checked and left out of the race checks. A violation raises ``MemoryAccessError``
 naming the kernel, the program, the argument and the element. Used by ``tests/conftest.py`` for every
 test when the interpreter is on; it relies on the interpreter's internals (``GridExecutor``,
@@ -183,6 +187,19 @@ def _check_bounds(builder, kind: str, ptrs, mask) -> np.ndarray:
     return addresses
 
 
+def _undefined_like(ptrs, it):
+    """What a masked-off lane of a load without ``other`` reads: undefined on a GPU, poison here."""
+    element = ptrs.get_element_ty()
+    dtype = it._get_np_dtype(element)
+    if np.issubdtype(dtype, np.floating):
+        fill = np.nan
+    elif dtype == np.bool_:
+        fill = True
+    else:
+        fill = np.iinfo(dtype).max // 3
+    return it.TensorHandle(np.full(np.shape(ptrs.data), fill, dtype=dtype), element)
+
+
 def _check_races(launch: _Launch) -> None:
     """No address stored by two programs, none loaded by one program and stored by another."""
     if not launch.writes:
@@ -284,6 +301,8 @@ def sanitize() -> Iterator[None]:
 
     def masked_load(self, ptrs, mask, other, *rest):
         addresses = _check_bounds(self, "load", ptrs, mask)
+        if other is None:
+            other = _undefined_like(ptrs, it)
         if _current:
             _current[-1].check_read_back(addresses, _program(self))
             _current[-1].reads.append((addresses, _linear(_current[-1], _program(self))))

@@ -36,6 +36,17 @@ def _copy_two(x_ptr, other_ptr, y_ptr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _masked_sum(x_ptr, y_ptr, n, OTHER: tl.constexpr, BLOCK: tl.constexpr):
+    """y = sum of x[:n] through a masked load; OTHER=False (no `other=0.0`) sums undefined lanes."""
+    i = tl.arange(0, BLOCK)
+    if OTHER:
+        v = tl.load(x_ptr + i, mask=i < n, other=0.0)
+    else:
+        v = tl.load(x_ptr + i, mask=i < n)
+    tl.store(y_ptr, tl.sum(v, axis=0))
+
+
+@triton.jit
 def _sum_into_first(x_ptr, y_ptr, BLOCK: tl.constexpr):
     """Every program stores its block's sum to y[0] (the bug: no atomics, no per-program slot)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -134,6 +145,16 @@ def test_reading_back_a_store_needs_a_barrier():
     with sanitize():
         _reverse_through_scratch[(1,)](x, scratch, y, BLOCK=8, FENCED=True)
     assert torch.equal(y, x.flip(0))
+
+
+def test_masked_off_lanes_without_other_are_poison():
+    """The interpreter reads 0 there, so a missing `other=0.0` passes on the CPU; a GPU reads garbage."""
+    x, y = torch.randn(5), torch.empty(1)
+    with sanitize():
+        _masked_sum[(1,)](x, y, 5, OTHER=False, BLOCK=8)
+        assert y.isnan().all()
+        _masked_sum[(1,)](x, y, 5, OTHER=True, BLOCK=8)
+        assert torch.allclose(y, x.sum())
 
 
 def test_every_test_runs_sanitized():
