@@ -270,8 +270,13 @@ def sanitize() -> Iterator[None]:
         try:
             originals[(executor, "__call__")](self, *args, **kwargs)
         except Exception as e:
-            if isinstance(e.__cause__, MemoryAccessError):
-                raise e.__cause__.with_traceback(e.__cause__.__traceback__) from None
+            # the interpreter wraps an error as InterpreterError(repr(e)) from e, once per level of
+            # @triton.jit function it passes (a load or store in a helper is two levels deep): find ours
+            cause = e.__cause__
+            while cause is not None and not isinstance(cause, MemoryAccessError):
+                cause = cause.__cause__
+            if cause is not None:
+                raise cause.with_traceback(cause.__traceback__) from None
             raise
         else:
             _check_races(_current[-1])

@@ -77,6 +77,19 @@ def _reverse_through_scratch(x_ptr, scratch_ptr, y_ptr, BLOCK: tl.constexpr, FEN
     tl.store(y_ptr + i, tl.load(scratch_ptr + BLOCK - 1 - i))
 
 
+@triton.jit
+def _store_in_helper(ptrs, value):
+    tl.store(ptrs, value)
+
+
+@triton.jit
+def _fill_through_helper(y_ptr, BLOCK: tl.constexpr):
+    """y[i] = i through a @triton.jit helper, as the kernels' _store/_load/_assign helpers do (the
+    bug: no mask, so the last program writes past y)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    _store_in_helper(y_ptr + i, i.to(tl.float32))
+
+
 def test_correct_kernels_pass_at_odd_sizes_and_views():
     with sanitize():
         for rows, cols in [(1, 1), (3, 5), (7, 13)]:
@@ -163,3 +176,12 @@ def test_every_test_runs_sanitized():
     x, y = torch.randn(13), torch.empty(13)
     with pytest.raises(MemoryAccessError):
         _copy[(2,)](x, y, 13, 13, 13, MASKED=False, BLOCK=8)
+
+
+def test_an_access_inside_a_jit_helper_raises_memory_access_error():
+    """The interpreter wraps an exception once more per @triton.jit call level it passes; a violation
+    in a helper must still come out as MemoryAccessError naming the kernel, not as an InterpreterError
+    holding its repr."""
+    y = torch.empty(13)
+    with sanitize(), pytest.raises(MemoryAccessError, match=r"_fill_through_helper, program \(1, 0, 0\).*store.*element 13 of argument 'y_ptr'"):
+        _fill_through_helper[(2,)](y, BLOCK=8)
