@@ -47,25 +47,29 @@ def _batch_plan_kernel(y_ptr, table_ptr, is_head_ptr, counts_ptr, N, L,
     segment = tl.maximum(tl.floor(ratio).to(tl.int64), 1)
     tl.store(counts_ptr, nh)
     tl.store(counts_ptr + 1, segment * pairs)
-    tl.store(counts_ptr + 2, tl.min(tl.where(nmask, y, 9223372036854775807), axis=0))
-    tl.store(counts_ptr + 3, tl.max(tl.where(nmask, y, -9223372036854775807 - 1), axis=0))
+    # the label range; (0, 0) for an empty batch, as the PyTorch path
+    tl.store(counts_ptr + 2, tl.where(N > 0, tl.min(tl.where(nmask, y, 9223372036854775807), axis=0), 0))
+    tl.store(counts_ptr + 3, tl.where(N > 0, tl.max(tl.where(nmask, y, -9223372036854775807 - 1), axis=0), 0))
 
 
 @triton.jit
-def _pair_indices_kernel(is_head_ptr, counts_ptr, order_ptr, head_out_ptr, tail_out_ptr, N, n_new,
+def _pair_indices_kernel(is_head_ptr, order_ptr, head_out_ptr, tail_out_ptr, N, n_new,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One program. Writes order (N,) = heads then tails, each in batch order (a stable partition
-    through a global scratch buffer and a block barrier), then head_index / tail_index (n_new,)."""
+    through a global scratch buffer and a block barrier), then head_index / tail_index (n_new,).
+    The head count is summed here rather than read from counts, so the partition fills order exactly
+    whatever counts the caller passed."""
     offs = tl.arange(0, BLOCK_N)
     nmask = offs < N
     head = (tl.load(is_head_ptr + offs, mask=nmask, other=0) != 0) & nmask
-    tail = (~head) & nmask
-    nh = tl.load(counts_ptr).to(tl.int64)
-    head_rank = tl.cumsum(head.to(tl.int64), axis=0) - 1
-    tail_rank = tl.cumsum(tail.to(tl.int64), axis=0) - 1
-    tl.store(order_ptr + head_rank, offs.to(tl.int64), mask=head)
-    tl.store(order_ptr + nh + tail_rank, offs.to(tl.int64), mask=tail)
+    # int32 ranks (N <= MAX_BATCH): half the registers of int64 at the largest batch
+    heads_upto = tl.cumsum(head.to(tl.int32), axis=0)           # heads at or before each position
+    nh32 = tl.sum(head.to(tl.int32), axis=0)
+    # a head's slot is its rank among heads; a tail's is nh + its rank among tails (offs - heads_upto)
+    slot = tl.where(head, heads_upto - 1, nh32 + offs - heads_upto)
+    tl.store(order_ptr + slot, offs.to(tl.int64), mask=nmask)
     tl.debug_barrier()                      # the order buffer is read back by other threads below
+    nh = nh32.to(tl.int64)
     nt = N - nh
     heads_first = nh >= nt
     for k0 in range(0, n_new, BLOCK_K):
@@ -73,8 +77,12 @@ def _pair_indices_kernel(is_head_ptr, counts_ptr, order_ptr, head_out_ptr, tail_
         kmask = k < n_new
         h_rank = tl.where(heads_first, k, k % tl.maximum(nh, 1))
         t_rank = tl.where(heads_first, k % tl.maximum(nt, 1), k)
-        tl.store(head_out_ptr + k, tl.load(order_ptr + h_rank, mask=kmask, other=0), mask=kmask)
-        tl.store(tail_out_ptr + k, tl.load(order_ptr + nh + t_rank, mask=kmask, other=0), mask=kmask)
+        # clamped into order: n_new past counts[1] gives wrong pairs, never a read outside the buffer
+        # (the op checks it where counts is on the CPU)
+        h_slot = tl.minimum(tl.maximum(h_rank, 0), N - 1)
+        t_slot = tl.minimum(tl.maximum(nh + t_rank, 0), N - 1)
+        tl.store(head_out_ptr + k, tl.load(order_ptr + h_slot, mask=kmask, other=0), mask=kmask)
+        tl.store(tail_out_ptr + k, tl.load(order_ptr + t_slot, mask=kmask, other=0), mask=kmask)
 
 
 def batch_plan(labels: torch.Tensor, head_table: torch.Tensor, beta: float):
@@ -88,14 +96,14 @@ def batch_plan(labels: torch.Tensor, head_table: torch.Tensor, beta: float):
     return is_head, counts
 
 
-def pair_indices(is_head: torch.Tensor, counts: torch.Tensor, n_new: int):
-    """(head_index, tail_index), each (n_new,) int64; N <= MAX_BATCH."""
+def pair_indices(is_head: torch.Tensor, n_new: int):
+    """(head_index, tail_index), each (n_new,) int64; N <= MAX_BATCH (the head count is the kernel's own)."""
     N = is_head.shape[0]
     order = new_empty((N,), torch.int64, is_head.device)
     heads = new_empty((n_new,), torch.int64, is_head.device)
     tails = new_empty((n_new,), torch.int64, is_head.device)
     block_n = pow2(N, lo=16)
-    launch(_pair_indices_kernel, (1,))(is_head, counts, order, heads, tails, N, n_new,
+    launch(_pair_indices_kernel, (1,))(is_head, order, heads, tails, N, n_new,
                                        BLOCK_N=block_n, BLOCK_K=256, num_warps=_warps(block_n))
     return heads, tails
 

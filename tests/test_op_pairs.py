@@ -113,6 +113,35 @@ def test_arguments_are_checked():
             ops.pair_indices(is_head, counts, bad_n)
     with pytest.raises(ValueError, match="n_new"):
         ops.pair_indices(is_head, counts, -1)
+    # counts of another batch, or more pairs than counts[1]: named at once where counts is on the CPU
+    with pytest.raises(ValueError, match=r"counts must be batch_plan's for this is_head: counts\[0\] = 3"):
+        ops.pair_indices(is_head, torch.tensor([3, 0, 0, 1]), 0)
+    with pytest.raises(ValueError, match=r"n_new must be counts\[1\] of batch_plan, at most 2 here, got 3"):
+        ops.pair_indices(is_head, counts, 3)
     import numpy as np
     assert [t.tolist() for t in ops.pair_indices(is_head, counts, np.int64(1))] == \
         [t.tolist() for t in ops.pair_indices(is_head, counts, 1)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_head, counts_n_head", [(5, 5), (0, 0), (2, 4), (3, 9)])
+def test_inconsistent_counts_never_index_outside_the_batch(backend, n_head, counts_n_head):
+    """On a GPU the op cannot check n_new and counts against is_head without a synchronisation, so the
+    registered op (what the public one calls) must stay in bounds for any of them: all heads or all
+    tails with n_new > counts[1] read one past the batch before (the sanitizer's bounds check), and
+    counts from another batch further. Wrong pairs, but indices of the batch."""
+    N = 5
+    is_head = torch.arange(N, device=DEVICE) < n_head
+    counts = torch.tensor([counts_n_head, 0, 0, 1], device=DEVICE)
+    for n_new in range(N + 1):
+        heads, tails = torch.ops.rsg_fast.pair_indices(is_head, counts, n_new, backend)
+        assert heads.shape == tails.shape == (n_new,)
+        assert ((heads >= 0) & (heads < N) & (tails >= 0) & (tails < N)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_batch_has_label_range_zero(backend):
+    """No labels: the Triton kernel's min/max identities (int64 max and min) are not a label range."""
+    labels = torch.zeros(0, dtype=torch.int64, device=DEVICE)
+    is_head, counts = ops.batch_plan(labels, torch.tensor([True, False], device=DEVICE), 1.0, backend=backend)
+    assert is_head.shape == (0,) and counts.tolist() == [0, 0, 0, 0]

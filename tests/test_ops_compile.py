@@ -184,8 +184,8 @@ def _run_launchers(x, K, L, D, kinds):
     pre = torch.randn(M, H, W, D).to(dt)
     s = ktw.relu_tap_window_means_forward(pre, torch.float64 if dt == torch.float64 else torch.float32)
     ktw.relu_tap_window_means_backward(pre, s)
-    is_head, counts = kpr.batch_plan(target, torch.ones(L, dtype=torch.bool), 0.5)
-    kpr.pair_indices(is_head, counts, M)
+    is_head, _ = kpr.batch_plan(target, torch.ones(L, dtype=torch.bool), 0.5)
+    kpr.pair_indices(is_head, M)
 
 
 def _strided(*shape):
@@ -323,8 +323,8 @@ def _main(report_path):
     recorder.calls.clear()
     from rsg_fast.kernels.pairs import MAX_BATCH
     labels = torch.randint(0, 10, (MAX_BATCH,))
-    is_head, counts = pairs.batch_plan(labels, torch.ones(10, dtype=torch.bool), 0.5)
-    pairs.pair_indices(is_head, counts, MAX_BATCH // 2)
+    is_head, _ = pairs.batch_plan(labels, torch.ones(10, dtype=torch.bool), 0.5)
+    pairs.pair_indices(is_head, MAX_BATCH // 2)
     for dt in (torch.int64, torch.int32):
         csr.csr_by_index(torch.zeros(csr.MAX_LEN, dtype=dt), csr.MAX_ROWS)
     result["paper"]["max-batch"] = {}

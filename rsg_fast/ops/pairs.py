@@ -42,7 +42,9 @@ def _pair_indices_torch(is_head: Tensor, counts: Tensor, n_new: int):
     heads_first = nh >= nt
     head_rank = torch.where(heads_first, k, k % nh.clamp_min(1))
     tail_rank = torch.where(heads_first, k % nt.clamp_min(1), k)
-    return order[head_rank], order[nh + tail_rank]
+    # clamped into order, as the kernel: inconsistent counts on a GPU give wrong pairs, not a device assert
+    last = max(is_head.shape[0] - 1, 0)
+    return order[head_rank.clamp(0, last)], order[(nh + tail_rank).clamp(0, last)]
 
 
 @define("batch_plan")
@@ -57,7 +59,7 @@ def _batch_plan(labels: Tensor, head_table: Tensor, beta: float, backend: str) -
 def _pair_indices(is_head: Tensor, counts: Tensor, n_new: int, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton" and is_head.shape[0] <= kernels("pairs").MAX_BATCH:
         interpreter_guard(is_head)
-        return kernels("pairs").pair_indices(is_head, counts, n_new)
+        return kernels("pairs").pair_indices(is_head, n_new)
     return _pair_indices_torch(is_head, counts, n_new)
 
 
@@ -91,6 +93,15 @@ def pair_indices(is_head: Tensor, counts: Tensor, n_new: int, *, backend: str | 
     N = is_head.shape[0]
     if not torch.compiler.is_compiling() and not 0 <= n_new <= N:
         raise ValueError(f"n_new must be counts[1] of batch_plan, in [0, N={N}], got {n_new}")
+    plain = type(counts) is Tensor and type(is_head) is Tensor     # not a tracer's fake tensor
+    if plain and counts.device.type == "cpu" and not torch.compiler.is_compiling():   # free: no device to wait for
+        # read through tolist/numpy: no torch ops dispatched (what a step launches stays countable)
+        n_head, most = counts.tolist()[:2]
+        if n_head != int(is_head.numpy().sum()):
+            raise ValueError(f"counts must be batch_plan's for this is_head: counts[0] = {n_head} frequent-class "
+                             f"samples, is_head has {int(is_head.numpy().sum())}")
+        if n_new > most:
+            raise ValueError(f"n_new must be counts[1] of batch_plan, at most {most} here, got {n_new}")
     torch._check(n_new >= 0)
     torch._check(n_new <= N)          # under torch.compile: a run-time check of the data-dependent size
     return torch.ops.rsg_fast.pair_indices(is_head.contiguous(), counts.contiguous(), n_new,
