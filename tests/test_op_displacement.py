@@ -140,3 +140,35 @@ def test_half_precision_gradients_are_summed_in_fp32(backend):
     (got,) = torch.autograd.grad(ops.displacement(xl, index, row, table.half(), backend=backend), xl, g)
     assert got.dtype == torch.float16
     close(got, g.double().sum(0, keepdim=True), rtol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_kind, g_kind", [("channels_last", "contiguous"), ("sliced", "contiguous"),
+                                            ("contiguous", "channels_last")])
+def test_incoming_gradient_in_another_layout_than_x(backend, x_kind, g_kind):
+    """The index-add writes grad_x in x's layout while reading the incoming gradient in its own: the
+    usual case is a channels_last x with a contiguous gradient (the op's output is contiguous). The
+    test above draws the gradient like the reference output, which follows x's layout, so a kernel
+    that addressed grad_x with the gradient's layout code passed it."""
+    x, index, row, table = _inputs(3, 7, 4, 5, 3, 7)
+    x = layout(x, x_kind)
+    g = layout(torch.randn(7, 5, 3, 7, device=DEVICE), g_kind)
+    xl = leaf(x)
+    with poisoned_outputs():
+        (got,) = torch.autograd.grad(ops.displacement(xl, index, row, table, backend=backend), xl, g)
+    close(got, torch.zeros(x.shape, dtype=torch.float64).index_add_(0, index, g.double()))
+    if x_kind != "sliced":
+        assert got.stride() == x.stride()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp64_gradients_are_summed_in_fp64(backend):
+    """fp64 grad_x of a sample gathered many times is an fp64 sum (to 1e-13; an fp32 accumulator is
+    off by about 1e-7 relative). gradcheck's tolerances (1e-3) let an fp32 accumulator through."""
+    x, _, row, table = _inputs(2, 0, 3, 3, 2, 3, dtype=torch.float64)
+    index = torch.tensor([0, 1] * 20 + [0], device=DEVICE)
+    g = torch.randn(41, 3, 2, 3, dtype=torch.float64, device=DEVICE)
+    xl = leaf(x)
+    (got,) = torch.autograd.grad(ops.displacement(xl, index, row, table, backend=backend), xl, g)
+    want = torch.zeros(x.shape, dtype=torch.float64).index_add_(0, index.cpu(), g.cpu())
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-13, atol=1e-13)
