@@ -203,3 +203,16 @@ def test_gapped_input_and_gradient_with_column_chunks(backend):
     grad_s = torch.randn(4, 80, 6, 6, device=DEVICE)[::2, ::2, ::2, ::2]
     assert not grad_s.is_contiguous()
     _compare_with_float64_reference(pre, backend, grad_s=grad_s)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_gradient_where_pre_is_exactly_zero(backend):
+    """torch.relu's backward passes nothing at pre == 0 (+0 or -0): grad_pre is 0 there, not the
+    window sum of grad_S. Random normal inputs never hit the kink, so a backward testing x < 0
+    instead of x <= 0 passed every other test. Middle rows in whole and partial groups, edge rows,
+    column chunks and a partial channel block."""
+    pre = torch.randn(2, 7, 21, 40, device=DEVICE)
+    pre[torch.rand(pre.shape, device=DEVICE) < 0.25] = 0.0
+    pre[torch.rand(pre.shape, device=DEVICE) < 0.1] = -0.0
+    assert (pre == 0).any()
+    _compare_with_float64_reference(pre, backend)
