@@ -145,3 +145,16 @@ def test_an_empty_batch_has_label_range_zero(backend):
     labels = torch.zeros(0, dtype=torch.int64, device=DEVICE)
     is_head, counts = ops.batch_plan(labels, torch.tensor([True, False], device=DEVICE), 1.0, backend=backend)
     assert is_head.shape == (0,) and counts.tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segment_arithmetic_is_float64_not_float32(backend):
+    """90 heads (or tails) and 1 of the other, beta = 0.7: Python's 90 * 0.7 = 62.99999999999999
+    gives 62 segments; the same product in fp32 rounds to 63.0. The cases above round alike in fp32
+    and fp64, so a float32 segment computation passed them."""
+    for n_head, n_tail in ((90, 1), (1, 90), (180, 1)):
+        labels = torch.tensor([0] * n_head + [1] * n_tail, device=DEVICE)
+        table = torch.tensor([True, False], device=DEVICE)
+        counts = ops.batch_plan(labels, table, 0.7, backend=backend)[1].tolist()
+        segment, pairs = segment_plan(n_head, n_tail, 0.7)
+        assert segment == (62 if n_head + n_tail == 91 else 125) and counts[1] == segment * pairs
