@@ -15,7 +15,9 @@ pairing kernels at the largest batch they take.
 It also reads the Triton IR of every variant, including launches where every stride is a runtime
 value (no stride of 1 for Triton to fold), for offsets that would wrap past 2**31 elements: the
 batch program id must be widened to int64 before any arithmetic, and no 32-bit multiply may take a
-runtime integer (a stride); such a product wraps silently once a tensor spans 2**31 elements.
+runtime integer (a stride), nor may a 32-bit add or multiply of bounded values (constexpr sizes,
+aranges, program ids of grid axes y and z) reach past int32, e.g. a channel index times H * W;
+such a product wraps silently once a tensor spans 2**31 elements.
 """
 from __future__ import annotations
 
@@ -79,6 +81,8 @@ def test_the_ir_check_sees_a_narrow_offset():
     assert any("32-bit product" in f for f in found["narrow"]), found
     assert any("program id" in f for f in found["narrow"]), found
     assert found["wide"] == [], found
+    assert any("can pass 2**31" in f for f in found["narrow_hw"]), found
+    assert found["wide_hw"] == [], found
 
 
 # ----------------------------------------------------------------------------- the subprocess
@@ -225,17 +229,62 @@ def _run_strided_launchers():
 
 
 _DEF = re.compile(r"^\s*(%[\w.#]+)(?::\d+)? = ([\w.]+) (.*?)(?: loc\(.*)?$")
+_FOR = re.compile(r"scf\.for (%[\w.#]+) = (%[\w.#]+) to (%[\w.#]+) step .*: i32 \{")
+_I32 = re.compile(r"(?::|->)\s*(?:i32|tensor<[\dx]+xi32>)\s*$")
+_INT32 = (-2**31, 2**31 - 1)
+
+
+def _i32_range(op, rest, args):
+    """(lo, hi) of an i32 result from its operands' ranges ``args`` (None: unknown), or None."""
+    if op == "arith.constant":
+        c = re.match(r"(?:dense<)?(-?\d+)>? :", rest)
+        return (int(c.group(1)),) * 2 if c else None
+    if op == "tt.make_range":
+        start, end = (int(re.search(rf"{k} = (-?\d+)", rest).group(1)) for k in ("start", "end"))
+        return start, end - 1
+    if op == "tt.get_program_id":               # axes y, z: at most 65535 programs (axis x: rule (b))
+        return (0, 65534) if not rest.startswith("x ") else None
+    if op in ("tt.splat", "tt.broadcast", "tt.expand_dims", "tt.reshape"):
+        return args[0]
+    if op == "arith.select":                    # either of its last two operands
+        args = args[1:]
+    if not args or None in args:
+        return None
+    (a0, a1), (b0, b1) = args[0], args[-1]
+    if op == "arith.addi":
+        return a0 + b0, a1 + b1
+    if op == "arith.subi":
+        return a0 - b1, a1 - b0
+    if op == "arith.muli":
+        p = (a0 * b0, a0 * b1, a1 * b0, a1 * b1)
+        return min(p), max(p)
+    if op == "arith.select":
+        return min(a0, b0), max(a1, b1)
+    if op == "arith.minsi":
+        return min(a0, b0), min(a1, b1)
+    if op == "arith.maxsi":
+        return max(a0, b0), max(a1, b1)
+    if op == "arith.divsi" and b0 == b1 > 0:     # rounds toward zero
+        return tuple(a // b0 if a >= 0 else -(-a // b0) for a in (a0, a1))
+    if op == "arith.remsi" and b0 == b1 > 0:     # takes the dividend's sign
+        return (0 if a0 >= 0 else 1 - b0, min(b0 - 1, max(a1, 0)))
+    return None
 
 
 def _narrow_offsets(ttir: str) -> list[str]:
-    """Lines of a kernel's Triton IR whose offsets can wrap at 2**31: a 32-bit multiply taking a
-    runtime integer argument (directly or splatted/broadcast), and arithmetic on the program id of
-    axis 0 (one program per sample: up to 2**31 - 1 of them) before it is widened to int64."""
+    """Lines of a kernel's Triton IR whose offsets can wrap at 2**31: (a) a 32-bit multiply taking a
+    runtime integer argument (directly or splatted/broadcast), (b) arithmetic on the program id of
+    axis 0 (one program per sample: up to 2**31 - 1 of them) before it is widened to int64, and (c) a
+    32-bit add or multiply whose operands have known ranges (constants such as constexpr sizes,
+    aranges, program ids of axes y and z, counters of loops with such bounds) and whose result can
+    leave int32, e.g. a channel (up to 65535 blocks) times a constexpr H * W."""
     sig = re.search(r"tt\.func public @\w+\((.*?)\) attributes", ttir, re.S)
     int_args = set(re.findall(r"(%\w+): i32", sig.group(1)))
     ops = []
     for line in ttir.splitlines():
-        m = _DEF.match(line)
+        m, loop = _DEF.match(line), _FOR.search(line)
+        if loop:                                # a loop's counter: in [start, end) (scf.for steps up)
+            ops.append((loop.group(1), "scf.for.iv", "", [loop.group(2), loop.group(3)]))
         if m:
             ops.append((m.group(1), m.group(2), m.group(3), re.findall(r"%[\w.#]+", m.group(3))))
     defs = {v: (op, operands) for v, op, _, operands in ops}
@@ -246,18 +295,28 @@ def _narrow_offsets(ttir: str) -> list[str]:
         return v
 
     pids = {v for v, op, rest, _ in ops if op == "tt.get_program_id" and rest.startswith("x ")}
+    ranges = {}
     found = []
     for v, op, rest, operands in ops:
         roots = {root(o) for o in operands}
         if op == "arith.muli" and re.search(r":\s*(i32|tensor<[\dx]+xi32>)\s*$", rest) and roots & int_args:
             found.append(f"32-bit product with a runtime integer: {v} = {op} {rest}")
-        if roots & pids and op != "arith.extsi":
+        if roots & pids and op not in ("arith.extsi", "scf.for.iv"):
             found.append(f"program id of axis 0 used before widening: {v} = {op} {rest}")
+        args = [ranges.get(o) for o in operands]
+        if op == "scf.for.iv":
+            ranges[v] = (args[0][0], args[1][1] - 1) if None not in args else None
+        elif _I32.search(rest):
+            r = ranges[v] = _i32_range(op, rest, args)
+            if r and not _INT32[0] <= r[0] <= r[1] <= _INT32[1]:
+                ranges[v] = None                # flagged once, not again downstream
+                if op in ("arith.addi", "arith.subi", "arith.muli"):
+                    found.append(f"32-bit result of bounded values can pass 2**31 ({r}): {v} = {op} {rest}")
     return found
 
 
 def _control():
-    """``_narrow_offsets`` on two small kernels: one with the patterns it must flag, one without."""
+    """``_narrow_offsets`` on small kernels: two with the patterns it must flag, their 64-bit versions."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -274,9 +333,22 @@ def _control():
         offs = tl.arange(0, BLOCK)
         tl.store(x_ptr + n * BLOCK + offs.to(tl.int64) * stride, 1.0)
 
+    # a channel block (program id of axis y) times a constexpr H * W, as displacement's store takes it
+    @triton.jit
+    def narrow_hw(x_ptr, HW: tl.constexpr, BLOCK: tl.constexpr):
+        offs_c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs_c * HW, 1.0)
+
+    @triton.jit
+    def wide_hw(x_ptr, HW: tl.constexpr, BLOCK: tl.constexpr):
+        offs_c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs_c.to(tl.int64) * HW, 1.0)
+
     found = {}
-    for fn in (narrow, wide):
-        opts, src = _source(fn, (torch.empty(64), 7), {"BLOCK": 16})
+    for fn, args, kw in [(narrow, (torch.empty(64), 7), {"BLOCK": 16}), (wide, (torch.empty(64), 7), {"BLOCK": 16}),
+                         (narrow_hw, (torch.empty(64),), {"HW": 9216, "BLOCK": 8}),
+                         (wide_hw, (torch.empty(64),), {"HW": 9216, "BLOCK": 8})]:
+        opts, src = _source(fn, args, kw)
         found[fn.__name__] = _narrow_offsets(triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                                             options=opts).asm["ttir"])
     print(json.dumps(found))
@@ -312,6 +384,8 @@ def _main(report_path):
                  if kind == "channels_last" else torch.randn(3, 5, 12, 8).to(dt)[:, :, ::2, 1:])
             _run_launchers(x, 4, 3, 9, ("contiguous", "channels_last"))
     _run_launchers(torch.randn(2, 1, 5, 1), 1, 1, 1, ("contiguous",))
+    # H * W = 9216 (blocks of 8 channels): a 32-bit channel times H * W could pass 2**31 there
+    _run_launchers(torch.randn(2, 9, 96, 96), 4, 3, 9, ("contiguous",))
     _run_strided_launchers()
     narrow = {}
     for name, job in compile_all(recorder.calls).values():
