@@ -57,7 +57,7 @@ def _pair_indices_kernel(is_head_ptr, order_ptr, head_out_ptr, tail_out_ptr, N, 
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One program. Writes order (N,) = heads then tails, each in batch order (a stable partition
     through a global scratch buffer and a block barrier), then head_index / tail_index (n_new,).
-    The head count is summed here rather than read from counts, so the partition fills order exactly
+    The head count is counted here rather than read from counts, so the partition fills order exactly
     whatever counts the caller passed."""
     offs = tl.arange(0, BLOCK_N)
     nmask = offs < N
