@@ -50,15 +50,21 @@ class _Argument:
     itemsize: int
     sizes: tuple[int, ...]
     strides: tuple[int, ...]  # in elements
+    # derived once per launch (every access asks): [first, last + 1) byte addresses any element can
+    # have (empty for an empty tensor), and the (stride, size) dimensions largest stride first, or
+    # None where they overlap (then only the span can be checked)
+    span: tuple[int, int] = dataclasses.field(init=False)
+    dims: list[tuple[int, int]] | None = dataclasses.field(init=False)
 
-    @property
-    def span(self) -> tuple[int, int]:
-        """[first, last + 1) byte addresses any element can have (empty for an empty tensor)."""
-        if any(s == 0 for s in self.sizes):
-            return self.base, self.base
-        low = sum(min(0, (n - 1) * st) for n, st in zip(self.sizes, self.strides))
-        high = sum(max(0, (n - 1) * st) for n, st in zip(self.sizes, self.strides))
-        return self.base + low * self.itemsize, self.base + (high + 1) * self.itemsize
+    def __post_init__(self):
+        if any(n == 0 for n in self.sizes):
+            self.span = (self.base, self.base)
+        else:
+            low = sum(min(0, (n - 1) * st) for n, st in zip(self.sizes, self.strides))
+            high = sum(max(0, (n - 1) * st) for n, st in zip(self.sizes, self.strides))
+            self.span = (self.base + low * self.itemsize, self.base + (high + 1) * self.itemsize)
+        dims = sorted(((st, n) for n, st in zip(self.sizes, self.strides) if n > 1 and st != 0), reverse=True)
+        self.dims = dims if all(st > 0 for st, _ in dims) and _nested(dims) else None
 
     def holds(self, addresses: np.ndarray, width: int) -> np.ndarray:
         """For each byte address, whether a ``width``-byte access there lies on one element of the view."""
@@ -69,10 +75,9 @@ class _Argument:
         offset = (addresses - self.base).astype(np.int64)
         inside &= offset % self.itemsize == 0
         element = offset // self.itemsize
-        dims = sorted(((st, n) for n, st in zip(self.sizes, self.strides) if n > 1 and st != 0), reverse=True)
-        if any(st < 0 for st, _ in dims) or not _nested(dims):
+        if self.dims is None:
             return inside  # overlapping or negative strides: fall back to the span
-        for stride, size in dims:  # the unique decomposition of a non-overlapping layout
+        for stride, size in self.dims:  # the unique decomposition of a non-overlapping layout
             index = element // stride
             inside &= index < size
             element = element - index * stride
@@ -154,12 +159,16 @@ def _program(builder) -> tuple[int, int, int]:
     return tuple(int(i) for i in builder.grid_idx)
 
 
+def _active(ptrs, mask) -> np.ndarray:
+    """Which lanes of an access are on (all of them without a mask), in the pointers' shape."""
+    shape = np.shape(ptrs.data)
+    return np.ones(shape, dtype=bool) if mask is None else np.broadcast_to(np.asarray(mask.data).astype(bool), shape)
+
+
 def _check_bounds(builder, kind: str, ptrs, mask) -> np.ndarray:
     """The active addresses of one access, after checking each lies on an element of an argument."""
     launch = _current[-1] if _current else None
-    addresses = np.asarray(ptrs.data, dtype=np.uint64).astype(np.int64)
-    active = np.ones(addresses.shape, dtype=bool) if mask is None else np.broadcast_to(np.asarray(mask.data).astype(bool), addresses.shape)
-    addresses = addresses[active]
+    addresses = np.asarray(ptrs.data, dtype=np.uint64).astype(np.int64)[_active(ptrs, mask)]
     if launch is None or addresses.size == 0:
         return addresses
     width = max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
@@ -321,13 +330,12 @@ def sanitize() -> Iterator[None]:
             sorted_addr = addresses[order]
             same = sorted_addr[1:] == sorted_addr[:-1]
             if same.any():
-                values = np.broadcast_to(value.data, np.shape(ptrs.data))[np.broadcast_to(np.asarray(mask.data).astype(bool), np.shape(ptrs.data))]
-                values = values[order]
+                values = np.broadcast_to(value.data, np.shape(ptrs.data))[_active(ptrs, mask)][order]
                 if not np.array_equal(values[1:][same], values[:-1][same], equal_nan=values.dtype.kind == "f"):
                     raise MemoryAccessError(
                         f"{launch.kernel}, program {_program(self)} of grid {launch.grid}: one store writes "
                         f"different values to {_name(launch, int(sorted_addr[1:][same][0]))} from two lanes")
-            launch.writes.append((np.unique(addresses), _linear(launch, _program(self))))
+            launch.writes.append((sorted_addr[np.r_[True, ~same]], _linear(launch, _program(self))))   # distinct
             launch.add_unfenced(addresses)
         return originals[(builder_cls, "create_masked_store")](self, ptrs, value, mask, *rest)
 

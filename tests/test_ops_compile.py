@@ -299,7 +299,7 @@ def _narrow_offsets(ttir: str) -> list[str]:
     found = []
     for v, op, rest, operands in ops:
         roots = {root(o) for o in operands}
-        if op == "arith.muli" and re.search(r":\s*(i32|tensor<[\dx]+xi32>)\s*$", rest) and roots & int_args:
+        if op == "arith.muli" and _I32.search(rest) and roots & int_args:
             found.append(f"32-bit product with a runtime integer: {v} = {op} {rest}")
         if roots & pids and op not in ("arith.extsi", "scf.for.iv"):
             found.append(f"program id of axis 0 used before widening: {v} = {op} {rest}")

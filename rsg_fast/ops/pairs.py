@@ -91,17 +91,19 @@ def pair_indices(is_head: Tensor, counts: Tensor, n_new: int, *, backend: str | 
     if isinstance(n_new, numbers.Integral):
         n_new = int(n_new)                      # e.g. a numpy integer
     N = is_head.shape[0]
-    if not torch.compiler.is_compiling() and not 0 <= n_new <= N:
-        raise ValueError(f"n_new must be counts[1] of batch_plan, in [0, N={N}], got {n_new}")
-    plain = type(counts) is Tensor and type(is_head) is Tensor     # not a tracer's fake tensor
-    if plain and counts.device.type == "cpu" and not torch.compiler.is_compiling():   # free: no device to wait for
-        # read through tolist/numpy: no torch ops dispatched (what a step launches stays countable)
-        n_head, most = counts.tolist()[:2]
-        if n_head != int(is_head.numpy().sum()):
-            raise ValueError(f"counts must be batch_plan's for this is_head: counts[0] = {n_head} frequent-class "
-                             f"samples, is_head has {int(is_head.numpy().sum())}")
-        if n_new > most:
-            raise ValueError(f"n_new must be counts[1] of batch_plan, at most {most} here, got {n_new}")
+    if not torch.compiler.is_compiling():
+        if not 0 <= n_new <= N:
+            raise ValueError(f"n_new must be counts[1] of batch_plan, in [0, N={N}], got {n_new}")
+        plain = type(counts) is Tensor and type(is_head) is Tensor     # not a tracer's fake tensor
+        if plain and counts.device.type == "cpu":                      # free here: no device to wait for
+            # read through tolist/numpy: no torch ops dispatched (what a step launches stays countable)
+            n_head, most = counts.tolist()[:2]
+            heads = int(is_head.numpy().sum())
+            if n_head != heads:
+                raise ValueError(f"counts must be batch_plan's for this is_head: counts[0] = {n_head} "
+                                 f"frequent-class samples, is_head has {heads}")
+            if n_new > most:
+                raise ValueError(f"n_new must be counts[1] of batch_plan, at most {most} here, got {n_new}")
     torch._check(n_new >= 0)
     torch._check(n_new <= N)          # under torch.compile: a run-time check of the data-dependent size
     return torch.ops.rsg_fast.pair_indices(is_head.contiguous(), counts.contiguous(), n_new,
