@@ -240,11 +240,11 @@ def _relu_tap_window_means_fwd_kernel(
 
 
 @triton.jit
-def _column_taps(g0, g1, g2, W: tl.constexpr):
-    """(first, middle, last) column class: the sum of g_j over the tap columns j that read it, in the
-    order the window sums add up (first: g0 + g1, middle: (g0 + g1) + g2, last: g1 + g2;
-    W == 1: the only column, g1)."""
-    if W == 1:
+def _position_class_sums(g0, g1, g2, N: tl.constexpr):
+    """_tap_sums' adjoint: for the (first, middle, last) positions of an axis of length N (columns,
+    then rows), the sum of g_i over the taps i that read them, in the order the window sums add up
+    (first: g0 + g1, middle: (g0 + g1) + g2, last: g1 + g2; N == 1: the only position, g1)."""
+    if N == 1:
         first, mid, last = g1, g1, g1
     else:
         first, mid, last = g0 + g1, g0 + g1 + g2, g1 + g2
@@ -315,12 +315,12 @@ def _relu_tap_window_means_bwd_kernel(
     g22 = tl.load(g2 + sgj + sgj, mask=dmask, other=0.0).to(acc_ty)
     # per tap row, the sum over the tap columns that read each column class; then per row class the
     # sum over the tap rows that read it: the nine distinct values of the gradient sum
-    t0a, t0m, t0z = _column_taps(g00, g01, g02, W)
-    t1a, t1m, t1z = _column_taps(g10, g11, g12, W)
-    t2a, t2m, t2z = _column_taps(g20, g21, g22, W)
-    fa, ma, za = _column_taps(t0a, t1a, t2a, H)
-    fm, mm, zm = _column_taps(t0m, t1m, t2m, H)
-    fz, mz, zz = _column_taps(t0z, t1z, t2z, H)
+    t0a, t0m, t0z = _position_class_sums(g00, g01, g02, W)
+    t1a, t1m, t1z = _position_class_sums(g10, g11, g12, W)
+    t2a, t2m, t2z = _position_class_sums(g20, g21, g22, W)
+    fa, ma, za = _position_class_sums(t0a, t1a, t2a, H)
+    fm, mm, zm = _position_class_sums(t0m, t1m, t2m, H)
+    fz, mz, zz = _position_class_sums(t0z, t1z, t2z, H)
     fa, fm, fz, ma, mm, mz, za, zm, zz = fa / HW, fm / HW, fz / HW, ma / HW, mm / HW, mz / HW, za / HW, zm / HW, zz / HW
     r = tl.arange(0, BLOCK_R)
     pre_base = pre_ptr + p * spp
