@@ -105,7 +105,7 @@ if final:
         print(f"  {s['name']:<8} {s['status']:<40} {s['seconds']:>4} s{limit}")
     for t in doc["targets"]:
         where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
-        value = "" if t["measured"] is None else f"{t['measured']:.2f}{t['unit']}"
+        value = "" if t["measured"] is None else f"{t['measured']:{'.0f' if t['unit'].startswith(' ') else '.2f'}}{t['unit']}"
         print(f"  target {t['status']:<7} {t['target']}: {where} {value}  {t.get('note', '')}")
     print("  files: " + ", ".join(doc["files"]))
 PY

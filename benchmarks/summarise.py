@@ -66,7 +66,7 @@ def target_lines(path, doc):
         if t.get("status") in ("met", "missed"):
             where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
             note = f" ({t['note']})" if t.get("note") else ""
-            yield f"- `{Path(path).name}`: {t['target']} {t['status']}: {where}, {t['measured']:.2f}{t['unit']}{note}"
+            yield f"- `{Path(path).name}`: {t['target']} {t['status']}: {where}, {t['measured']:{'.0f' if t['unit'].startswith(' ') else '.2f'}}{t['unit']}{note}"
 
 
 def pytest_benchmark_rows(path, doc):

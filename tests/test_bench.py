@@ -12,13 +12,14 @@ import importlib.util
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rsg_fast.bench import cases as bc
 from rsg_fast import ops as rsg_ops
-from rsg_fast.bench import chart, cli, memory_probe, op_cases, report, runner, targets, timers
+from rsg_fast.bench import chart, cli, launch_probe, memory_probe, op_cases, report, runner, targets, timers
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -479,6 +480,8 @@ def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
 
     monkeypatch.setattr(timers, "time_cuda", fake_time_cuda)
     monkeypatch.setattr(memory_probe, "cuda_peak", lambda case, device: 1234)
+    counts = {"launches": 7, "kernels": 5, "copies": 1, "fills": 1, "host_syncs": 1}
+    monkeypatch.setattr(launch_probe, "cuda_launches", lambda case, device: counts)
     plan = runner.Plan(device=torch.device("cpu"), settings=[bc.SETTINGS["tiny"]], groups=["module", "op"],
                        variants=["reference-compiled", "reference", "rsg-torch"], phases=["contrastive"],
                        ops=["displacement"], op_impls=["torch"], compile=True, compile_backend="eager")
@@ -495,6 +498,8 @@ def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
     assert got["reference"]["median_ms"] == pytest.approx(2.0) and got["reference"]["peak_mem_bytes"] == 1234
     assert got["rsg-torch"]["status"] == "error: RuntimeError: a kernel failed"
     assert "peak_mem_bytes" not in got["displacement:torch"]   # ops: no memory rows
+    assert {k: got["reference"][k] for k in counts} == counts and "launches" not in got["displacement:torch"]
+    assert "launches" not in got["rsg-torch"]                 # a failed row is not probed
 
     # --variants given (variants_in_order): ops first, then the variants in the order given
     order.clear()
@@ -554,3 +559,71 @@ def test_cuda_timer_and_memory_probe_call_torch_and_triton_as_their_apis_take_th
     assert dict(calls)["do_bench_cudagraph"]["rep"] <= timers.GRAPH_REP_MS     # capture stays short
     case = bc.Case("module", "rsg-triton", "generation", lambda: ran.append(1))
     assert memory_probe.cuda_peak(case, torch.device("cuda")) == 4096 - 1000
+
+
+def test_launch_probe_counts_device_commands_by_kind():
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [SimpleNamespace(name=n, device_type=d) for n, d in (
+        ("triton_poi_fused_add_0", cuda), ("_center_assign_fwd_kernel", cuda), ("Memcpy HtoD (Pinned -> Device)", cuda),
+        ("Memset (Device)", cuda), ("cudaLaunchKernel", cpu), ("aten::add", cpu), ("Memcpy DtoH (Device -> Pageable)", cuda))]
+    assert launch_probe.count_device_activity(events) == {"launches": 5, "kernels": 2, "copies": 2, "fills": 1}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:   # real events
+        torch.randn(8, 8) @ torch.randn(8, 8)
+    assert len(prof.events()) > 0
+    assert launch_probe.count_device_activity(prof.events())["launches"] == 0             # no device here
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available, disabling CUDA profiling")
+def test_launch_probe_body_runs_against_torch_apis_as_they_take_them(monkeypatch):
+    """cuda_launches without a GPU: torch.cuda's synchronize and sync-debug mode are stood in for by
+    functions bound to their real signatures; the profiler is the real one (CPU activity only here)."""
+    import inspect
+    import warnings
+
+    modes = []
+
+    def set_sync_debug_mode(*args, **kwargs):
+        inspect.signature(torch.cuda.set_sync_debug_mode).bind(*args, **kwargs)
+        modes.append(args[0])
+
+    def synchronize(*args, **kwargs):
+        inspect.signature(torch.cuda.synchronize).bind(*args, **kwargs)
+
+    def call():
+        torch.randn(4, 4).sum()
+        if modes and modes[-1] == "warn":
+            warnings.warn("called a synchronizing CUDA operation")     # what torch says for .item()
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_sync_debug_mode)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    resets = []
+    case = bc.Case("module", "rsg-triton", "generation", call, reset=lambda: resets.append(1))
+    found = launch_probe.cuda_launches(case, torch.device("cuda"))
+    assert found == {"launches": 0, "kernels": 0, "copies": 0, "fills": 0, "host_syncs": 1}
+    assert modes == ["warn", "default"] and len(resets) == 3
+
+
+def test_launch_and_sync_targets():
+    h100 = {"type": "cuda", "name": "NVIDIA H100"}
+    rows = [_row("rsg-triton", "generation", 1.0, launches=38, host_syncs=1),
+            _row("rsg-triton", "contrastive", 1.0, launches=30, host_syncs=0),
+            _row("rsg-host", "generation", 1.0, launches=41, host_syncs=1),
+            _row("rsg-compiled", "generation", 1.0, host_syncs=2),
+            _row("reference", "generation", 1.0, launches=400, host_syncs=5)]     # no target of its own
+    found = [(e["variant"], e["phase"], e["status"]) for e in targets.evaluate(_doc(h100, rows))
+             if e["target"] == "gpu_launches"]
+    assert found == [("rsg-triton", "generation", "met"), ("rsg-host", "generation", "missed")]   # 38, 41 vs 40
+    found = [(e["variant"], e["phase"], e["status"]) for e in targets.evaluate(_doc(h100, rows))
+             if e["target"] == "gpu_host_syncs"]
+    assert found == [("rsg-triton", "generation", "met"), ("rsg-triton", "contrastive", "met"),
+                     ("rsg-host", "generation", "missed"), ("rsg-compiled", "generation", "missed")]
+    cpu = [e for e in targets.evaluate(_doc({"type": "cpu", "name": "x"}, rows))
+           if e["target"] in ("gpu_launches", "gpu_host_syncs")]
+    assert [e["status"] for e in cpu] == ["not measured"] * 2
+    doc = _doc(h100 | {"threads": 1}, rows)
+    doc["settings"][0]["pairs_generation"] = 45
+    text = report.format_report(doc | {
+        "date": "today", "versions": {"torch": "t", "triton": "t"}, "commit": {"sha": "abc"},
+        "copy_bandwidth_gbps": 1.0, "timing": {"method": "m"}, "load_average": {"start": None, "end": None},
+        "wall_s": 1, "targets": targets.evaluate(_doc(h100, rows))})
+    assert "launches" in text and "missed        gpu_launches: cifar10 rsg-host generation  41 launches" in text

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.set_num_threads (default: torch's choice, reported)")
     how.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                      help="measure the peak memory of one call of each module and step variant (default on)")
+    how.add_argument("--launches", action=argparse.BooleanOptionalAction, default=True,
+                     help="CUDA: count the device commands (kernels, copies, fills) and host synchronisations "
+                          "of one call of each module and step variant (default on)")
     how.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 2 rounds (numbers are rough)")
     how.add_argument("--seed", type=cli_args.nonneg_int("--seed"), default=0,
                      help="seed of inputs and parameters (default 0)")
@@ -163,7 +166,7 @@ def make_plan(args, argv: list[str]) -> Plan:
         phases=args.phases, ops=args.ops or list(op_cases.OPS), op_impls=args.op_impls or list(op_cases.OP_IMPLS),
         dtypes=args.dtypes or ["fp32"], cuda_graphs=args.cuda_graphs,
         compile=cuda if args.compile is None else args.compile, compile_backend=args.compile_backend,
-        seed=args.seed, memory=args.memory, progress=args.progress, quick=quick,
+        seed=args.seed, memory=args.memory, launches=args.launches, progress=args.progress, quick=quick,
         warmup=args.warmup or (1 if quick else 2),
         budget_s=args.budget or (1.0 if quick else (20.0 if cuda else 40.0)),
         min_rounds=args.min_rounds or (2 if quick else (20 if cuda else 5)),

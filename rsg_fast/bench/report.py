@@ -6,7 +6,9 @@ commit, load_average, settings, timing, copy_bandwidth_gbps, rows, wall_s, compl
 ("ok", "skipped: why" or "error: what") and, when timed, ``median_ms, p25_ms, p75_ms, iqr_ms,
 min_ms, max_ms, reps, threads, noisy``, ``speedup_vs_reference``, ``overhead_vs_no_rsg_pct`` (step
 rows with RSG), ``speedup_vs_torch`` (Triton op rows), ``peak_mem_bytes``, ``peak_mem_mb``, ``mem_method``,
-``bytes_moved, gbps, pct_copy_bw``, ``pairs``. The CSV has one line per row, ``CSV_COLUMNS``.
+``bytes_moved, gbps, pct_copy_bw``, ``pairs``, and on CUDA for module and step rows
+``launches, kernels, copies, fills, host_syncs`` (``launch_probe.py``; ``launches_error`` when the
+profiler failed). The CSV has one line per row, ``CSV_COLUMNS``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ CSV_COLUMNS = [
     "mem_method", "bytes_moved", "gbps", "pct_copy_bw", "pairs",
     # added after the first format (appended, so older readers keep working)
     "dtype", "mode", "speedup_vs_torch",
+    "launches", "kernels", "copies", "fills", "host_syncs",
 ]
 
 
@@ -46,7 +49,7 @@ def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str
 
 def _module_lines(rows: list[dict], cuda: bool) -> list[str]:
     head = ["variant", "phase", "median ms", "spread ms", "vs ref", "vs no-RSG", "peak MB"] + (
-        ["GB/s", "% copy"] if cuda else [])
+        ["GB/s", "% copy", "launches", "syncs"] if cuda else [])
     lines, skipped = [], []
     for r in rows:
         if r.get("median_ms") is None:
@@ -56,7 +59,8 @@ def _module_lines(rows: list[dict], cuda: bool) -> list[str]:
                 _fmt(r.get("speedup_vs_reference"), ".1f", "x"), _fmt(r.get("overhead_vs_no_rsg_pct"), "+.1f", "%"),
                 _fmt(r.get("peak_mem_mb"), ".1f")]
         if cuda:
-            line += [_fmt(r.get("gbps"), ".1f"), _fmt(r.get("pct_copy_bw"), ".1f")]
+            line += [_fmt(r.get("gbps"), ".1f"), _fmt(r.get("pct_copy_bw"), ".1f"), _fmt(r.get("launches"), "d"),
+                     _fmt(r.get("host_syncs"), "d")]
         lines.append(line)
     return _table(head, lines, skipped)
 
@@ -113,7 +117,7 @@ def format_report(result: dict) -> str:
                 continue
             where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
             note = f"  ({t['note']})" if t.get("note") else ""
-            lines.append(f"  {t['status']:<12}  {t['target']}: {where}  {_fmt(t['measured'], '.2f', t['unit'])}{note}")
+            lines.append(f"  {t['status']:<12}  {t['target']}: {where}  {_fmt(t['measured'], '.0f' if t['unit'].startswith(' ') else '.2f', t['unit'])}{note}")
         lines += ["  goals:"] + [f"    {name}: {goal}" for name, goal in goals.items()]
     lines.append(f"\nwall time {result['wall_s']} s")
     return "\n".join(lines)

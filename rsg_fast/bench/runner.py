@@ -8,7 +8,8 @@
 2. Per setting, the cases are built and timed. CPU: one batch per group (module, step, op), its
    cases interleaved round by round (``timers.time_interleaved``), then their memory in a child
    process. CUDA: case by case (``timers.time_cuda``), eager cases before compiled ones so that a
-   time-limited run keeps the quick rows, memory right after each case.
+   time-limited run keeps the quick rows, memory, device commands and host synchronisations
+   (``launch_probe``) right after each module and step case.
 3. After each batch (CPU) or case (CUDA) ``on_partial`` gets the document so far (the command line
    writes it), so a run killed later keeps what it measured. A case that fails (a compile error,
    say) becomes an ``error: ...`` row and the run goes on.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from rsg_fast.bench import cases as bc
-from rsg_fast.bench import environment, memory_probe, op_cases, timers
+from rsg_fast.bench import environment, launch_probe, memory_probe, op_cases, timers
 from rsg_fast.bench.report import SCHEMA
 from rsg_fast.bench.targets import evaluate
 
@@ -48,6 +49,7 @@ class Plan:
     compile_backend: str = "inductor"
     seed: int = 0
     memory: bool = True
+    launches: bool = True              # CUDA: count one call's device commands and host syncs
     progress: bool = True
     quick: bool = False
     warmup: int = 2
@@ -238,6 +240,11 @@ class _SettingRun:
                     except Exception as exc:  # noqa: BLE001
                         self.rows[case.key]["mem_method"] = timers.error_text(exc)
                 self.bar.advance(1)
+            if p.group != "op" and self.plan.launches and self.rows[case.key]["status"] == "ok":
+                try:
+                    self.rows[case.key].update(launch_probe.cuda_launches(case, self.plan.device))
+                except Exception as exc:  # noqa: BLE001 (no CUPTI, say: the row keeps its timing)
+                    self.rows[case.key]["launches_error"] = timers.error_text(exc)
             case.reset()
             del case, cases
             self.partial()
@@ -310,7 +317,8 @@ def run(plan: Plan, on_partial=None) -> dict:
                        "spread": "p25..p75 (IQR) of the per-call times",
                        "cuda_graphs": any(r["mode"] == "cuda-graph" and r.get("median_ms") for r in flat),
                        "compile": plan.compile, "compile_backend": plan.compile_backend if plan.compile else None,
-                       "compile_reference": plan.compile, "quick": plan.quick},
+                       "compile_reference": plan.compile, "quick": plan.quick,
+                       "launches": launch_probe.METHOD if plan.launches and plan.device.type == "cuda" else None},
             "copy_bandwidth_gbps": copy_gbps,
             "rows": flat,
             "wall_s": round(time.time() - started, 1),

@@ -7,14 +7,14 @@ measured on another GPU says so in its ``note``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
     goal: str           # the target in words, with where it is defined
-    unit: str           # "x" (ratio) or "%"
+    unit: str           # "x" (ratio), "%", or a count's noun (" launches")
     threshold: float
     at_least: bool      # met when measured >= threshold (else when measured <= threshold)
     needs: str          # what a run must include to measure it (the "not measured" reason)
@@ -38,6 +38,14 @@ TARGETS = {t.name: t for t in (
     Target("gpu_step_overhead",
            "ResNet-32 step with RSG <= 10 % slower than without, before the threshold (H100, cifar10)",
            "%", 10.0, False, "a CUDA run of cifar10 with the resnet32 and resnet32+rsg rows"),
+    Target("gpu_launches",
+           "RSG forward+backward on CUDA queues <= 40 device commands (kernels, copies, fills) in the generation "
+           "phase (eager, Triton; cifar10)", " launches", 40.0, False,
+           "a CUDA run of cifar10 with the rsg-triton or rsg-host rows (launches counted: not --no-launches)"),
+    Target("gpu_host_syncs",
+           "RSG forward+backward on CUDA synchronises the host <= 1 time (eager and compiled), 0 times with "
+           "host_target (cifar10)", " syncs", 1.0, False,
+           "a CUDA run of cifar10 with the rsg-triton, rsg-compiled or rsg-host rows (not --no-launches)"),
     Target("kernel_bandwidth", "each fused Triton kernel >= 80 % of the measured copy bandwidth (CUDA, imagenet-lt; "
            "the cuda-graph rows where measured, as eager rows also time the host's launches)",
            "%", 80.0, True, "a CUDA run of --groups op --shapes imagenet-lt with the triton rows"),
@@ -94,6 +102,14 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
         if cuda and s == "cifar10" and p == "contrastive" and v in ("resnet32+rsg", "resnet32+rsg-host",
                                                                      "resnet32+rsg-compiled"):
             out.append(_entry(TARGETS["gpu_step_overhead"], r, r.get("overhead_vs_no_rsg_pct")))
+        if cuda and s == "cifar10" and p == "generation" and v in ("rsg-triton", "rsg-host") \
+                and r.get("launches") is not None:
+            out.append(_entry(TARGETS["gpu_launches"], r, r["launches"]))
+        if cuda and s == "cifar10" and v in ("rsg-triton", "rsg-compiled", "rsg-host") \
+                and r.get("host_syncs") is not None:
+            # host_target takes the one synchronisation away
+            target = replace(TARGETS["gpu_host_syncs"], threshold=0.0) if v == "rsg-host" else TARGETS["gpu_host_syncs"]
+            out.append(_entry(target, r, r["host_syncs"]))
         if (cuda and s == "imagenet-lt" and r.get("group") == "op" and v.endswith(":triton")
                 and (r.get("mode") == "cuda-graph" or (s, v, r.get("dtype")) not in replayed)):
             out.append(_entry(TARGETS["kernel_bandwidth"], r, r.get("pct_copy_bw")))

@@ -1,0 +1,75 @@
+"""What one call asks of a CUDA device: device commands (kernels, copies, fills) and host synchronisations.
+
+Issue 8 asks for about 40 launches or fewer and at most one host synchronisation per RSG
+forward+backward in the generation phase (none with ``host_target``). A CPU test can only count the
+ops the dispatcher sees; the GPU run counts what the device did:
+
+- ``kernels``, ``copies``, ``fills``: the device-side activity of one call as torch.profiler (CUPTI)
+  records it: each Triton or ATen kernel, each ``Memcpy ...`` and each ``Memset ...``. ``launches``
+  is their sum: every command the host queued, each with its launch cost.
+- ``host_syncs``: the synchronisations ``torch.cuda.set_sync_debug_mode("warn")`` reports during
+  another call: torch's own (``.item()``, ``nonzero``, a blocking copy to the host), not waits inside
+  the driver.
+
+``cuda_launches(case, device)`` measures one bench case so; ``count_device_activity(events)`` is the
+counting, on any sequence of profiler events.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+METHOD = ("device activity of one call (torch.profiler, CUPTI): kernels + copies + fills; "
+          "host_syncs: torch.cuda.set_sync_debug_mode('warn') during another call")
+
+
+def count_device_activity(events) -> dict:
+    """{"launches", "kernels", "copies", "fills"} of the device-side events (``device_type`` CUDA) in
+    ``events`` (``torch.profiler.profile.events()``): copies are named ``Memcpy ...``, fills
+    ``Memset ...``, every other device event is a kernel. Host-side events are not counted."""
+    kernels = copies = fills = 0
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.name.lower()
+        if name.startswith("memcpy"):
+            copies += 1
+        elif name.startswith("memset"):
+            fills += 1
+        else:
+            kernels += 1
+    return {"launches": kernels + copies + fills, "kernels": kernels, "copies": copies, "fills": fills}
+
+
+def count_host_syncs(fn) -> int:
+    """The CUDA synchronisations torch reports while ``fn()`` runs (set_sync_debug_mode "warn")."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def cuda_launches(case, device) -> dict:
+    """``count_device_activity`` of one call of ``case`` and ``host_syncs`` of the next (each call
+    after the previous one's gradients are freed, as the timed calls are)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    case.reset()
+    torch.cuda.synchronize(device)
+    # CPU activity too: the device events are then tied to the ops that queued them (and on a
+    # machine without CUDA the profiler still runs, which lets the tests run this body)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        case.fn()
+        torch.cuda.synchronize(device)
+    counts = count_device_activity(prof.events())
+    case.reset()
+    torch.cuda.synchronize(device)
+    counts["host_syncs"] = count_host_syncs(case.fn)
+    torch.cuda.synchronize(device)
+    case.reset()
+    return counts
