@@ -54,11 +54,15 @@ def count_host_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
-def cuda_launches(case, device) -> dict:
-    """``count_device_activity`` of one call of ``case`` and ``host_syncs`` of the next (each call
-    after the previous one's gradients are freed, as the timed calls are)."""
+def cuda_launches(case, device, warmup: int = 1) -> dict:
+    """``count_device_activity`` of one call of ``case`` and ``host_syncs`` of the next, after
+    ``warmup`` calls (a first call may fill caches or an optimiser's state); each call after the
+    previous one's gradients are freed, as the timed calls are."""
     from torch.profiler import ProfilerActivity, profile
 
+    for _ in range(warmup):
+        case.reset()
+        case.fn()
     case.reset()
     torch.cuda.synchronize(device)
     # CPU activity too: the device events are then tied to the ops that queued them (and on a

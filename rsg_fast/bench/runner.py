@@ -8,8 +8,8 @@
 2. Per setting, the cases are built and timed. CPU: one batch per group (module, step, op), its
    cases interleaved round by round (``timers.time_interleaved``), then their memory in a child
    process. CUDA: case by case (``timers.time_cuda``), eager cases before compiled ones so that a
-   time-limited run keeps the quick rows, memory, device commands and host synchronisations
-   (``launch_probe``) right after each module and step case.
+   time-limited run keeps the quick rows, memory right after each case; then the device commands
+   and host synchronisations of each module and step row (``launch_probe``).
 3. After each batch (CPU) or case (CUDA) ``on_partial`` gets the document so far (the command line
    writes it), so a run killed later keeps what it measured. A case that fails (a compile error,
    say) becomes an ``error: ...`` row and the run goes on.
@@ -240,13 +240,26 @@ class _SettingRun:
                     except Exception as exc:  # noqa: BLE001
                         self.rows[case.key]["mem_method"] = timers.error_text(exc)
                 self.bar.advance(1)
-            if p.group != "op" and self.plan.launches and self.rows[case.key]["status"] == "ok":
-                try:
-                    self.rows[case.key].update(launch_probe.cuda_launches(case, self.plan.device))
-                except Exception as exc:  # noqa: BLE001 (no CUPTI, say: the row keeps its timing)
-                    self.rows[case.key]["launches_error"] = timers.error_text(exc)
             case.reset()
             del case, cases
+            self.partial()
+        if self.plan.launches:
+            self.count_launches([p for p in order if p.group != "op"])
+
+    def count_launches(self, planned: list[Planned]) -> None:
+        """``launch_probe.cuda_launches`` of each timed module and step row, after every row of the
+        setting is timed: the profiler's CUPTI hooks may outlive it and slow later launches."""
+        for p in planned:
+            row = self.rows[p.key]
+            if row["status"] != "ok":
+                continue
+            self.bar.say(f"{self.setting.name}: launches {p.variant} {p.phase}".removesuffix(" -"))
+            try:
+                case = _case(p, self.pool(p.dtype), self.plan, self.built)
+                row.update(launch_probe.cuda_launches(case, self.plan.device))
+                case.reset()
+            except Exception as exc:  # noqa: BLE001 (no CUPTI, say: the row keeps its timing)
+                row["launches_error"] = timers.error_text(exc)
             self.partial()
 
     def close(self) -> None:
