@@ -486,6 +486,39 @@ def test_cuda_forward_and_backward_synchronise_at_most_once(backend):
 
 
 @requires_cuda
+def test_cuda_forward_and_backward_queue_about_40_device_commands(record_property):
+    """Issue 8's launch budget, counted by the device (torch.profiler, as `rsg-fast bench` counts
+    it): one forward+backward on Triton at the paper's CIFAR setting queues at most 45 kernels,
+    copies and fills in the generation phase. Both phases' counts go to the JUnit XML either way."""
+    from torch.profiler import ProfilerActivity, profile
+    from rsg_fast.bench.launch_probe import count_device_activity
+
+    fast = RSG(15, [32, 16, 16], 10, 256, [0, 1], 1.0, 3, backend="triton").cuda()
+    x = torch.randn(128, 32, 16, 16, device="cuda", requires_grad=True)
+    y = labels_with_heads_and_tails(128, 10, [0, 1], torch.Generator().manual_seed(0)).cuda()
+    found = {}
+    for phase, epoch in (("contrastive", 0), ("generation", 9)):
+        outs = [t for t in fast(x, [0, 1], y, epoch)[:3] if t.requires_grad]     # warm-up: caches, kernels
+        grads = [torch.ones_like(t) for t in outs]        # made here, so that their fills are not counted
+        torch.autograd.backward(outs, grads)
+
+        def step():
+            fast.zero_grad(set_to_none=True)
+            x.grad = None
+            torch.autograd.backward([t for t in fast(x, [0, 1], y, epoch)[:3] if t.requires_grad], grads)
+            torch.cuda.synchronize()
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+        counts = count_device_activity(prof.events())
+        record_property(f"device_commands_{phase}", counts)
+        found[phase] = counts, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    counts, names = found["generation"]
+    assert 0 < counts["launches"] <= 45, (counts, names)
+
+
+@requires_cuda
 @pytest.mark.parametrize("epoch", [0, 9])
 def test_torch_compile_of_a_model_holding_rsg(epoch):
     """On CUDA, with the README's setting: one graph, fullgraph, eager values and gradients."""
