@@ -302,6 +302,21 @@ def test_op_cases_pair_like_the_module_and_count_each_sample_once_per_pass(monke
     assert seen[0] is not seen[1]
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_op_cases_run_for_the_reference_and_the_pytorch_path(dtype):
+    """``--groups op --dtypes bf16`` (the README's command, and pytest benchmarks/ with
+    RSG_BENCH_DTYPE): half-precision maps with the module's fp32 parameters, for every op. The plain
+    reference of center_assign multiplies them in one bmm, which needs autocast, as the published
+    module would; without it every such row was an error."""
+    s = bc.SETTINGS["tiny"]
+    pool = bc.InputPool(s, "cpu", rotations=2, dtype=op_cases.DTYPES[dtype])
+    for op in op_cases.OPS:
+        for impl in ("reference", "torch"):
+            case = op_cases.op_case(op, impl, s, pool)
+            case.fn()
+            case.fn()
+
+
 def test_op_case_bytes_never_count_a_cache_hit_as_device_traffic(monkeypatch):
     """A centre row that several heads share is read from device memory once (cifar10: 45 pairs
     over 24 distinct rows), and of the tap-window input only the part the L2 cache cannot hold is
