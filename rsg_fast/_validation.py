@@ -147,9 +147,10 @@ def check_epoch(epoch):
         epoch = epoch.item()
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
         raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
-    # NaN and +-inf by comparisons, not math.isfinite: under torch.compile a float epoch becomes a
-    # dynamic (symbolic) float at its second value, which math.isfinite cannot take
-    if (isinstance(epoch, float) and (epoch != epoch or abs(epoch) == math.inf)) or epoch < 0:
+    # NaN and inf by comparisons alone (-inf is < 0): under torch.compile a float epoch becomes a
+    # dynamic (symbolic) float at its second value, which math.isfinite cannot take, and on torch
+    # 2.11 an abs() of it made every new value a graph of its own
+    if (isinstance(epoch, float) and (epoch != epoch or epoch == math.inf)) or epoch < 0:
         raise ValueError(f"epoch must be a finite number >= 0, got {epoch}")
     return epoch
 

@@ -126,7 +126,7 @@ def test_large_common_offset_keeps_the_cesc_loss_and_centre_gradients_exact(back
 def test_nan_and_infinite_epochs_are_errors(cls):
     m = cls(3, [4, 3, 3], 4, 6, [0], 1.0, 3)
     x, y = torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 0, 3])
-    for epoch in (math.nan, math.inf, np.float32("nan"), np.float64("inf")):
+    for epoch in (math.nan, math.inf, -math.inf, np.float32("nan"), np.float64("inf"), np.float64("-inf")):
         with pytest.raises(ValueError, match="epoch must be a finite number"):
             m(x, [0], y, epoch)
     with pytest.raises(ValueError, match="epoch_thresh must be a number.*got nan"):
