@@ -276,3 +276,18 @@ def test_compiled_label_check_is_a_device_assert():
         compiled(x, [0], torch.tensor([0, 1, 0, 2, 3, 0]), 0)
         with pytest.raises(RuntimeError, match=r"target holds a label outside \[0, num_classes=4\)"):
             compiled(x, [0], torch.tensor([0, 1, 0, 2, 9, 0]), 0)
+
+
+def test_compiled_argument_errors_carry_the_eager_message():
+    """A rejected argument under torch.compile: the eager ValueError without fullgraph (dynamo runs
+    the frame eagerly), and with fullgraph=True dynamo's own error quoting it (README)."""
+    rsg = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, THRESH)
+    bad = torch.randn(6, 5, 3, 3)                      # 5 channels, the module has 4
+    y = torch.tensor([0, 1, 0, 2, 3, 0])
+    words = r"feature_maps must have \(C, H, W\) = \(4, 3, 3\)"
+    with compile_setting():
+        with pytest.raises(ValueError, match=words):
+            torch.compile(rsg, backend="aot_eager")(bad, [0], y, 0)
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=words):
+            torch.compile(rsg, backend="aot_eager", fullgraph=True)(bad, [0], y, 0)
