@@ -584,9 +584,15 @@ def test_launch_probe_counts_device_commands_by_kind():
         ("triton_poi_fused_add_0", cuda), ("_center_assign_fwd_kernel", cuda), ("Memcpy HtoD (Pinned -> Device)", cuda),
         ("Memset (Device)", cuda), ("cudaLaunchKernel", cpu), ("aten::add", cpu), ("Memcpy DtoH (Device -> Pageable)", cuda))]
     assert launch_probe.count_device_activity(events) == {"launches": 5, "kernels": 2, "copies": 2, "fills": 1}
+    # a user-scope record_function (Optimizer.step in every step row) that encloses kernels comes back
+    # as a device-side span of those kernels too (kineto's gpu_user_annotation): not a launch
+    span = SimpleNamespace(name="Optimizer.step#SGD.step", device_type=cuda, is_user_annotation=True)
+    assert launch_probe.count_device_activity(events + [span])["launches"] == 5
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:   # real events
-        torch.randn(8, 8) @ torch.randn(8, 8)
+        with torch.profiler.record_function("user span"):
+            torch.randn(8, 8) @ torch.randn(8, 8)
     assert len(prof.events()) > 0
+    assert [e.name for e in prof.events() if e.is_user_annotation] == ["user span"]   # the flag it reads
     assert launch_probe.count_device_activity(prof.events())["launches"] == 0             # no device here
 
 

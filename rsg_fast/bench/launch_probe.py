@@ -27,10 +27,12 @@ METHOD = ("device activity of one call (torch.profiler, CUPTI): kernels + copies
 def count_device_activity(events) -> dict:
     """{"launches", "kernels", "copies", "fills"} of the device-side events (``device_type`` CUDA) in
     ``events`` (``torch.profiler.profile.events()``): copies are named ``Memcpy ...``, fills
-    ``Memset ...``, every other device event is a kernel. Host-side events are not counted."""
+    ``Memset ...``, every other device event is a kernel. Host-side events are not counted, nor the
+    device-side spans kineto adds for a user-scope ``record_function`` around kernels (its
+    gpu_user_annotation events, ``is_user_annotation``: ``Optimizer.step`` makes one)."""
     kernels = copies = fills = 0
     for e in events:
-        if e.device_type != torch.autograd.DeviceType.CUDA:
+        if e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False):
             continue
         name = e.name.lower()
         if name.startswith("memcpy"):
