@@ -22,6 +22,9 @@ import torch
 
 METHOD = ("device activity of one call (torch.profiler, CUPTI): kernels + copies + fills; "
           "host_syncs: torch.cuda.set_sync_debug_mode('warn') during another call")
+# what a call that recorded no device event gets instead of counts: where CUPTI cannot start (no
+# permission, say), kineto only logs it and torch.profiler returns host events alone
+NO_DEVICE_ACTIVITY = "torch.profiler recorded no device activity (CUPTI unavailable?)"
 
 
 def count_device_activity(events) -> dict:
@@ -59,7 +62,8 @@ def count_host_syncs(fn) -> int:
 def cuda_launches(case, device, warmup: int = 1) -> dict:
     """``count_device_activity`` of one call of ``case`` and ``host_syncs`` of the next, after
     ``warmup`` calls (a first call may fill caches or an optimiser's state); each call after the
-    previous one's gradients are freed, as the timed calls are."""
+    previous one's gradients are freed, as the timed calls are. Without device events,
+    ``launches_error`` instead of the counts."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(warmup):
@@ -73,6 +77,8 @@ def cuda_launches(case, device, warmup: int = 1) -> dict:
         case.fn()
         torch.cuda.synchronize(device)
     counts = count_device_activity(prof.events())
+    if counts["launches"] == 0:     # every case queues work: none seen is no count, not 0 launches
+        counts = {"launches_error": NO_DEVICE_ACTIVITY}
     case.reset()
     torch.cuda.synchronize(device)
     counts["host_syncs"] = count_host_syncs(case.fn)
