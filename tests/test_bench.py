@@ -617,6 +617,11 @@ def test_launch_probe_body_runs_against_torch_apis_as_they_take_them(monkeypatch
         if modes and modes[-1] == "warn":
             warnings.warn("called a synchronizing CUDA operation")     # what torch says for .item()
 
+    def get_sync_debug_mode(*args, **kwargs):
+        inspect.signature(torch.cuda.get_sync_debug_mode).bind(*args, **kwargs)
+        return 2                                      # a caller's "error" mode, to be restored
+
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", get_sync_debug_mode)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_sync_debug_mode)
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
     resets = []
@@ -627,7 +632,7 @@ def test_launch_probe_body_runs_against_torch_apis_as_they_take_them(monkeypatch
     assert found == {"launches_error": launch_probe.NO_DEVICE_ACTIVITY, "host_syncs": 1}
     assert [e["status"] for e in targets.evaluate(_doc({"type": "cuda", "name": "NVIDIA H100"}, [
         _row("rsg-triton", "generation", 1.0, **found)])) if e["target"] == "gpu_launches"] == ["not measured"]
-    assert modes == ["warn", "default"] and len(resets) == 4      # a warm-up call, then two measured ones
+    assert modes == ["warn", 2] and len(resets) == 4      # a warm-up call, then two measured ones
 
 
 def test_launch_and_sync_targets():

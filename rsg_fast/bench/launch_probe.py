@@ -48,14 +48,16 @@ def count_device_activity(events) -> dict:
 
 
 def count_host_syncs(fn) -> int:
-    """The CUDA synchronisations torch reports while ``fn()`` runs (set_sync_debug_mode "warn")."""
+    """The CUDA synchronisations torch reports while ``fn()`` runs (set_sync_debug_mode "warn"); the
+    caller's mode is restored after."""
+    previous = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fn()
     finally:
-        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.set_sync_debug_mode(previous)
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
