@@ -506,6 +506,7 @@ def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
     partials = []
     one = runner._SettingRun(plan, setting, planned, rows, runner._Bar(10, False), lambda: partials.append(1))
     one.run_cuda()
+    one.count_launches()
     one.close()
     # every row timed before the profiler runs (it may slow what runs after it); failed rows not probed
     assert order == ["displacement:torch", "reference", "rsg-torch", "reference-compiled",
@@ -524,10 +525,36 @@ def test_cuda_path_times_case_by_case_with_compiled_variants_last(monkeypatch):
     one = runner._SettingRun(plan, setting, planned, {p.key: p.row() for p in planned}, runner._Bar(10, False),
                              lambda: None)
     one.run_cuda()
+    one.count_launches()
     one.close()
     assert order == ["displacement:torch", "reference-compiled", "reference", "rsg-torch",
                      "launches reference-compiled", "launches reference"]
 
+
+
+def test_a_cuda_run_counts_launches_only_once_every_setting_is_timed(monkeypatch):
+    """The profiler may slow what runs after it: with two settings, both are timed before either's
+    launches are counted, and each setting's modules are freed only after that. --no-launches and
+    CPU runs free each setting as soon as it is timed."""
+    events = []
+    for name in ("run_cuda", "run_cpu", "count_launches", "close"):
+        monkeypatch.setattr(runner._SettingRun, name,
+                            lambda self, name=name: events.append(f"{name} {self.setting.name}"))
+    monkeypatch.setattr(runner.environment, "capture", lambda device: {
+        "device": {"type": torch.device(device).type, "name": "x", "threads": 1},
+        "versions": {"torch": "t", "triton": "t"}, "commit": {}})
+    monkeypatch.setattr(runner.timers, "copy_bandwidth", lambda device: 1.0)
+    settings = [bc.SETTINGS["tiny"], bc.SETTINGS["tiny"].override(batch=6)]
+    for device, launches, expected in (
+            ("cuda", True, ["run_cuda A", "run_cuda B", "count_launches A", "count_launches B", "close A", "close B"]),
+            ("cuda", False, ["run_cuda A", "close A", "run_cuda B", "close B"]),
+            ("cpu", True, ["run_cpu A", "close A", "run_cpu B", "close B"])):
+        events.clear()
+        plan = runner.Plan(device=torch.device(device), settings=settings, groups=["module"], variants=["reference"],
+                           phases=["contrastive"], launches=launches, progress=False)
+        runner.run(plan)
+        names = {settings[0].name: "A", settings[1].name: "B"}
+        assert [e.split()[0] + " " + names[e.split()[1]] for e in events] == expected, (device, launches)
 
 def test_cuda_timer_and_memory_probe_call_torch_and_triton_as_their_apis_take_them(monkeypatch):
     """The CUDA-only bodies of timers.time_cuda and memory_probe.cuda_peak, run on the CPU against

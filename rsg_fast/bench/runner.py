@@ -8,8 +8,8 @@
 2. Per setting, the cases are built and timed. CPU: one batch per group (module, step, op), its
    cases interleaved round by round (``timers.time_interleaved``), then their memory in a child
    process. CUDA: case by case (``timers.time_cuda``), eager cases before compiled ones so that a
-   time-limited run keeps the quick rows, memory right after each case; then the device commands
-   and host synchronisations of each module and step row (``launch_probe``).
+   time-limited run keeps the quick rows, memory right after each case. Once every setting is
+   timed, the device commands and host synchronisations of each module and step row (``launch_probe``).
 3. After each batch (CPU) or case (CUDA) ``on_partial`` gets the document so far (the command line
    writes it), so a run killed later keeps what it measured. A case that fails (a compile error,
    say) becomes an ``error: ...`` row and the run goes on.
@@ -148,6 +148,7 @@ class _SettingRun:
     def __init__(self, plan: Plan, setting: bc.Setting, planned: list[Planned], rows: dict, bar: _Bar, partial):
         self.plan, self.setting, self.rows, self.bar, self.partial = plan, setting, rows, bar, partial
         self.runnable = [p for p in planned if p.why is None]
+        self.to_probe: list[Planned] = []       # module and step rows whose launches to count (CUDA)
         self.pools: dict[str, bc.InputPool] = {}
         self.built: dict = {}
         weights = {g: GROUP_WEIGHT[g] for g in {p.group for p in self.runnable}}
@@ -243,13 +244,12 @@ class _SettingRun:
             case.reset()
             del case, cases
             self.partial()
-        if self.plan.launches:
-            self.count_launches([p for p in order if p.group != "op"])
+        self.to_probe = [p for p in order if p.group != "op"]
 
-    def count_launches(self, planned: list[Planned]) -> None:
-        """``launch_probe.cuda_launches`` of each timed module and step row, after every row of the
-        setting is timed: the profiler's CUPTI hooks may outlive it and slow later launches."""
-        for p in planned:
+    def count_launches(self) -> None:
+        """``launch_probe.cuda_launches`` of each timed module and step row (``run`` calls it once
+        every setting is timed: the profiler's CUPTI hooks may outlive it and slow later launches)."""
+        for p in self.to_probe:
             row = self.rows[p.key]
             if row["status"] != "ok":
                 continue
@@ -344,13 +344,24 @@ def run(plan: Plan, on_partial=None) -> dict:
         if on_partial is not None:
             on_partial(document(False))
 
+    # CUDA with launches: each setting's modules and inputs stay until every setting is timed, then
+    # its launches are counted (the profiler must not run before any timing it could slow)
+    probe = plan.device.type == "cuda" and plan.launches
+    kept: list[_SettingRun] = []
     try:
         for setting in plan.settings:
             one = _SettingRun(plan, setting, planned[setting.name], rows[setting.name], bar, partial)
             try:
                 one.run_cuda() if plan.device.type == "cuda" else one.run_cpu()
             finally:
-                one.close()
+                if probe:
+                    kept.append(one)
+                else:
+                    one.close()
+        for one in kept:
+            one.count_launches()
     finally:
+        for one in kept:
+            one.close()
         bar.close()
     return document(True)
