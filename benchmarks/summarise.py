@@ -20,18 +20,22 @@ def _f(value, spec, suffix=""):
 
 
 def rows(docs):
-    yield ("| setting | variant | phase | median ms (p25..p75) | vs reference | vs no RSG | peak MB | device, threads "
-           "| date (UTC) | file |")
-    yield "|---|---|---|---|---|---|---|---|---|---|"
+    # CUDA runs count each row's device commands and host synchronisations: two more columns then
+    counted = any("launches" in r or "host_syncs" in r for _, doc in docs for r in doc["rows"])
+    extra = " launches | host syncs |" if counted else ""
+    yield ("| setting | variant | phase | median ms (p25..p75) | vs reference | vs no RSG | peak MB |" + extra +
+           " device, threads | date (UTC) | file |")
+    yield "|---|---|---|---|---|---|---|" + ("---|---|" if counted else "") + "---|---|---|"
     for path, doc in docs:
         dev = doc["device"]
         where = f"{dev['type']} {dev['name']}, {dev['threads']} threads"
         for r in doc["rows"]:
             if r.get("median_ms") is None or r.get("group") == "op":
                 continue
+            counts = f" {_f(r.get('launches'), 'd')} | {_f(r.get('host_syncs'), 'd')} |" if counted else ""
             yield (f"| {r['setting']} | {r['variant']} | {r['phase']} | {r['median_ms']:.1f} "
                    f"({r['p25_ms']:.1f}..{r['p75_ms']:.1f}) | {_f(r.get('speedup_vs_reference'), '.1f', 'x')} | "
-                   f"{_f(r.get('overhead_vs_no_rsg_pct'), '+.1f', ' %')} | {_f(r.get('peak_mem_mb'), '.1f')} | "
+                   f"{_f(r.get('overhead_vs_no_rsg_pct'), '+.1f', ' %')} | {_f(r.get('peak_mem_mb'), '.1f')} |{counts} "
                    f"{where} | {doc['date']} | [{Path(path).name}]({Path(path).name}) |")
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -686,3 +687,25 @@ def test_launch_and_sync_targets():
         "copy_bandwidth_gbps": 1.0, "timing": {"method": "m"}, "load_average": {"start": None, "end": None},
         "wall_s": 1, "targets": targets.evaluate(_doc(h100, rows))})
     assert "launches" in text and "missed        gpu_launches: cifar10 rsg-host generation  41 launches" in text
+
+
+def test_results_summary_shows_launch_counts_where_a_run_counted_them(tmp_path):
+    """benchmarks/summarise.py (the results README's tables): a CUDA file's launches and host syncs
+    get two columns, with the gpu_launches target in the targets list; CPU files keep their table."""
+    h100 = {"type": "cuda", "name": "NVIDIA H100", "threads": 1}
+    rows = [_row("rsg-triton", "generation", 1.0, launches=38, host_syncs=1), _row("reference", "generation", 9.0)]
+    doc = _doc(h100, rows) | {"schema": report.SCHEMA, "date": "2027-01-01T00:00:00Z", "command": "rsg-fast bench",
+                              "commit": {"sha": "abc"}, "versions": {"torch": "2.11.0", "triton": "3.6.0"},
+                              "copy_bandwidth_gbps": 3000.0}
+    doc["targets"] = targets.evaluate(doc)
+    cpu = _doc({"type": "cpu", "name": "x", "threads": 2}, [_row("rsg-torch", "generation", 20.0)]) | {
+        k: doc[k] for k in ("schema", "date", "command", "commit", "versions", "copy_bandwidth_gbps")}
+    (tmp_path / "gpu.json").write_text(json.dumps(doc))
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    script = str(Path(__file__).parent.parent / "benchmarks" / "summarise.py")
+    run = lambda *files: subprocess.run([sys.executable, script, *files], capture_output=True, text=True, check=True).stdout
+    both = run(str(tmp_path / "gpu.json"), str(tmp_path / "cpu.json"))
+    assert "| launches | host syncs |" in both
+    assert "| rsg-triton | generation | 1.0 (1.0..1.1) |  |  |  | 38 | 1 | cuda NVIDIA H100" in both
+    assert "`gpu.json`: gpu_launches met: cifar10 rsg-triton generation, 38 launches" in both
+    assert "launches" not in run(str(tmp_path / "cpu.json")).splitlines()[0]
