@@ -168,6 +168,12 @@ class RSG(RSGParameters):
         keeps it per head list and device). Not a buffer: it is derived state that load_state_dict,
         to_empty and averaging of buffers would not keep right."""
         table = torch.zeros(self.num_classes, dtype=torch.bool, device=device)
+        if torch.compiler.is_compiling():
+            # dynamo makes the class ids that changed since an earlier call symbolic, and it cannot
+            # sort those (a fullgraph error): one write per class, which inductor fuses all the same
+            for c in heads:
+                table[c] = True
+            return table
         for start, stop in _runs(sorted(heads)):
             table[start:stop] = True
         return table
