@@ -63,6 +63,8 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
             raise TypeError("head_class_lists must be a sequence or 1-D integer array of class ids, "
                             f"got a {head_class_lists.ndim}-D {head_class_lists.dtype} array")
         head_class_lists = head_class_lists.tolist()
+    elif isinstance(head_class_lists, range):
+        head_class_lists = _range_values(head_class_lists)
     if isinstance(head_class_lists, (str, bytes)) or not isinstance(head_class_lists, (Sequence, range)):
         raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
     heads = []
@@ -79,6 +81,17 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
         repeated = sorted({c for c in heads if heads.count(c) > 1})
         raise ValueError(f"head_class_lists repeats class ids {repeated}")
     return tuple(heads)
+
+
+def _range_values(r: range) -> list:
+    """The values of a range, stepped by hand: under torch.compile dynamo makes the bounds of a range
+    that changed since an earlier call symbolic ints, and cannot iterate such a range (a fullgraph
+    error); each comparison here is a guard it can take."""
+    values, c = [], r.start
+    while (c < r.stop) if r.step > 0 else (c > r.stop):
+        values.append(c)
+        c += r.step
+    return values
 
 
 def check_maps_dtype(maps: torch.dtype, params: torch.dtype, device_type: str) -> None:

@@ -114,16 +114,17 @@ def test_compiled_generation_phase_at_corner_shapes(compiler, maps, dim):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_rsg_takes_a_new_head_list_of_the_same_length():
-    """Found by fuzzing: dynamo makes the class ids that changed since the first call symbolic, and the
-    head table sorted them (dynamo cannot sort symbolic ints: an error with fullgraph=True at the second
-    head list of two or more classes). Eager values."""
+# Found by fuzzing: dynamo makes the class ids (a range's bounds) that changed since the first call
+# symbolic, and the head table sorted them, the argument check iterated the range: neither traces
+# (an error with fullgraph=True at the second list of two or more classes, at the second range).
+@pytest.mark.parametrize("lists", [([0, 1], [1, 2]), (range(0, 2), range(1, 4, 2))], ids=["list", "range"])
+def test_compiled_rsg_takes_a_new_head_list(lists):
     torch.manual_seed(0)
     eager = RSG(3, [4, 3, 2], 5, 4, [0, 1], 1.0, THRESH)
     compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
     y = torch.tensor([0, 1, 2, 3, 4, 0, 2, 4])
     with compile_setting():
-        for heads in ([0, 1], [1, 2]):
+        for heads in lists:
             x = torch.randn(8, 4, 3, 2)
             for a, b in zip(compiled(x, heads, y, PHASES["generation"]), eager(x, heads, y, PHASES["generation"])):
                 assert a.shape == b.shape
