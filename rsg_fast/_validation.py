@@ -53,6 +53,10 @@ def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_mod
 def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
     """Head (frequent) class ids: integers (0-d integer tensors too) in [0, num_classes), no repeats,
     as a sequence or a 1-D integer tensor or array. Returns a tuple."""
+    if isinstance(head_class_lists, (torch.Tensor, np.ndarray)) and torch.compiler.is_compiling():
+        # a compiled graph cannot read the class ids out of a tensor (they pick the head table)
+        raise TypeError("under torch.compile pass head_class_lists as a list, tuple or range of ints, "
+                        f"not a {type(head_class_lists).__name__} (a graph cannot read the class ids from it)")
     if isinstance(head_class_lists, torch.Tensor):
         if head_class_lists.dim() > 1 or head_class_lists.is_floating_point() or head_class_lists.is_complex():
             raise TypeError("head_class_lists must be a sequence or 1-D integer tensor of class ids, "

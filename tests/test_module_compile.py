@@ -3,6 +3,7 @@ it (aot_eager and inductor, both phases, one graph per phase however the labels 
 of ops one forward+backward dispatches, higher-order gradients and torch.func."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -308,3 +309,14 @@ def test_compiled_argument_errors_carry_the_eager_message():
         torch._dynamo.reset()
         with pytest.raises(Exception, match=words):
             torch.compile(rsg, backend="aot_eager", fullgraph=True)(bad, [0], y, 0)
+
+
+@pytest.mark.parametrize("heads", [torch.tensor([0, 1]), np.array([0, 1])], ids=["tensor", "ndarray"])
+def test_compiled_head_classes_as_a_tensor_are_a_clear_error(heads):
+    """Found by fuzzing: a head-class tensor or array (fine in eager mode) failed under torch.compile
+    on a data-dependent guard or an untraceable attribute; now our TypeError asks for a list of ints."""
+    rsg = RSG(3, [4, 3, 3], 4, 6, [0], 1.0, THRESH)
+    x, y = torch.randn(6, 4, 3, 3), torch.tensor([0, 1, 0, 2, 3, 0])
+    with compile_setting():
+        with pytest.raises(Exception, match="under torch.compile pass head_class_lists as a list"):
+            torch.compile(rsg, backend="aot_eager", fullgraph=True)(x, heads, y, THRESH + 1)
