@@ -141,6 +141,9 @@ RUNS = {
     "equal batches": (range(THRESH + 12), (10,), 3),
     # an epoch's smaller last batch (a loader without drop_last): its size, too, is specialised once
     "a smaller last batch": (range(THRESH + 10), (10, 10, 7), 4),
+    # a last batch of 2 or 3: the contrastive phase's one pair is a size of 1, which dynamo compiles
+    # apart (found by fuzzing the README's count)
+    "a last batch of three": (range(THRESH + 4), (10, 10, 3), 5),
     # fractional epochs (epoch + step / steps): a dynamic float from its second value, whose check
     # with math.isfinite was a dynamo error under fullgraph=True
     "float epochs": ((0.0, 0.5, 1.25, 2.75, THRESH + 0.5, THRESH + 1.5, THRESH + 2.25), (10,), 3),
@@ -164,7 +167,8 @@ def test_a_run_of_epochs_compiles_few_graphs(run):
                 y = _batches(n, 5, [0, 1], 1, seed=i)[0]
                 got_out, _ = _step(compiled, x, y, epoch)
                 want_out, _ = _step(eager, x, y, epoch)
-                assert (got_out[0].shape[0] > n) == (epoch > THRESH), f"epoch {epoch}, batch {n}"
+                if n > 3:    # a batch of 3 may hold no tail (two of its labels are heads)
+                    assert (got_out[0].shape[0] > n) == (epoch > THRESH), f"epoch {epoch}, batch {n}"
                 for a, b in zip(got_out, want_out):
                     assert a.shape == b.shape
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
