@@ -168,13 +168,10 @@ class RSG(RSGParameters):
         keeps it per head list and device). Not a buffer: it is derived state that load_state_dict,
         to_empty and averaging of buffers would not keep right."""
         table = torch.zeros(self.num_classes, dtype=torch.bool, device=device)
-        if torch.compiler.is_compiling():
-            # dynamo makes the class ids that changed since an earlier call symbolic, and it cannot
-            # sort those (a fullgraph error): one write per class, which inductor fuses all the same
-            for c in heads:
-                table[c] = True
-            return table
-        for start, stop in _runs(sorted(heads)):
+        # under torch.compile the class ids that changed since an earlier call are symbolic, and dynamo
+        # cannot sort those (a fullgraph error): the runs of the list as given, which for the usual
+        # sorted list are the same few
+        for start, stop in _runs(heads if torch.compiler.is_compiling() else sorted(heads)):
             table[start:stop] = True
         return table
 
@@ -255,7 +252,8 @@ def _check_same_labels(labels: torch.Tensor, host_labels: torch.Tensor, compilin
 
 
 def _runs(values: list[int]) -> list[tuple[int, int]]:
-    """Sorted distinct integers as [start, stop) runs of consecutive values: [0, 1, 2, 5] -> [(0, 3), (5, 6)]."""
+    """Distinct integers as [start, stop) runs of consecutive increasing values, in their order:
+    [0, 1, 2, 5] -> [(0, 3), (5, 6)]; [2, 0, 1] -> [(2, 3), (0, 2)]."""
     runs: list[tuple[int, int]] = []
     for v in values:
         if runs and runs[-1][1] == v:

@@ -118,7 +118,7 @@ def test_compiled_generation_phase_at_corner_shapes(compiler, maps, dim):
 # Found by fuzzing: dynamo makes the class ids (a range's bounds) that changed since the first call
 # symbolic, and the head table sorted them, the argument check iterated the range: neither traces
 # (an error with fullgraph=True at the second list of two or more classes, at the second range).
-@pytest.mark.parametrize("lists", [([0, 1], [1, 2]), (range(0, 2), range(1, 4, 2))], ids=["list", "range"])
+@pytest.mark.parametrize("lists", [([0, 1], [1, 2], [3, 1, 2]), (range(0, 2), range(1, 4, 2))], ids=["list", "range"])
 def test_compiled_rsg_takes_a_new_head_list(lists):
     torch.manual_seed(0)
     eager = RSG(3, [4, 3, 2], 5, 4, [0, 1], 1.0, THRESH)
