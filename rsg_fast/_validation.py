@@ -68,7 +68,7 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
                             f"got a {head_class_lists.ndim}-D {head_class_lists.dtype} array")
         head_class_lists = head_class_lists.tolist()
     elif isinstance(head_class_lists, range):
-        head_class_lists = _range_values(head_class_lists)
+        head_class_lists = _range_values(head_class_lists, num_classes + 1)
     if isinstance(head_class_lists, (str, bytes)) or not isinstance(head_class_lists, (Sequence, range)):
         raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
     heads = []
@@ -87,12 +87,13 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
     return tuple(heads)
 
 
-def _range_values(r: range) -> list:
-    """The values of a range, stepped by hand: under torch.compile dynamo makes the bounds of a range
-    that changed since an earlier call symbolic ints, and cannot iterate such a range (a fullgraph
-    error); each comparison here is a guard it can take."""
+def _range_values(r: range, most: int) -> list:
+    """The first ``most`` values of a range (a longer one cannot be distinct class ids: the check after
+    rejects it, without first building a list of a billion), stepped by hand: under torch.compile
+    dynamo makes the bounds of a range that changed since an earlier call symbolic ints, and cannot
+    iterate such a range (a fullgraph error); each comparison here is a guard it can take."""
     values, c = [], r.start
-    while (c < r.stop) if r.step > 0 else (c > r.stop):
+    while ((c < r.stop) if r.step > 0 else (c > r.stop)) and len(values) < most:
         values.append(c)
         c += r.step
     return values

@@ -278,11 +278,13 @@ def test_head_classes_as_tensor_or_numpy_array():
     ref, fast = make_pair(4, 3, 3, 2, 5, 4, [0, 1])
     y, x = torch.tensor([0, 2, 1, 3, 0]), torch.randn(5, 4, 3, 3)
     expect = fast(x, [0, 1], y, 10)
-    for heads in (np.array([0, 1]), torch.tensor([0, 1]), (0, 1), range(2)):
+    for heads in (np.array([0, 1]), torch.tensor([0, 1]), (0, 1), range(2), range(1, -1, -1)):
         got = fast(x, heads, y, 10)
         assert torch.equal(got[3], expect[3]) and torch.equal(got[2], expect[2])
     with pytest.raises(TypeError, match="head_class_lists"):
         fast(x, np.array([0.0, 1.0]), y, 10)
+    with pytest.raises(ValueError, match=r"holds 4, outside \[0, num_classes=4\)"):   # read no further than that
+        fast(x, range(10**12), y, 10)
 
 
 @pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
