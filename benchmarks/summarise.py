@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from rsg_fast.bench.report import SCHEMA
+from rsg_fast.bench.report import SCHEMA, measured_text
 
 
 def _f(value, spec, suffix=""):
@@ -70,7 +70,7 @@ def target_lines(path, doc):
         if t.get("status") in ("met", "missed"):
             where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
             note = f" ({t['note']})" if t.get("note") else ""
-            yield f"- `{Path(path).name}`: {t['target']} {t['status']}: {where}, {t['measured']:{'.0f' if t['unit'].startswith(' ') else '.2f'}}{t['unit']}{note}"
+            yield f"- `{Path(path).name}`: {t['target']} {t['status']}: {where}, {measured_text(t)}{note}"
 
 
 def pytest_benchmark_rows(path, doc):

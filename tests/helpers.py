@@ -6,12 +6,12 @@ input values: ``rsg_fast.testing`` (its docstring has the table; ``rsg-fast chec
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import pytest
 import torch
 
 from rsg_fast import ops
+from rsg_fast.bench.launch_probe import host_sync_messages
 from rsg_fast.testing import assert_close
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,17 +66,10 @@ def grads(outputs, inputs, weights):
 @contextlib.contextmanager
 def cuda_syncs():
     """Collects the messages of the CUDA synchronisations inside the block (after synchronising once
-    before it), from ``torch.cuda.set_sync_debug_mode("warn")``."""
+    before it): the bench's ``launch_probe.host_sync_messages``."""
     torch.cuda.synchronize()
-    found: list[str] = []
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield found
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    found.extend(str(w.message) for w in caught if "synchroniz" in str(w.message).lower())
+    with host_sync_messages() as found:
+        yield found
 
 
 def host_waits_for_gpu(fn) -> bool:

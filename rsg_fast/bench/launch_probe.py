@@ -16,6 +16,7 @@ counting, on any sequence of profiler events.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -47,18 +48,27 @@ def count_device_activity(events) -> dict:
     return {"launches": kernels + copies + fills, "kernels": kernels, "copies": copies, "fills": fills}
 
 
-def count_host_syncs(fn) -> int:
-    """The CUDA synchronisations torch reports while ``fn()`` runs (set_sync_debug_mode "warn"); the
-    caller's mode is restored after."""
+@contextlib.contextmanager
+def host_sync_messages():
+    """Collects the messages of the CUDA synchronisations torch reports inside the block
+    (set_sync_debug_mode "warn"); the caller's mode is restored after."""
     previous = torch.cuda.get_sync_debug_mode()
+    found: list[str] = []
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fn()
+            yield found
     finally:
         torch.cuda.set_sync_debug_mode(previous)
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    found.extend(str(w.message) for w in caught if "synchroniz" in str(w.message).lower())
+
+
+def count_host_syncs(fn) -> int:
+    """The CUDA synchronisations torch reports while ``fn()`` runs (``host_sync_messages``)."""
+    with host_sync_messages() as found:
+        fn()
+    return len(found)
 
 
 def cuda_launches(case, device, warmup: int = 1) -> dict:

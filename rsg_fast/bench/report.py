@@ -32,6 +32,12 @@ def _fmt(value, spec, suffix="", empty="-"):
     return empty if value is None else format(value, spec) + suffix
 
 
+def measured_text(target: dict) -> str:
+    """A target entry's measured value with its unit: counts (a unit such as " launches") whole,
+    ratios and percentages to two decimals; "-" when not measured."""
+    return _fmt(target["measured"], ".0f" if target["unit"].startswith(" ") else ".2f", target["unit"])
+
+
 def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str, str]]) -> list[str]:
     """Aligned columns; then the rows not timed, one line per (name, status) with their phases merged."""
     widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
@@ -117,7 +123,7 @@ def format_report(result: dict) -> str:
                 continue
             where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
             note = f"  ({t['note']})" if t.get("note") else ""
-            lines.append(f"  {t['status']:<12}  {t['target']}: {where}  {_fmt(t['measured'], '.0f' if t['unit'].startswith(' ') else '.2f', t['unit'])}{note}")
+            lines.append(f"  {t['status']:<12}  {t['target']}: {where}  {measured_text(t)}{note}")
         lines += ["  goals:"] + [f"    {name}: {goal}" for name, goal in goals.items()]
     lines.append(f"\nwall time {result['wall_s']} s")
     return "\n".join(lines)
