@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu_check.sh              # on the GPU machine (results in $OUT, else ./gpu-check-out)
 #   bash benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU with tiny shapes (tests/test_gpu_check.py)
+#   bash benchmarks/gpu_check.sh --steps module   # only some steps (a rerun of what ran out of time),
+#                                                 # sharing the whole budget; default check,tests,ops,module
 #
 # It assumes only `python3` (with torch, triton, pytest, pytest-xdist, tqdm, matplotlib, setuptools;
 # nothing can be downloaded) and never changes that Python: rsg_fast is installed into a throwaway
@@ -17,6 +19,10 @@
 #           replay, cifar10 and imagenet-lt shapes, fp32 and bf16, GB/s and % of copy bandwidth
 #   module  RSG forward+backward: ReferenceRSG, torch.compile(ReferenceRSG), RSG eager,
 #           torch.compile(RSG); a ResNet-32 training step with and without RSG, eager and compiled
+# While check and tests run (they time nothing), a background "warm" pass compiles the module
+# step's torch.compile rows once, filling the Inductor and Triton caches, so that the module step
+# spends its limit timing rather than compiling (cold, each compiled row takes tens of seconds). It
+# is stopped, if still running, before ops starts timing; what it compiled by then stays cached.
 # The targets (met / missed / not measured) are printed last.
 #
 # What it leaves directly under $OUT (8 files; the device tool returns at most 8):
@@ -28,18 +34,32 @@
 #   bench-ops.json  bench-ops.png  bench-module.json  bench-module.png   (rsg-fast bench result files)
 #
 # Environment: OUT; GPU_CHECK_BUDGET_S (the whole run, default 450 s); GPU_CHECK_COMMIT (the commit,
-# for a copy without .git); GPU_CHECK_INSTALL=pythonpath (skip pip, use the fallback).
+# for a copy without .git); GPU_CHECK_INSTALL=pythonpath (skip pip, use the fallback);
+# GPU_CHECK_WARM_WAIT_S (how long ops may wait for the warm pass to end, default 60 s).
 # Exit status: 0 when every step passed, else 1.
 set -uo pipefail
 
 DRY_RUN=0
-for arg in "$@"; do
-    case "$arg" in
+STEPS=check,tests,ops,module
+while [ $# -gt 0 ]; do
+    case "$1" in
         --dry-run) DRY_RUN=1 ;;
+        --steps) [ $# -ge 2 ] || { echo "gpu_check.sh: --steps needs a value (e.g. --steps module)" >&2; exit 2; }
+                 STEPS=$2; shift ;;
+        --steps=*) STEPS=${1#--steps=} ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument '$arg' (use --dry-run or --help)" >&2; exit 2 ;;
+        *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run, --steps LIST or --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+for name in ${STEPS//,/ }; do
+    case "$name" in
+        check|tests|ops|module) ;;
+        *) echo "gpu_check.sh: --steps: unknown step '$name' (expected a comma-separated subset of check,tests,ops,module)" >&2
+           exit 2 ;;
     esac
 done
+[ -n "${STEPS//,/}" ] || { echo "gpu_check.sh: --steps: no step named (expected a subset of check,tests,ops,module)" >&2; exit 2; }
 
 OUT="${OUT:-gpu-check-out}"
 mkdir -p "$OUT" || exit 2
@@ -57,6 +77,7 @@ BUDGET=${GPU_CHECK_BUDGET_S:-450}
 DEADLINE=$((START + BUDGET))
 MADE_LINK=0
 STATUS=0
+WARM_PID=""
 
 # Caches and config in the work folder: cold but shared by the steps, and nothing written to $HOME or
 # to python3's site-packages (bytecode, pytest's rewritten plugins: PYTHONPYCACHEPREFIX).
@@ -140,7 +161,58 @@ step() {
     summary
 }
 
+# selected NAME: the step is in --steps
+selected() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
+# floor_after NAME: seconds to keep for the selected steps after NAME (each one's least useful time),
+# plus 5 for the final summary
+floor_after() {
+    local total=5 later=0 name
+    for name in check tests ops module; do
+        if [ $later = 1 ] && selected "$name"; then
+            case $name in tests) total=$((total + 60)) ;; ops) total=$((total + 45)) ;; module) total=$((total + 90)) ;; esac
+        fi
+        [ "$name" = "$1" ] && later=1
+    done
+    echo $total
+}
+not_selected() { record "$1" "not selected (--steps)" 0 0 0; }
+
+# start_warm: the module step's compiled rows, compiled once in the background (see the header);
+# 4 Inductor compile workers, so that the CUDA tests' workers keep most of the CPU
+start_warm() {
+    local limit=$((DEADLINE - $(date +%s) - $(floor_after tests)))
+    [ "$limit" -lt 30 ] && return
+    say "== warm (background, limit ${limit} s, $(date -u +%H:%M:%S) UTC): the compiled module rows: $COMPILED_VARIANTS"
+    WARM_T0=$(date +%s)
+    TORCHINDUCTOR_COMPILE_THREADS=4 timeout -k 10 "$limit" "$PY" -m rsg_fast.bench "${DEVICE[@]}" \
+        --shapes "$MODULE_SHAPES" "${COMPILE[@]}" --variants "$COMPILED_VARIANTS" --budget 1 --min-rounds 1 \
+        --no-memory --no-launches --no-progress --out "$WORK/warm" --tag warm > "$WORK/warm.out" 2>&1 &
+    WARM_PID=$!
+}
+# finish_warm: wait for the warm pass while the later steps' floors allow (at most
+# GPU_CHECK_WARM_WAIT_S, default 60 s), else stop it
+finish_warm() {
+    [ -n "$WARM_PID" ] || return 0
+    local grace waited=0 stopped=0 rc status
+    grace=$((DEADLINE - $(date +%s) - $(floor_after tests)))
+    [ "$grace" -gt "${GPU_CHECK_WARM_WAIT_S:-60}" ] && grace=${GPU_CHECK_WARM_WAIT_S:-60}
+    while kill -0 "$WARM_PID" 2> /dev/null && [ "$waited" -lt "$grace" ]; do sleep 1 || break; waited=$((waited + 1)); done
+    if kill -0 "$WARM_PID" 2> /dev/null; then kill -TERM "$WARM_PID" 2> /dev/null; stopped=1; fi
+    wait "$WARM_PID"; rc=$?
+    WARM_PID=""
+    { echo "== warm: its output"; cat "$WORK/warm.out"; } >> "$LOG"
+    tail -n 2 "$WORK/warm.out"
+    if [ $stopped = 1 ]; then status="stopped before the timings (what it compiled stays cached)"
+    elif [ $rc = 0 ]; then status=passed
+    elif [ $rc = 124 ] || [ $rc = 137 ]; then status="timed out (what it compiled stays cached)"
+    else status="failed (exit status $rc; the module step shows why)"; fi
+    say "== warm: $status, $(( $(date +%s) - WARM_T0 )) s (waited ${waited} s for it)"
+    record warm "$status" "$rc" "$(( $(date +%s) - WARM_T0 ))" 0
+    summary
+}
+
 cleanup() {
+    if [ -n "$WARM_PID" ]; then kill -TERM "$WARM_PID" 2> /dev/null; wait "$WARM_PID" 2> /dev/null; fi
     [ "$MADE_LINK" = 1 ] && rm -f "$ROOT/rsg_fast/kernels"
     rm -rf "$WORK"
 }
@@ -219,38 +291,48 @@ record install "$install_status" "$rc" "$(( $(date +%s) - t0 ))" 0
 summary
 
 # ---------------------------------------------------------------------------- the steps
-# caps (s) and what must stay for the later steps: check 90 (floor after: 60 + 45 + 90), tests 150
-# (45 + 90), ops 100 (90), module: the rest.
-# (a) the users' self-test: every fused op and backend, and the module, against float64 references
+# caps (s), each step's limit also keeping floor_after's seconds for the selected later steps
+# (tests 60, ops 45, module 90): check 90, tests 150, ops 100, module 420 (in effect: the rest).
+# in this order (a step cut short by its limit keeps the rows it wrote): the fast eager rows the
+# targets need, then the compiled module rows of the 3x target, then the rest
+VARIANTS=reference,rsg-triton,resnet32,resnet32+rsg,rsg-compiled,reference-compiled,rsg-host,resnet32+rsg-host
+VARIANTS=$VARIANTS,rsg-torch,resnet32+reference,resnet32-compiled,resnet32+rsg-compiled
+COMPILED_VARIANTS=rsg-compiled,reference-compiled,resnet32-compiled,resnet32+rsg-compiled
 if [ $rc -ne 0 ]; then
     say "== rsg_fast does not import: the other steps cannot run"
 else
-    step check 90 195 "$PY" -m rsg_fast.check "${CHECK_ARGS[@]}" --json "$OUT/check.json"
-fi
+    if selected module && { selected check || selected tests; }; then start_warm; fi
+    # (a) the users' self-test: every fused op and backend, and the module, against float64 references
+    if selected check; then
+        step check 90 "$(floor_after check)" "$PY" -m rsg_fast.check "${CHECK_ARGS[@]}" --json "$OUT/check.json"
+    else not_selected check; fi
 
-if [ $rc -eq 0 ]; then
     # (b) the CUDA tests; (c) the timings (rsg-fast bench: fused ops, then module and training step)
-    XDIST=()
-    if "$PY" -c "import xdist" > /dev/null 2>&1; then XDIST=(-n "$([ "$DRY_RUN" = 1 ] && echo 2 || echo 8)"); fi
-    # work stealing (xdist >= 3.2): neighbouring slow tests (cold compiles) do not queue on one worker
-    if [ ${#XDIST[@]} -gt 0 ] && "$PY" -c "import sys, xdist; sys.exit(tuple(map(int, xdist.__version__.split('.')[:2])) < (3, 2))" \
-        > /dev/null 2>&1; then XDIST+=(--dist worksteal); fi
-    # exit status 5 (no test selected) is not a failure: a commit may mark nothing `cuda`
-    step tests 150 135 bash -c '"$@"; rc=$?; [ $rc -eq 5 ] && exit 0; exit $rc' _ \
-        "$PY" -m pytest -q -p no:cacheprovider --basetemp="$WORK/pytest-tmp" -o faulthandler_timeout=100 -m cuda -ra \
-        "${XDIST[@]}" --junitxml="$OUT/pytest-cuda.xml" tests
+    if selected tests; then
+        XDIST=()
+        if "$PY" -c "import xdist" > /dev/null 2>&1; then XDIST=(-n "$([ "$DRY_RUN" = 1 ] && echo 2 || echo 8)"); fi
+        # work stealing (xdist >= 3.2): neighbouring slow tests (cold compiles) do not queue on one worker
+        if [ ${#XDIST[@]} -gt 0 ] && "$PY" -c "import sys, xdist; sys.exit(tuple(map(int, xdist.__version__.split('.')[:2])) < (3, 2))" \
+            > /dev/null 2>&1; then XDIST+=(--dist worksteal); fi
+        # exit status 5 (no test selected) is not a failure: a commit may mark nothing `cuda`
+        step tests 150 "$(floor_after tests)" bash -c '"$@"; rc=$?; [ $rc -eq 5 ] && exit 0; exit $rc' _ \
+            "$PY" -m pytest -q -p no:cacheprovider --basetemp="$WORK/pytest-tmp" -o faulthandler_timeout=100 -m cuda -ra \
+            "${XDIST[@]}" --junitxml="$OUT/pytest-cuda.xml" tests
+    else not_selected tests; fi
+    finish_warm           # nothing may compile in the background while the timings run
+
     mkdir -p "$WORK/bench"
-    step ops 100 90 "$PY" -m rsg_fast.bench "${DEVICE[@]}" --groups op --shapes "$OPS_SHAPES" --dtypes fp32,bf16 \
-        --op-impls torch,triton --budget 15 --no-progress --out "$WORK/bench" --tag bench-ops
-    cp "$WORK/bench"/bench-ops.json "$WORK/bench"/bench-ops.png "$OUT"/ 2> /dev/null
-    summary
-    # in this order (a step cut short by its limit keeps the rows it wrote): the fast eager rows the
-    # targets need, then the compiled module rows of the 3x target, then the rest
-    VARIANTS=reference,rsg-triton,resnet32,resnet32+rsg,rsg-compiled,reference-compiled,rsg-host,resnet32+rsg-host
-    VARIANTS=$VARIANTS,rsg-torch,resnet32+reference,resnet32-compiled,resnet32+rsg-compiled
-    step module 420 5 "$PY" -m rsg_fast.bench "${DEVICE[@]}" --shapes "$MODULE_SHAPES" "${COMPILE[@]}" --budget 20 \
-        --variants "$VARIANTS" --no-progress --out "$WORK/bench" --tag bench-module
-    cp "$WORK/bench"/bench-module.json "$WORK/bench"/bench-module.png "$OUT"/ 2> /dev/null
+    if selected ops; then
+        step ops 100 "$(floor_after ops)" "$PY" -m rsg_fast.bench "${DEVICE[@]}" --groups op --shapes "$OPS_SHAPES" \
+            --dtypes fp32,bf16 --op-impls torch,triton --budget 15 --no-progress --out "$WORK/bench" --tag bench-ops
+        cp "$WORK/bench"/bench-ops.json "$WORK/bench"/bench-ops.png "$OUT"/ 2> /dev/null
+        summary
+    else not_selected ops; fi
+    if selected module; then
+        step module 420 "$(floor_after module)" "$PY" -m rsg_fast.bench "${DEVICE[@]}" --shapes "$MODULE_SHAPES" \
+            "${COMPILE[@]}" --budget 20 --variants "$VARIANTS" --no-progress --out "$WORK/bench" --tag bench-module
+        cp "$WORK/bench"/bench-module.json "$WORK/bench"/bench-module.png "$OUT"/ 2> /dev/null
+    else not_selected module; fi
 fi
 
 summary final | tee -a "$LOG"

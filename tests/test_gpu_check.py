@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "benchmarks/gpu_check.sh"
 TOOLS = ("bash", "timeout", "date", "mktemp", "mkdir", "tee", "tail", "cat", "cp", "rm", "ln", "grep", "cut",
-         "head", "sed")
+         "head", "sed", "sleep")
 EXPECTED = {"gpu-check.log", "gpu-check.json", "check.json", "pytest-cuda.xml", "bench-ops.json", "bench-module.json"}
 OPTIONAL = {"bench-ops.png", "bench-module.png"}     # when matplotlib imports
 
@@ -48,8 +48,7 @@ def _site_snapshot() -> dict:
     return snap
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
+def _dry_run(tmp_path_factory, *args: str, **env_extra: str) -> dict:
     tools = {t: shutil.which(t) for t in TOOLS}
     # the lent machine has these; a machine without them cannot check the script, which is a failure
     assert all(tools.values()), f"shell tools the dry run needs are missing: {[t for t, p in tools.items() if not p]}"
@@ -66,13 +65,19 @@ def dry_run(tmp_path_factory):
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python3").chmod(0o755)
     env = {"PATH": str(bin_dir), "HOME": str(base), "TMPDIR": str(tmp), "OUT": str(out),
-           "GPU_CHECK_COMMIT": "dry-run-test"}
+           "GPU_CHECK_COMMIT": "dry-run-test", **env_extra}
     if os.environ.get("LD_LIBRARY_PATH"):
         env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
     before = _site_snapshot()
-    proc = subprocess.run([tools["bash"], SCRIPT, "--dry-run"], cwd=src, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([tools["bash"], SCRIPT, "--dry-run", *args], cwd=src, env=env, capture_output=True,
+                          text=True, timeout=900)
     return {"proc": proc, "src": src, "out": out, "tmp": tmp, "site_changed": _site_snapshot() != before}
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    # the warm pass may need longer than check + tests on a loaded CPU: wait for it, so that it passes
+    return _dry_run(tmp_path_factory, GPU_CHECK_WARM_WAIT_S="300")
 
 
 def test_dry_run_passes_every_step(dry_run):
@@ -80,12 +85,12 @@ def test_dry_run_passes_every_step(dry_run):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     doc = json.loads((dry_run["out"] / "gpu-check.json").read_text())
     steps = {s["name"]: s["status"] for s in doc["steps"]}
-    assert list(steps) == ["install", "check", "tests", "ops", "module"], steps
+    assert list(steps) == ["install", "check", "tests", "warm", "ops", "module"], steps
     assert steps["install"].startswith("passed: ")
     assert steps["check"] == "passed"
     rows = json.loads((dry_run["out"] / "check.json").read_text())["rows"]
     assert rows and all(r["passed"] for r in rows)
-    assert all(steps[s] == "passed" for s in ("tests", "ops", "module")), steps
+    assert all(steps[s] == "passed" for s in ("tests", "warm", "ops", "module")), "; ".join(f"{k}: {v}" for k, v in steps.items())
     assert doc["dry_run"] is True and doc["commit"] == "dry-run-test" and doc["torch"] and doc["date"]
     assert "gpu_check (dry run)" in proc.stdout
 
@@ -110,3 +115,38 @@ def test_dry_run_cleans_up_and_changes_no_python_environment(dry_run):
     assert not (dry_run["src"] / "rsg_fast" / "kernels").exists()     # the fallback's symlink, if made
     assert list(dry_run["tmp"].iterdir()) == []                         # the throwaway venv and caches
     assert not dry_run["site_changed"]
+
+
+def test_warm_pass_compiles_the_module_steps_compiled_rows_before_the_timings(dry_run):
+    log = (dry_run["out"] / "gpu-check.log").read_text()
+    started, ops = log.index("== warm (background"), log.index("== ops (limit")
+    compiled = "rsg-compiled,reference-compiled,resnet32-compiled,resnet32+rsg-compiled"
+    assert compiled in log[started:log.index("\n", started)]
+    assert started < log.index("== check (limit") and log.index("== warm: passed") < ops   # done before any timing
+    assert "json:" in log[log.index("== warm: its output"):ops]          # the warm bench ran to its end
+
+
+def test_steps_runs_only_the_steps_named_with_the_whole_budget(tmp_path_factory):
+    run = _dry_run(tmp_path_factory, "--steps", "module")
+    assert run["proc"].returncode == 0, run["proc"].stdout[-4000:] + run["proc"].stderr[-2000:]
+    doc = json.loads((run["out"] / "gpu-check.json").read_text())
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert list(steps) == ["install", "check", "tests", "ops", "module"]      # no warm pass: nothing to overlap
+    assert all(steps[s]["status"] == "not selected (--steps)" for s in ("check", "tests", "ops"))
+    assert steps["module"]["status"] == "passed" and steps["module"]["limit_s"] == 420    # its cap: no later floor
+    assert {p.name for p in run["out"].iterdir()} <= {"gpu-check.log", "gpu-check.json", "bench-module.json",
+                                                      "bench-module.png"}
+    assert list(run["tmp"].iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "module,bench"], "unknown step 'bench'"),
+    (["--steps", ","], "no step named"),
+    (["--steps"], "--steps needs a value"),
+    (["--fast"], "unknown argument '--fast'"),
+])
+def test_bad_arguments_stop_before_anything_runs(tmp_path, args, message):
+    proc = subprocess.run(["bash", str(ROOT / SCRIPT), *args], cwd=tmp_path, env={**os.environ, "OUT": str(tmp_path / "out")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
