@@ -144,9 +144,17 @@ RUNS = {
     # a last batch of 2 or 3: the contrastive phase's one pair is a size of 1, which dynamo compiles
     # apart (found by fuzzing the README's count)
     "a last batch of three": (range(THRESH + 4), (10, 10, 3), 5),
+    # a last batch of one: dynamo compiles a size of 1 apart in each phase, before and after the
+    # epoch becomes dynamic
+    "a last batch of one": (range(THRESH + 4), (10, 10, 1), 6),
     # fractional epochs (epoch + step / steps): a dynamic float from its second value, whose check
     # with math.isfinite was a dynamo error under fullgraph=True
     "float epochs": ((0.0, 0.5, 1.25, 2.75, THRESH + 0.5, THRESH + 1.5, THRESH + 2.25), (10,), 3),
+    # dynamic=True: the epoch and the batch size are dynamic from the first call, so one graph per
+    # phase (README), and one more per phase for a batch of one
+    "dynamic=True, a smaller last batch": (range(THRESH + 4), (10, 10, 7), 2, True),
+    "dynamic=True, a last batch of three": (range(THRESH + 4), (10, 10, 3), 3, True),
+    "dynamic=True, a last batch of one": (range(THRESH + 4), (10, 10, 1), 4, True),
 }
 
 
@@ -155,10 +163,10 @@ def test_a_run_of_epochs_compiles_few_graphs(run):
     """Training calls RSG with a new epoch every epoch: a whole run compiles a few graphs (README),
     with eager values in both phases. The graph count does not depend on the backend, so aot_eager
     (inductor's values are compared with eager mode above)."""
-    epochs, sizes, most = RUNS[run]
+    epochs, sizes, most, dynamic = (*RUNS[run], None)[:4]
     torch.manual_seed(0)
     eager = RSG(3, [4, 3, 5], 5, 6, [0, 1], 1.0, THRESH)
-    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True, dynamic=dynamic)
     with compile_setting():
         start = _graphs()
         for i, epoch in enumerate(epochs):
