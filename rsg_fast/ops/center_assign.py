@@ -151,12 +151,23 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = backend
     ctx.set_materialize_grads(False)           # absent gradients stay None: no zero tensors launched
     ctx.mark_non_differentiable(row, shift, dmean, mean_dist)
-    ctx.save_for_backward(x, target, centers, linear, bias, gamma, mean_dist, shift, dmean)
+    # x itself only when it needs a gradient: the parameters' gradients read its means alone, and
+    # RSG passes detached maps that it returns to the caller, whose in-place op on them (a ReLU with
+    # inplace=True) must not invalidate this backward
+    ctx.x_hw = None if ctx.needs_input_grad[0] else x.shape[2:]
+    ctx.save_for_backward(x if ctx.needs_input_grad[0] else None, target, centers, linear, bias, gamma,
+                          mean_dist, shift, dmean)
 
 
 def _backward(ctx, g_gamma, g_dist, _g_row, g_cesc, _g_shift, _g_dmean, _g_mean_dist):
     x, target, centers, linear, bias, gamma, mean_dist, shift, dmean = ctx.saved_tensors
     need_x, _, need_c, need_l, need_b = ctx.needs_input_grad[:5]
+    if x is None:
+        # a stand-in of x's shape holding each sample's channel means (a view, no copy): the backward
+        # below reads only its shape, and the recomputation for create_graph its means, which give the
+        # parameters the same gradients (the spread about the means, V in dist, does not depend on them)
+        means = dmean if not torch.is_grad_enabled() else shift + dmean
+        x = means[:, :, None, None].expand(*means.shape, *ctx.x_hw)
     if torch.is_grad_enabled():   # create_graph=True: differentiable recomputation
         gx, _, gc, gl, gb = double_backward(
             lambda *a: _forward_torch(*a)[:4], (x, target, centers, linear, bias),
