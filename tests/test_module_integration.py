@@ -141,6 +141,20 @@ def test_activation_checkpointing_gives_the_plain_gradients(use_reentrant, kind)
         _assert_matches(got, _step(ref, ref, x, y, epoch), TOLERANCES[torch.float64] * 10, f"{kind} epoch {epoch}")
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_under_autocast(use_reentrant):
+    """The checkpoint's recomputation runs under the autocast state of the forward: the plain
+    autocast call's bits, in both phases, for a batch with pairs and for one without tails."""
+    _, fast = _pair(torch.float32)
+    wrapped = _Checkpointed(fast, use_reentrant)
+    for epoch in EPOCHS:
+        for kind in ("mixed", "no-tails"):
+            x, y = _batch(kind, torch.float32)
+            got = _step(wrapped, fast, x, y, epoch, torch.autocast("cpu", dtype=torch.bfloat16))
+            want = _step(fast, fast, x, y, epoch, torch.autocast("cpu", dtype=torch.bfloat16))
+            _assert_matches(got, want, 0, f"{kind} epoch {epoch}", exact=True)
+
+
 def test_checkpointed_rsg_compiles_with_eager_values():
     """The non-reentrant checkpoint traced by torch.compile(fullgraph=True): eager values and
     gradients in both phases, for a batch with pairs and one of the same size without (one graph per
