@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -72,15 +73,31 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def load_checkpoint(path: str) -> dict:
     """Load on the CPU with ``weights_only=True``; clear errors for a missing or foreign file."""
+    if os.path.isdir(path):   # e.g. the run folder itself: "not found" would be wrong
+        raise FileNotFoundError(f"checkpoint {path!r} is a folder; give a checkpoint file in it ({BEST} or {LAST})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {os.path.abspath(path)!r}")
+    if not zipfile.is_zipfile(path):   # torch.save writes a zip archive; torch.load's error says only "KeyError: 101"
+        raise ValueError(f"{path!r} is not a checkpoint (not a file written by torch.save); rsg-fast train writes "
+                         f"{BEST} and {LAST} in its run folder")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path!r} with torch.load(weights_only=True): {err}") from err
+        raise ValueError(f"cannot read checkpoint {path!r} with torch.load(weights_only=True), so it is not an "
+                         f"rsg-fast checkpoint (those hold only tensors and plain data): {_load_error(err)}") from err
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def _load_error(err: Exception) -> str:
+    """The line of torch.load's error that says what failed: its weights_only message is a page of advice
+    (weights_only=False, safe globals) that a user of these commands cannot act on."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "WeightsUnpickler error:" in line]
+    if named:
+        return named[0].split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip()
+    return lines[0] if lines else type(err).__name__
 
 
 def rng_state() -> dict:

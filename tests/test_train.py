@@ -124,6 +124,10 @@ def test_checkpoint_from_another_architecture_is_refused(learned_run, tmp_path, 
     assert "does not fit this model" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # --json naming a folder: refused before the evaluation, not after it (whose result it would lose)
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"error: --json {tmp_path} is a folder; give a file name" in captured.err and captured.out == ""
 
 
 def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
@@ -187,8 +191,17 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="weights_only"):
+    # torch.load's own error for this file is "KeyError: 101"
+    with pytest.raises(ValueError, match="is not a checkpoint \\(not a file written by torch.save\\)"):
         ckpt.load_checkpoint(str(tmp_path / "junk.pt"))
+    # the run folder instead of a file in it: not "checkpoint not found"
+    with pytest.raises(FileNotFoundError, match="is a folder; give a checkpoint file in it"):
+        ckpt.load_checkpoint(str(tmp_path))
+    # a pickled module: the class that weights_only refuses, not torch's page of weights_only=False advice
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
+    with pytest.raises(ValueError, match="weights_only=True") as info:
+        ckpt.load_checkpoint(str(tmp_path / "module.pt"))
+    assert "torch.nn.modules.linear.Linear" in str(info.value) and "weights_only` set to `False" not in str(info.value)
 
 
 def test_python_dash_m_entry_point():
@@ -412,6 +425,11 @@ def test_flag_errors_name_the_flag_before_any_work(tmp_path, capsys, monkeypatch
     assert "error: --rsg-backend triton needs a CUDA device" in captured.err and captured.out == ""
     assert main(TINY + ["--out", out, "--resume"]) == 2
     assert "--resume: checkpoint not found" in capsys.readouterr().err
+    assert not os.path.exists(out)
+    # --resume given the run folder, not its checkpoint: say so, and how to resume it
+    assert main(TINY + ["--out", out, "--resume", str(tmp_path)]) == 2
+    assert (f"error: --resume {tmp_path} is a folder; give its {ckpt.LAST} (--resume "
+            f"{os.path.join(str(tmp_path), ckpt.LAST)})") in capsys.readouterr().err
     assert not os.path.exists(out)
 
 

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         if proc.is_main:
             check_writable(config.out)
             check_no_run_to_overwrite(config.out, resume)
+        if resume is not None and os.path.isdir(resume):   # the run folder instead of its checkpoint
+            raise ValueError(f"--resume {resume} is a folder; give its {ckpt.LAST} (--resume "
+                             f"{os.path.join(resume, ckpt.LAST)}), or --resume alone with --out {resume}")
         if resume is not None and not os.path.isfile(resume):
             raise ValueError(f"--resume: checkpoint not found: {os.path.abspath(resume)!r}")
         if proc.is_main:

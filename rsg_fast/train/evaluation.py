@@ -56,8 +56,11 @@ def build_eval_parser() -> Parser:
 def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(build_eval_parser(), argv)
-        if args.json:
-            check_writable(os.path.dirname(args.json) or ".", "--json")
+        if args.json:   # before the evaluation, which can take long: a bad path would lose its result
+            if os.path.isdir(args.json):
+                raise ValueError(f"--json {args.json} is a folder; give a file name, e.g. "
+                                 f"{os.path.join(args.json, 'evaluation.json')}")
+            check_writable(os.path.dirname(args.json) or ".", f"--json {args.json}: its folder")
     except UsageError as err:
         return usage_error_exit(err)
     except ValueError as err:

@@ -30,7 +30,7 @@ def check_writable(out: str, flag: str = "--out") -> None:
     """
     path = os.path.abspath(out)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {out}: a file of that name exists; a run folder is needed")
+        raise ValueError(f"{flag} {out}: a file of that name exists; a folder is needed")
     probe = path
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
