@@ -90,11 +90,15 @@ def _records(out):
     return rs
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
+def test_resume_reproduces_uninterrupted_run(tmp_path, capsys):
     args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--train-rule", "DRW"]
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     assert main(args + ["--out", whole]) == 0
+    assert "stopped after" not in capsys.readouterr().out
     assert main(args + ["--out", split, "--stop-after-epoch", "2"]) == 0
+    # the job's last line says the run is not finished, and how to go on
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"stopped after 2 of 3 epochs (--stop-after-epoch 2); continue with --resume --out {split}")
     assert len(_records(split)) == 2
     assert main(args + ["--out", split, "--resume"]) == 0
     assert _records(split) == _records(whole)           # every loss part and accuracy, bit for bit

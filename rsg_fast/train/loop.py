@@ -132,6 +132,9 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         print(f"done: best top-1 {best_acc:.2f}% at epoch {best_epoch + 1}; last epoch top-1 "
               f"{last['test_acc']:.2f}%, many {format_acc(last['many_acc'])} medium {format_acc(last['medium_acc'])} "
               f"few {format_acc(last['few_acc'])}; run folder {cfg.out}", flush=True)
+        if stop < cfg.epochs:   # "done" alone would read as the end of the run
+            print(f"stopped after {stop} of {cfg.epochs} epochs (--stop-after-epoch {stop}); continue with --resume "
+                  f"--out {cfg.out}", flush=True)
 
 
 def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: int, device, proc: Process,
