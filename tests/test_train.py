@@ -205,7 +205,8 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
     with pytest.raises(ValueError, match="weights_only=True") as info:
         ckpt.load_checkpoint(str(tmp_path / "module.pt"))
-    assert "torch.nn.modules.linear.Linear" in str(info.value) and "weights_only` set to `False" not in str(info.value)
+    message = str(info.value)
+    assert "torch.nn.modules.linear.Linear" in message and "weights_only` set to `False" not in message
 
 
 def test_python_dash_m_entry_point():
@@ -358,6 +359,13 @@ def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):
     assert notes("--epochs", "20", "--epoch-thresh", "500", "--no-rsg") == []
     (stop,) = notes("--epochs", "6", "--stop-after-epoch", "9")
     assert "--stop-after-epoch 9 is past --epochs 6" in stop
+    # a DRW/DRS switch past the last epoch, and --num-classes where the data set fixes the count
+    (drw,) = notes("--epochs", "6", "--drw-epoch", "6")
+    assert "--drw-epoch 6: DRW switches at epoch index 6, after the last one (5 of --epochs 6)" in drw
+    assert notes("--epochs", "6", "--drw-epoch", "5") == [] and notes("--epochs", "6", "--drw-epoch", "9",
+                                                                      "--train-rule", "None") == []
+    (classes,) = notes("--num-classes", "5")
+    assert "--num-classes 5 is for the list-file datasets" in classes and "--synthetic-classes" in classes
     assert main(TINY + ["--epochs", "2", "--epoch-thresh", "3", "--synthetic-max", "1", "--out",
                         str(tmp_path / "y")]) == 2                      # warned, then refused for the data
     assert "warning: --epoch-thresh 3" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.backend import resolve_backend, triton_available, triton_interpret
 from rsg_fast.cli_args import UsageError, parse_args, usage_error_exit
+from rsg_fast.data import LIST_DATASETS
 from rsg_fast.train.arguments import PROG, build_parser
 from rsg_fast.train.config import TrainConfig, resolve_config
 from rsg_fast.train.distributed import Process
@@ -135,6 +136,15 @@ def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
         notes.append(f"--epoch-thresh {config.epoch_thresh}: RSG generates from epoch index "
                      f"{config.epoch_thresh + 1}, after the last one ({config.epochs - 1} of --epochs "
                      f"{config.epochs}); this run makes no new samples")
+    if config.train_rule in ("DRW", "DRS") and config.drw_epoch >= config.epochs:
+        notes.append(f"--drw-epoch {config.drw_epoch}: {config.train_rule} switches at epoch index "
+                     f"{config.drw_epoch}, after the last one ({config.epochs - 1} of --epochs {config.epochs}); "
+                     "this run never re-weights or re-samples")
+    if config.num_classes is not None and config.dataset not in LIST_DATASETS:
+        # synthetic-lt's count is --synthetic-classes; CIFAR's is fixed
+        what = "--synthetic-classes sets its class count" if config.dataset == "synthetic-lt" else "a fixed count"
+        notes.append(f"--num-classes {config.num_classes} is for the list-file datasets and does nothing with "
+                     f"--dataset {config.dataset} ({what})")
     if stop_after_epoch is not None and stop_after_epoch > config.epochs:
         notes.append(f"--stop-after-epoch {stop_after_epoch} is past --epochs {config.epochs}: the run stops at "
                      f"--epochs")
