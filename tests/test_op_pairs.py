@@ -90,14 +90,24 @@ def test_labels_outside_the_table_are_reported_not_read(backend):
     assert counts.tolist()[2:] == [-3, -1]
 
 
+def counts_of(labels, table):
+    return ops.batch_plan(labels, table, 1.0)[1]
+
+
 def test_arguments_are_checked():
     labels = torch.tensor([0, 1, 1])
     table = torch.tensor([True, False])
     for beta in (0, 3, -1.0, True):
         with pytest.raises(ValueError, match="beta"):
             ops.batch_plan(labels, table, beta)
-    with pytest.raises(TypeError, match="head_table"):
+    with pytest.raises(TypeError, match="head_table must be a non-empty 1-D bool tensor, got a 1-D torch.int64 "
+                                        "tensor of 2 elements"):
         ops.batch_plan(labels, table.long(), 0.5)
+    # any integer dtype of labels is taken, and a float one is refused without claiming int64 is the only one
+    assert torch.equal(ops.batch_plan(labels.to(torch.int32), table, 1.0)[1], counts_of(labels, table))
+    with pytest.raises(TypeError, match=r"labels must be an integer tensor \(any integer dtype\), got dtype "
+                                        "torch.float32"):
+        ops.batch_plan(labels.float(), table, 0.5)
     is_head, counts = ops.batch_plan(labels, table, 1.0)
     with pytest.raises(ValueError, match="n_new"):
         ops.pair_indices(is_head, counts, 4)

@@ -110,9 +110,10 @@ def check_index(name: str, index, length, bound, ref_name: str, ref: torch.Tenso
     The range check costs a pass (a host sync on the CPU, an asynchronous device assert on CUDA);
     callers that built the index in range skip it."""
     if not isinstance(index, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of int64, got {type(index).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(index).__name__}")
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (int64), got dtype {index.dtype}")
+        # any integer dtype is taken (converted to int64 below): "(int64)" alone read as the only one
+        raise TypeError(f"{name} must be an integer tensor (any integer dtype), got dtype {index.dtype}")
     if index.dim() != 1 or (length is not None and index.shape[0] != length):
         want = f"shape ({length},)" if length is not None else "one dimension"
         raise ValueError(f"{name} must have {want}, got shape {tuple(index.shape)}")

@@ -70,7 +70,10 @@ def batch_plan(labels: Tensor, head_table: Tensor, beta: float, *, backend: str 
     labels = check_index("labels", labels, None, None, "labels", labels, check_values=False)   # int64, contiguous
     if not isinstance(head_table, Tensor) or head_table.dtype != torch.bool or head_table.dim() != 1 \
             or head_table.numel() < 1:
-        raise TypeError(f"head_table must be a non-empty 1-D bool tensor, got {head_table!r}")
+        # the dtype and shape, not the repr: a 1000-class table's values fill a screen and hide both
+        got = (f"a {head_table.dim()}-D {head_table.dtype} tensor of {head_table.numel()} elements"
+               if isinstance(head_table, Tensor) else type(head_table).__name__)
+        raise TypeError(f"head_table must be a non-empty 1-D bool tensor, got {got}")
     check_device("labels", labels, "head_table", head_table)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 < float(beta) <= 1.0:
         raise ValueError(f"beta (transfer_strength) must be a number in (0, 1], got {beta!r}")
