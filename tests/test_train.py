@@ -430,6 +430,10 @@ def test_flag_errors_name_the_flag_before_any_work(tmp_path, capsys, monkeypatch
     assert "error: --seed must be an integer in [0, 4294967295], got '-1'" in capsys.readouterr().err
     assert main(TINY + ["--epoch", "3", "--out", out]) == 2          # no prefix matching (--epochs)
     assert "unrecognized arguments: --epoch" in capsys.readouterr().err
+    # a stage the network lacks: the flag's name, before the data is built (it said "rsg_stage ..." after)
+    assert main(TINY + ["--rsg-stage", "4", "--out", out]) == 2
+    captured = capsys.readouterr()
+    assert "error: --rsg-stage must be an integer in [1, 3], got '4'" in captured.err and captured.out == ""
     # --rsg-backend triton without CUDA: an error, not a traceback after the configuration
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert main(TINY + ["--rsg-backend", "triton", "--out", out]) == 2

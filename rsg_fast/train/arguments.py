@@ -55,8 +55,9 @@ def build_parser() -> Parser:
     m = p.add_argument_group("network")
     m.add_argument("--arch", default="resnet32", choices=ARCHS, help="backbone (CIFAR ResNets or torchvision's)")
     m.add_argument("--no-rsg", action="store_true", help="the baseline: no RSG")
-    m.add_argument("--rsg-stage", type=int, default=None,
-                   help="RSG after this stage (default: 2 for the CIFAR ResNets, 3 for torchvision's)")
+    # every arch has stages 1..3 before its last: checked here, before any data is read, naming the flag
+    m.add_argument("--rsg-stage", type=in_range("--rsg-stage", 1, 3, integer=True), default=None,
+                   help="RSG after this stage, 1 to 3 (default: 2 for the CIFAR ResNets, 3 for torchvision's)")
     m.add_argument("--use-norm", default=None, choices=("yes", "no"),
                    help="cosine classifier (default: yes with --loss-type LDAM, no otherwise)")
 
