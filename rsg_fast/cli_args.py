@@ -22,8 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
-    "Parser", "UsageError", "parse_args", "usage_error_exit", "positive_int", "nonneg_int", "positive_float",
-    "nonneg_float", "fraction", "in_range", "name_list", "device_name", "resolve_device",
+    "Parser", "UsageError", "parse_args", "usage_error_exit", "positive_int", "nonneg_int", "int_at_least",
+    "positive_float", "nonneg_float", "fraction", "in_range", "name_list", "device_name", "resolve_device",
 ]
 
 
@@ -115,6 +115,10 @@ def positive_int(flag: str):
 
 def nonneg_int(flag: str):
     return _number(flag, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def int_at_least(flag: str, low: int):
+    return _number(flag, int, f"an integer >= {low}", lambda v: v >= low)
 
 
 def positive_float(flag: str):

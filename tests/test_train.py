@@ -434,6 +434,9 @@ def test_flag_errors_name_the_flag_before_any_work(tmp_path, capsys, monkeypatch
     assert main(TINY + ["--rsg-stage", "4", "--out", out]) == 2
     captured = capsys.readouterr()
     assert "error: --rsg-stage must be an integer in [1, 3], got '4'" in captured.err and captured.out == ""
+    assert main(TINY + ["--synthetic-size", "7", "--out", out]) == 2     # was "synthetic-lt: image_size must be"
+    captured = capsys.readouterr()
+    assert "error: --synthetic-size must be an integer >= 8, got '7'" in captured.err and captured.out == ""
     # --rsg-backend triton without CUDA: an error, not a traceback after the configuration
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert main(TINY + ["--rsg-backend", "triton", "--out", out]) == 2

@@ -9,7 +9,7 @@ import argparse
 
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import (
-    Parser, device_name, fraction, in_range, nonneg_float, nonneg_int, positive_float, positive_int,
+    Parser, device_name, fraction, in_range, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int,
 )
 from rsg_fast.data import DATASETS, DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES
 from rsg_fast.losses import LOSS_TYPES, TRAIN_RULES
@@ -50,7 +50,9 @@ def build_parser() -> Parser:
     s.add_argument("--synthetic-max", type=positive_int("--synthetic-max"), default=500,
                    help="training images of the largest class")
     s.add_argument("--synthetic-test", type=positive_int("--synthetic-test"), default=50, help="test images per class")
-    s.add_argument("--synthetic-size", type=positive_int("--synthetic-size"), default=16, help="image side")
+    # the data set's own limit, checked with the flags (before any data is built) and named by the flag
+    s.add_argument("--synthetic-size", type=int_at_least("--synthetic-size", 8), default=16,
+                   help="image side, at least 8")
 
     m = p.add_argument_group("network")
     m.add_argument("--arch", default="resnet32", choices=ARCHS, help="backbone (CIFAR ResNets or torchvision's)")
