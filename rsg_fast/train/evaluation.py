@@ -49,7 +49,8 @@ def build_eval_parser() -> Parser:
     p.add_argument("--workers", type=nonneg_int("--workers"), default=0, help="data-loader processes")
     p.add_argument("--device", type=device_name("--device"), default=None,
                    help="auto, cpu, cuda or cuda:N (default: auto, cuda when available)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file (default: none)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write the results to this JSON file (default: none)")
     return p
 
 
