@@ -441,6 +441,18 @@ def test_targets_report_met_missed_and_not_measured():
     assert all("H100" in e["note"] for e in found if e["target"] == "compiled_vs_reference")
 
 
+def test_a_row_without_its_comparison_is_one_not_measured_entry_that_says_why():
+    """--variants rsg-torch on the CPU: the rsg-torch rows have no speed-up (no reference row), and no
+    resnet32 row gives resnet32+rsg no overhead. Each target was listed once per row as "not measured"
+    with an empty reason; it is one entry naming the rows the run lacked."""
+    rows = [_row("rsg-torch", "contrastive", 1.0), _row("rsg-torch", "generation", 1.0),
+            _row("resnet32+rsg", "generation", 1.0)]
+    found = targets.evaluate(_doc({"type": "cpu", "name": "x"}, rows))
+    for name in ("rsg_speedup", "step_overhead"):
+        (entry,) = [e for e in found if e["target"] == name]
+        assert entry["status"] == "not measured" and entry["note"] == f"needs {targets.TARGETS[name].needs}"
+
+
 def test_kernel_bandwidth_target_takes_the_replayed_row_of_an_op_where_there_is_one():
     """An eager op row also times the host's launches; where the same op and dtype were replayed
     from a CUDA graph, that row alone is the kernels' share of copy bandwidth."""

@@ -113,6 +113,9 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
         if (cuda and s == "imagenet-lt" and r.get("group") == "op" and v.endswith(":triton")
                 and (r.get("mode") == "cuda-graph" or (s, v, r.get("dtype")) not in replayed)):
             out.append(_entry(TARGETS["kernel_bandwidth"], r, r.get("pct_copy_bw")))
+    # a row without its comparison (e.g. --variants rsg-torch: no reference row to divide by) measures
+    # nothing: left to the one "not measured" entry below, which says what the run lacked
+    out = [e for e in out if e["measured"] is not None]
     if cpu and baseline is not None:
         out.extend(_against_baseline(rows, baseline))
     gpu_name = device.get("name", "")
