@@ -78,8 +78,11 @@ def test_inference_checkpoint_has_no_rsg_keys_and_loads_into_plain_backbone(lear
     capsys.readouterr()
     result = os.path.join(out, "eval.json")
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0
-    assert "top-1" in capsys.readouterr().out
+    best_index = max(range(len(records)), key=lambda i: (records[i]["test_acc"], -i))   # the first best
+    # the epoch as the console counts it (from 1); the JSON keeps the index
+    assert f"{ckpt.BEST} (epoch {best_index + 1}/6): top-1" in capsys.readouterr().out
     assert json.load(open(result))["top1"] == pytest.approx(max(r["test_acc"] for r in records))
+    assert json.load(open(result))["epoch"] == best_index
 
 
 def _records(out):

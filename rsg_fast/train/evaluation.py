@@ -98,7 +98,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
               "top1": 100.0 * float(correct.sum()) / max(float(total.sum()), 1.0), "many_acc": shots["many"],
               "medium_acc": shots["medium"], "few_acc": shots["few"], "per_class_acc": class_acc}
-    print(f"{args.checkpoint}: top-1 {result['top1']:.2f}% | many {format_acc(shots['many'])} medium "
+    # which epoch, counted from 1 as the training console does (the JSON holds the index)
+    when = f" (epoch {state['epoch'] + 1}/{cfg['epochs']})" if isinstance(state.get("epoch"), int) else ""
+    print(f"{args.checkpoint}{when}: top-1 {result['top1']:.2f}% | many {format_acc(shots['many'])} medium "
           f"{format_acc(shots['medium'])} few {format_acc(shots['few'])} ({len(data.test)} test images)")
     if data.num_classes <= 20:
         print(MetricsLog.per_class_line(result))
