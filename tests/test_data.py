@@ -142,6 +142,10 @@ def test_list_file_dataset(tmp_path):
         ListFileDataset(str(tmp_path), str(tmp_path / "missing.txt"))
     with pytest.raises(FileNotFoundError, match="image root not found"):
         build_datasets("places-lt", root=str(tmp_path / "nope"))
+    # a root one folder off: the lists' paths do not start there (was a traceback at the first batch)
+    with pytest.raises(FileNotFoundError, match=r"its first image 'train/a b/img 0.png' is not under the image "
+                                                r"root .*/train'; set --data-root"):
+        ListFileDataset(str(tmp_path / "train"), str(tmp_path / "ImageNet_LT_train.txt"))
 
 
 def test_synthetic_lt_is_seeded_long_tailed_and_balanced_at_test():

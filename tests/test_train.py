@@ -157,6 +157,8 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     # a list-file dataset whose list leaves most of the 365 Places-LT classes empty
     (tmp_path / "Places_LT_train.txt").write_text("a.jpg 0\nb.jpg 1\n")
     (tmp_path / "Places_LT_test.txt").write_text("c.jpg 0\n")
+    for name in ("a.jpg", "c.jpg"):       # each list's first image must be there (a wrong root is said first)
+        (tmp_path / name).touch()
     assert main(["--dataset", "places-lt", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "363 of 365 classes have no training image" in capsys.readouterr().err
 

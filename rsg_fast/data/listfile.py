@@ -60,6 +60,11 @@ class ListFileDataset(Dataset):
         self.root = root
         self.paths, self.targets = read_list_file(list_file, num_classes)
         self.transform = transform
+        # one look at the first image catches the usual mistake, a --data-root one folder off, now
+        # rather than as a traceback at the first batch (checking every image would cost a pass)
+        if not os.path.isfile(os.path.join(root, self.paths[0])):
+            raise FileNotFoundError(f"{list_file}: its first image {self.paths[0]!r} is not under the image root "
+                                    f"{os.path.abspath(root)!r}; set --data-root to the folder its paths start from")
 
     def __len__(self) -> int:
         return len(self.targets)
