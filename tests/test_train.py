@@ -101,7 +101,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, capsys):
     assert main(args + ["--out", split, "--stop-after-epoch", "2"]) == 0
     # the job's last line says the run is not finished, and how to go on
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"stopped after 2 of 3 epochs (--stop-after-epoch 2); continue with --resume --out {split}")
+        "stopped after 2 of 3 epochs (--stop-after-epoch 2); to continue, give the same flags with --resume and a "
+        "later --stop-after-epoch, or none")
     assert len(_records(split)) == 2
     assert main(args + ["--out", split, "--resume"]) == 0
     assert _records(split) == _records(whole)           # every loss part and accuracy, bit for bit

@@ -133,8 +133,8 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
               f"{last['test_acc']:.2f}%, many {format_acc(last['many_acc'])} medium {format_acc(last['medium_acc'])} "
               f"few {format_acc(last['few_acc'])}; run folder {cfg.out}", flush=True)
         if stop < cfg.epochs:   # "done" alone would read as the end of the run
-            print(f"stopped after {stop} of {cfg.epochs} epochs (--stop-after-epoch {stop}); continue with --resume "
-                  f"--out {cfg.out}", flush=True)
+            print(f"stopped after {stop} of {cfg.epochs} epochs (--stop-after-epoch {stop}); to continue, give the "
+                  "same flags with --resume and a later --stop-after-epoch, or none", flush=True)
 
 
 def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: int, device, proc: Process,
