@@ -370,6 +370,9 @@ def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):
     assert "--drw-epoch 6: DRW switches at epoch index 6, after the last one (5 of --epochs 6)" in drw
     assert notes("--epochs", "6", "--drw-epoch", "5") == [] and notes("--epochs", "6", "--drw-epoch", "9",
                                                                       "--train-rule", "None") == []
+    (warmup,) = notes("--epochs", "20", "--warmup-epochs", "17")         # milestones 16, 18
+    assert "--warmup-epochs 17 reaches past the first --lr-milestones 16" in warmup
+    assert notes("--epochs", "20", "--warmup-epochs", "16") == []
     (classes,) = notes("--num-classes", "5")
     assert "--num-classes 5 is for the list-file datasets" in classes and "--synthetic-classes" in classes
     assert main(TINY + ["--epochs", "2", "--epoch-thresh", "3", "--synthetic-max", "1", "--out",

@@ -140,6 +140,11 @@ def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
         notes.append(f"--drw-epoch {config.drw_epoch}: {config.train_rule} switches at epoch index "
                      f"{config.drw_epoch}, after the last one ({config.epochs - 1} of --epochs {config.epochs}); "
                      "this run never re-weights or re-samples")
+    if config.lr_milestones and config.warmup_epochs > config.lr_milestones[0]:
+        # paper_lr warms up first: a milestone inside the warm-up does not drop the lr there
+        notes.append(f"--warmup-epochs {config.warmup_epochs} reaches past the first --lr-milestones "
+                     f"{config.lr_milestones[0]}: the lr warms up to --lr until epoch index "
+                     f"{config.warmup_epochs - 1} and drops only after it")
     if config.num_classes is not None and config.dataset not in LIST_DATASETS:
         # synthetic-lt's count is --synthetic-classes; CIFAR's is fixed
         what = "--synthetic-classes sets its class count" if config.dataset == "synthetic-lt" else "a fixed count"
