@@ -95,6 +95,14 @@ def all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers(model: nn.Module, world: int) -> None:
+    """Process 0's buffers (BatchNorm statistics) to every process, in place: DDP broadcasts them at
+    each training forward, so after an epoch each process's differ by its own last batch's update."""
+    if world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def gather_rng(world: int) -> list[dict]:
     """Every process's RNG state (each draws its own augmentation), for the checkpoint."""
     state = ckpt.rng_state()

@@ -17,7 +17,8 @@ from rsg_fast.compiling import compile_with_rsg
 from rsg_fast.losses import TrainRule, build_loss, paper_lr
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.train.config import TrainConfig
-from rsg_fast.train.distributed import EpochSampler, Process, ShardSampler, all_reduce, gather_rng, unwrap
+from rsg_fast.train.distributed import (EpochSampler, Process, ShardSampler, all_reduce, broadcast_buffers,
+                                        gather_rng, unwrap)
 from rsg_fast.train.evaluation import evaluate
 from rsg_fast.train.run_folder import FORMAT_LAST, RunFolder
 from rsg_fast.train.setup import TrainSetup
@@ -104,7 +105,10 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             sums = _train_epoch(step_model, train_loader, criterion, setup.optimizer, cfg, epoch, device, proc, bar)
 
             # The bare module: DDP's forward would broadcast buffers, a collective that processes with
-            # unequal numbers of test batches would not all reach.
+            # unequal numbers of test batches would not all reach. So they are broadcast once here: every
+            # process evaluates the model process 0 saves (its own statistics gave a test accuracy that
+            # `rsg-fast evaluate` of the checkpoint did not reproduce).
+            broadcast_buffers(unwrap(model), proc.world)
             correct_c, total_c = evaluate(unwrap(model), test_loader, data.num_classes, device, proc.world)
             record = _epoch_record(cfg, data.cls_num_list, epoch, lr, sums, correct_c, total_c, time.time() - t0)
             is_best = record["test_acc"] > best_acc
