@@ -306,6 +306,20 @@ def test_resuming_a_finished_run_trains_nothing_and_writes_nothing(learned_run, 
     assert {f: (tmp_path / "done" / f).read_bytes() for f in before} == before
 
 
+def test_resuming_with_more_epochs_says_which_derived_settings_moved(learned_run, tmp_path, capsys):
+    """More --epochs on resume is accepted, but the schedule derived from it moves (here the generation
+    phase starts at index 6 instead of 5, after it had begun): it was silent."""
+    out = str(tmp_path / "more")
+    shutil.copytree(learned_run[0], out)
+    capsys.readouterr()
+    assert main(TINY + ["--epochs", "7", "--loss-type", "CE", "--train-rule", "None", "--out", out, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the checkpoint's run had other training settings: epochs 6 -> 7, epoch_thresh 4 -> 5" in err
+    assert main(TINY + ["--epochs", "7", "--loss-type", "CE", "--train-rule", "None", "--out", out, "--resume",
+                        "--stop-after-epoch", "6"]) == 0          # nothing to train: nothing to warn about
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_new_run_does_not_overwrite_a_run_folder_without_resume(learned_run, tmp_path, capsys):
     """Re-running a command (say with one flag changed) into a folder that holds a run, without
     --resume, used to train from scratch over it: its checkpoints and metrics were silently replaced."""
