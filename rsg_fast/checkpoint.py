@@ -78,8 +78,8 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {os.path.abspath(path)!r}")
     if not zipfile.is_zipfile(path):   # torch.save writes a zip archive; torch.load's error says only "KeyError: 101"
-        raise ValueError(f"{path!r} is not a checkpoint (not a file written by torch.save); rsg-fast train writes "
-                         f"{BEST} and {LAST} in its run folder")
+        raise ValueError(f"{path!r} is not an rsg-fast checkpoint (not the zip archive torch.save writes); "
+                         f"rsg-fast train writes {BEST} and {LAST} in its run folder")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

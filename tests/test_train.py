@@ -202,7 +202,7 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     # torch.load's own error for this file is "KeyError: 101"
-    with pytest.raises(ValueError, match="is not a checkpoint \\(not a file written by torch.save\\)"):
+    with pytest.raises(ValueError, match=r"is not an rsg-fast checkpoint \(not the zip archive torch.save writes"):
         ckpt.load_checkpoint(str(tmp_path / "junk.pt"))
     # the run folder instead of a file in it: not "checkpoint not found"
     with pytest.raises(FileNotFoundError, match="is a folder; give a checkpoint file in it"):
