@@ -145,7 +145,7 @@ def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     assert missing in err and "--download" in err
     for bad, name in ((["--epochs", "0"], "--epochs"), (["--imb-factor", "100"], "--imb-factor"),
                       (["--arch", "vgg16"], "--arch"), (["--no-such-flag"], "--no-such-flag"),
-                      (["--loss-type", "hinge"], "--loss-type")):
+                      (["--loss-type", "hinge"], "--loss-type"), (["--momentum", "2"], "--momentum")):
         assert main(bad) == 2       # a usage error: a short message, not the usage block
         err = capsys.readouterr().err
         assert name in err and "usage:" not in err and "rsg-fast train --help" in err

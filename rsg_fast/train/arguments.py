@@ -103,7 +103,8 @@ def build_parser() -> Parser:
                    help="leave out each epoch's last, smaller batch, as the published scripts (drop_last=True); "
                         "--no-drop-last trains on it too")
     t.add_argument("--lr", type=positive_float("--lr"), default=0.1, help="base learning rate")
-    t.add_argument("--momentum", type=nonneg_float("--momentum"), default=0.9, help="SGD momentum")
+    t.add_argument("--momentum", type=in_range("--momentum", 0, 1, high_open=True), default=0.9,
+                   help="SGD momentum, in [0, 1) (1 or more diverges)")
     t.add_argument("--weight-decay", type=nonneg_float("--weight-decay"), default=2e-4, help="SGD weight decay")
     t.add_argument("--warmup-epochs", type=nonneg_int("--warmup-epochs"), default=None,
                    help="linear warm-up (default: 5, at most the first milestone - 1)")
