@@ -81,6 +81,8 @@ def _case(report, name):
     ("imagenet-lt-generation", GENERATION_KERNELS | {"_center_assign_finish_kernel"}, 1, 23),
     ("generation-other-heads", GENERATION_KERNELS, 1, 22),
     ("contrastive-other-heads", CONTRASTIVE_KERNELS, 0, 14),
+    ("generation-dynamic", GENERATION_KERNELS, 1, 22),      # dynamic=True: 19 and 12 too on 2026-12-07
+    ("contrastive-dynamic", CONTRASTIVE_KERNELS, 0, 14),
 ])
 def test_compiled_forward_runs_the_triton_kernels_with_one_sync_and_no_host_copy(report, name, kernels, syncs,
                                                                                  launches):
@@ -291,8 +293,9 @@ def _unless_captured(exc: BaseException, captured: bool) -> str | None:
     return "".join(traceback.format_exception(chain[-1]))[-6000:]
 
 
-def _compile_and_capture(fn, *args, **kwargs) -> dict:
-    """Compile ``fn`` with inductor (fullgraph) on fake inputs; the wrapper of its last graph, read."""
+def _compile_and_capture(fn, *args, _dynamic=None, **kwargs) -> dict:
+    """Compile ``fn`` with inductor (fullgraph; ``dynamic=_dynamic``) on fake inputs; the wrapper of its
+    last graph, read."""
     import torch
     import torch._dynamo
 
@@ -300,7 +303,7 @@ def _compile_and_capture(fn, *args, **kwargs) -> dict:
     _WRAPPERS.clear()
     error = None
     try:
-        torch.compile(fn, backend="inductor", fullgraph=True)(*args, **kwargs)
+        torch.compile(fn, backend="inductor", fullgraph=True, dynamic=_dynamic)(*args, **kwargs)
         error = "the compiled call returned: the wrapper was never captured"
     except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
         error = _unless_captured(exc, captured=len(_WRAPPERS) > 0)
@@ -361,6 +364,9 @@ def _main(report_path):
         other = [7, 0, 4, 5]                                   # not the constructor's head classes
         cases["generation-other-heads"] = _compile_and_capture(rsg, x, other, y, gen)
         cases["contrastive-other-heads"] = _compile_and_capture(rsg, x, other, y, 1)
+        # dynamic=True (README: one graph per phase): kernels generic in the batch size
+        cases["generation-dynamic"] = _compile_and_capture(rsg, x, heads, y, gen, _dynamic=True)
+        cases["contrastive-dynamic"] = _compile_and_capture(rsg, x, heads, y, 1, _dynamic=True)
         for name, args in bwd.items():
             op = getattr(torch.ops.rsg_fast, name)
             cases[name] = _compile_and_capture(lambda *a, op=op: op(*a), *args)
