@@ -12,16 +12,14 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast.models import build_model
 
 
-def test_two_process_gloo_run(tmp_path):
-    out = str(tmp_path / "ddp")
+def _torchrun_train(out: str, *flags: str) -> subprocess.CompletedProcess:
+    """``rsg_fast.train`` in two gloo processes on the CPU, writing to ``out``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "rsg_fast.train", "--device", "cpu", "--no-progress", "--arch", "resnet8",
-           "--synthetic-max", "60", "--imb-factor", "0.1", "--synthetic-test", "10", "--batch-size", "32",
-           "--contrastive-dim", "16", "--n-center", "3", "--epochs", "3", "--out", out]
+           "-m", "rsg_fast.train", "--device", "cpu", "--no-progress", *flags, "--out", out]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # One retry, for the launcher only: a full local run once saw torchrun exit non-zero where every
     # rerun passed (a rendezvous/port race is the suspect). The first failure is printed, so CI logs
-    # keep it; a deterministic bug fails both attempts and the assertions below are unchanged.
+    # keep it; a deterministic bug fails both attempts and the assertions after it are unchanged.
     for attempt in (1, 2):
         shutil.rmtree(out, ignore_errors=True)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
@@ -29,6 +27,13 @@ def test_two_process_gloo_run(tmp_path):
             break
         print(f"torchrun attempt {attempt} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def test_two_process_gloo_run(tmp_path):
+    out = str(tmp_path / "ddp")
+    r = _torchrun_train(out, "--arch", "resnet8", "--synthetic-max", "60", "--imb-factor", "0.1", "--synthetic-test",
+                        "10", "--batch-size", "32", "--contrastive-dim", "16", "--n-center", "3", "--epochs", "3")
     assert r.stdout.count("epoch 1/3 ") == 1                 # only rank 0 reports
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["world_size"] == 2
@@ -52,10 +57,7 @@ def test_two_process_test_accuracy_is_that_of_the_saved_model(tmp_path, capsys):
     from rsg_fast.train import evaluate_main
 
     out = str(tmp_path / "ddp-cpu")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rsg_fast.train",
-           "--device", "cpu", "--arch", "resnet8", "--epochs", "3", "--no-progress", "--out", out]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    _torchrun_train(out, "--arch", "resnet8", "--epochs", "3")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f][-1]
     result = str(tmp_path / "eval.json")
