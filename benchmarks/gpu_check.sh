@@ -78,6 +78,7 @@ DEADLINE=$((START + BUDGET))
 MADE_LINK=0
 STATUS=0
 WARM_PID=""
+STEP_PID=""
 
 # Caches and config in the work folder: cold but shared by the steps, and nothing written to $HOME or
 # to python3's site-packages (bytecode, pytest's rewritten plugins: PYTHONPYCACHEPREFIX).
@@ -147,8 +148,13 @@ step() {
     fi
     say "== $name (limit ${limit} s, $(date -u +%H:%M:%S) UTC): $*"
     t0=$(date +%s)
-    timeout -k 10 "$limit" "$@" > "$WORK/step.out" 2>&1
+    # in the background and waited for, so that cleanup can stop it if the script is interrupted: timeout
+    # puts the step in a process group of its own, which a signal to this script's group does not reach
+    timeout -k 10 "$limit" "$@" > "$WORK/step.out" 2>&1 &
+    STEP_PID=$!
+    wait "$STEP_PID"
     rc=$?
+    STEP_PID=""
     cat "$WORK/step.out" >> "$LOG"
     tail -n 4 "$WORK/step.out"
     case $rc in
@@ -212,7 +218,10 @@ finish_warm() {
 }
 
 cleanup() {
-    if [ -n "$WARM_PID" ]; then kill -TERM "$WARM_PID" 2> /dev/null; wait "$WARM_PID" 2> /dev/null; fi
+    # a step or the warm pass still running (the script was interrupted): stopped before $WORK goes
+    local pid
+    for pid in $STEP_PID $WARM_PID; do kill -TERM "$pid" 2> /dev/null; done
+    for pid in $STEP_PID $WARM_PID; do wait "$pid" 2> /dev/null; done
     [ "$MADE_LINK" = 1 ] && rm -f "$ROOT/rsg_fast/kernels"
     rm -rf "$WORK"
 }

@@ -13,8 +13,10 @@ import json
 import os
 import shutil
 import site
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,8 @@ def _site_snapshot() -> dict:
     return snap
 
 
-def _dry_run(tmp_path_factory, *args: str, **env_extra: str) -> dict:
+def _prepare(tmp_path_factory, **env_extra: str) -> tuple[dict, Path, Path, Path, dict]:
+    """(tools, src, out, tmp, env): a clean copy of the repository and the bare environment to run it in."""
     tools = {t: shutil.which(t) for t in TOOLS}
     # the lent machine has these; a machine without them cannot check the script, which is a failure
     assert all(tools.values()), f"shell tools the dry run needs are missing: {[t for t, p in tools.items() if not p]}"
@@ -69,6 +72,11 @@ def _dry_run(tmp_path_factory, *args: str, **env_extra: str) -> dict:
            "GPU_CHECK_COMMIT": "dry-run-test", **env_extra}
     if os.environ.get("LD_LIBRARY_PATH"):
         env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return tools, src, out, tmp, env
+
+
+def _dry_run(tmp_path_factory, *args: str, **env_extra: str) -> dict:
+    tools, src, out, tmp, env = _prepare(tmp_path_factory, **env_extra)
     before = _site_snapshot()
     proc = subprocess.run([tools["bash"], SCRIPT, "--dry-run", *args], cwd=src, env=env, capture_output=True,
                           text=True, timeout=900)
@@ -151,3 +159,48 @@ def test_bad_arguments_stop_before_anything_runs(tmp_path, args, message):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _processes_naming(text: str) -> dict[int, str]:
+    """pid -> command line of the processes whose command line holds ``text``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found[int(entry.name)] = cmd
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="lists processes through /proc")
+def test_an_interrupted_run_stops_its_step_and_the_warm_pass(tmp_path_factory):
+    """SIGTERM to the script (the device tool's timeout) while check and the warm pass run. Each runs
+    under `timeout`, in a process group of its own that the signal does not reach: the cleanup stopped
+    the warm pass, but the step kept running (on the GPU) after the script had exited and removed its
+    work folder, which the step then wrote into again."""
+    tools, src, out, tmp, env = _prepare(tmp_path_factory)
+    proc = subprocess.Popen([tools["bash"], SCRIPT, "--dry-run"], cwd=src, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    log, deadline = out / "gpu-check.log", time.monotonic() + 300
+    try:
+        while "== check (limit" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        time.sleep(1)
+        assert "== warm (background" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        left = _processes_naming(str(tmp))
+        assert not left, left
+        assert list(tmp.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _processes_naming(str(tmp)):   # this test's own leftovers, if it failed
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
