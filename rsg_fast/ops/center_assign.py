@@ -48,6 +48,19 @@ def _forward_torch(x, target, centers, linear, bias):
     return gamma, dist, row, (gamma * dist).sum(dim=1), shift, dmean, mean_dist
 
 
+def _forward_from_means(shift, dmean, HW, target, centers, linear, bias):
+    """``_forward_torch``'s (gamma, dist - V, cesc - V) from the saved means alone, differentiable in the
+    parameters: the recomputation for create_graph when x takes no gradient (x is not kept then). V, the
+    spread of x about its means, is a constant there: it adds V to dist and sum_k gamma_k V = V to cesc,
+    so leaving it out changes no gradient of the parameters. The centres are subtracted from shift
+    before dmean is added, as in the forward, so a large common offset keeps its digits."""
+    acc = shift.dtype
+    logits = torch.einsum("nc,nck->nk", shift + dmean, linear[target].to(acc)) + bias[target].to(acc)
+    gamma = torch.softmax(logits, dim=1)
+    mean_dist = HW * _mean_minus_centre(shift, dmean, centers, target, acc).square().sum(dim=2)
+    return gamma, mean_dist, (gamma * mean_dist).sum(dim=1)
+
+
 def _fold_incoming(gamma, mean_dist, g_gamma, g_dist, g_cesc):
     """(g_logit, g_dist): the gradient of cesc folded into those of gamma and dist, gamma's taken
     through the softmax; None where no gradient arrives. cesc's part of g_gamma is g_cesc * mean_dist,
@@ -162,12 +175,16 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, g_gamma, g_dist, _g_row, g_cesc, _g_shift, _g_dmean, _g_mean_dist):
     x, target, centers, linear, bias, gamma, mean_dist, shift, dmean = ctx.saved_tensors
     need_x, _, need_c, need_l, need_b = ctx.needs_input_grad[:5]
+    if x is None and torch.is_grad_enabled():
+        # create_graph=True without x (it takes no gradient): recomputed from the saved means
+        gc, gl, gb = double_backward(
+            lambda *a: _forward_from_means(shift, dmean, ctx.x_hw[0] * ctx.x_hw[1], target, *a),
+            (centers, linear, bias), (need_c, need_l, need_b), (g_gamma, g_dist, g_cesc))
+        return None, None, gc, gl, gb, None
     if x is None:
-        # a stand-in of x's shape holding each sample's channel means (a view, no copy): the backward
-        # below reads only its shape, and the recomputation for create_graph its means, which give the
-        # parameters the same gradients (the spread about the means, V in dist, does not depend on them)
-        means = dmean if not torch.is_grad_enabled() else shift + dmean
-        x = means[:, :, None, None].expand(*means.shape, *ctx.x_hw)
+        # a stand-in of x's shape (a view of dmean, no copy): with need_x False the fast backward
+        # below reads only its shape, its device and its dtype (the acc dtype, for the unused grad_x)
+        x = dmean[:, :, None, None].expand(*dmean.shape, *ctx.x_hw)
     if torch.is_grad_enabled():   # create_graph=True: differentiable recomputation
         gx, _, gc, gl, gb = double_backward(
             lambda *a: _forward_torch(*a)[:4], (x, target, centers, linear, bias),
