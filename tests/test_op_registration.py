@@ -115,3 +115,12 @@ def test_opcheck_cuda_triton_path(case):
 def test_opcheck_cuda_triton_backward_ops(case):
     name, args = _backward_samples(torch.device("cuda"), "triton")[case]
     torch.library.opcheck(getattr(torch.ops.rsg_fast, name).default, args)
+
+
+def test_opcheck_cpu_center_assign_with_maps_without_a_gradient():
+    """center_assign keeps x for its backward only when x needs a gradient; the other branch (RSG
+    passes detached maps: a stand-in of x's shape, ctx.x_hw under AOT dispatch with dynamic shapes)
+    is the one every RSG training step takes, and the samples above all give x a gradient."""
+    _, (x, target, centers, linear, bias, backend) = _samples(torch.device("cpu"), "torch")[0]
+    torch.library.opcheck(torch.ops.rsg_fast.center_assign.default,
+                          (x.detach(), target, centers, linear, bias, backend))
