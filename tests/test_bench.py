@@ -453,6 +453,19 @@ def test_a_row_without_its_comparison_is_one_not_measured_entry_that_says_why():
         assert entry["status"] == "not measured" and entry["note"] == f"needs {targets.TARGETS[name].needs}"
 
 
+def test_a_row_without_its_comparison_stays_named_where_other_rows_measured_its_target():
+    """A GPU run cut short: resnet32+rsg-compiled was timed but resnet32-compiled, its comparison, was
+    not, while the eager pair was. The compiled row has no overhead; it must stay in the target's list
+    as "not measured", not vanish because the eager row measured the target."""
+    h100 = {"type": "cuda", "name": "NVIDIA H100"}
+    rows = [_row("resnet32", "-", 10.0), _row("resnet32+rsg", "contrastive", 10.5, overhead_vs_no_rsg_pct=5.0),
+            _row("resnet32+rsg-compiled", "contrastive", 8.0)]
+    found = [e for e in targets.evaluate(_doc(h100, rows)) if e["target"] == "gpu_step_overhead"]
+    assert {(e["variant"], e["status"]) for e in found} == {("resnet32+rsg", "met"),
+                                                            ("resnet32+rsg-compiled", "not measured")}
+    assert "no value in this run" in next(e["note"] for e in found if e["status"] == "not measured")
+
+
 def test_kernel_bandwidth_target_takes_the_replayed_row_of_an_op_where_there_is_one():
     """An eager op row also times the host's launches; where the same op and dtype were replayed
     from a CUDA graph, that row alone is the kernels' share of copy bandwidth."""

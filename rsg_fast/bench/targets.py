@@ -113,9 +113,14 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
         if (cuda and s == "imagenet-lt" and r.get("group") == "op" and v.endswith(":triton")
                 and (r.get("mode") == "cuda-graph" or (s, v, r.get("dtype")) not in replayed)):
             out.append(_entry(TARGETS["kernel_bandwidth"], r, r.get("pct_copy_bw")))
-    # a row without its comparison (e.g. --variants rsg-torch: no reference row to divide by) measures
-    # nothing: left to the one "not measured" entry below, which says what the run lacked
-    out = [e for e in out if e["measured"] is not None]
+    # a row without its comparison (e.g. --variants rsg-torch: no reference row to divide by; a GPU
+    # run cut short before resnet32-compiled) measures nothing. Where no row measured the target, the
+    # one "not measured" entry below says what the run lacked; where others did, the row stays, named,
+    # so that a met target does not hide the rows it could not judge
+    some = {e["target"] for e in out if e["measured"] is not None}
+    out = [e if e["measured"] is not None else e | {"note": "no value in this run (the row it is compared "
+                                                    "with was not timed or failed)"}
+           for e in out if e["measured"] is not None or e["target"] in some]
     if cpu and baseline is not None:
         out.extend(_against_baseline(rows, baseline))
     gpu_name = device.get("name", "")
