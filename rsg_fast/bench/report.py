@@ -118,10 +118,10 @@ def format_report(result: dict) -> str:
         goals = {}
         for t in result["targets"]:
             goals.setdefault(t["target"], t["goal"])
-            if t["status"] == "not measured":
-                lines.append(f"  {t['status']:<12}  {t['target']}: {t.get('note', '')}")
-                continue
             where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
+            if t["status"] == "not measured":   # a row named (where) when others measured the target
+                lines.append(f"  {t['status']:<12}  {t['target']}: {where + ': ' if where else ''}{t.get('note', '')}")
+                continue
             note = f"  ({t['note']})" if t.get("note") else ""
             lines.append(f"  {t['status']:<12}  {t['target']}: {where}  {measured_text(t)}{note}")
         lines += ["  goals:"] + [f"    {name}: {goal}" for name, goal in goals.items()]
