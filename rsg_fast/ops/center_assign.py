@@ -28,6 +28,19 @@ def _mean_minus_centre(shift, dmean, centers, target, acc):
     return (shift[:, None, :] - centers[target].to(acc)) + dmean[:, None, :]
 
 
+def _forward_from_means(shift, dmean, HW, target, centers, linear, bias):
+    """(gamma, dist - V, cesc - V) from each sample's channel means (shift + dmean), differentiable in
+    the parameters: what of the forward depends on them. V, the spread of x about its means, adds V to
+    dist and sum_k gamma_k V = V to cesc and changes no gradient of the parameters, so it is also the
+    create_graph recomputation when x takes no gradient (x is not kept then). The centres are subtracted
+    from shift before dmean is added, so a large common offset keeps its digits."""
+    acc = shift.dtype
+    logits = torch.einsum("nc,nck->nk", shift + dmean, linear[target].to(acc)) + bias[target].to(acc)
+    gamma = torch.softmax(logits, dim=1)
+    mean_dist = HW * _mean_minus_centre(shift, dmean, centers, target, acc).square().sum(dim=2)
+    return gamma, mean_dist, (gamma * mean_dist).sum(dim=1)
+
+
 def _forward_torch(x, target, centers, linear, bias):
     """The same algebra as the kernels, in plain (differentiable) PyTorch."""
     acc = acc_dtype(x.dtype, centers.dtype, linear.dtype, bias.dtype)
@@ -39,26 +52,10 @@ def _forward_torch(x, target, centers, linear, bias):
     # V = sum (x - mean)^2 = sum (xc - dmean)^2: centred in place (one temporary), and summed by
     # vector_norm, a fast fused reduction on the CPU (var_mean was 8x slower there)
     var = torch.linalg.vector_norm(xc.sub_(dmean[:, :, None, None]), dim=(1, 2, 3)).square()
-    logits = torch.einsum("nc,nck->nk", shift + dmean, linear[target].to(acc)) + bias[target].to(acc)
-    gamma = torch.softmax(logits, dim=1)
-    diff = _mean_minus_centre(shift, dmean, centers, target, acc)
-    mean_dist = (H * W) * diff.square().sum(dim=2)        # dist - V: what depends on the centre
+    gamma, mean_dist, _ = _forward_from_means(shift, dmean, H * W, target, centers, linear, bias)
     dist = var[:, None] + mean_dist
     row = target * K + gamma.argmax(dim=1)
     return gamma, dist, row, (gamma * dist).sum(dim=1), shift, dmean, mean_dist
-
-
-def _forward_from_means(shift, dmean, HW, target, centers, linear, bias):
-    """``_forward_torch``'s (gamma, dist - V, cesc - V) from the saved means alone, differentiable in the
-    parameters: the recomputation for create_graph when x takes no gradient (x is not kept then). V, the
-    spread of x about its means, is a constant there: it adds V to dist and sum_k gamma_k V = V to cesc,
-    so leaving it out changes no gradient of the parameters. The centres are subtracted from shift
-    before dmean is added, as in the forward, so a large common offset keeps its digits."""
-    acc = shift.dtype
-    logits = torch.einsum("nc,nck->nk", shift + dmean, linear[target].to(acc)) + bias[target].to(acc)
-    gamma = torch.softmax(logits, dim=1)
-    mean_dist = HW * _mean_minus_centre(shift, dmean, centers, target, acc).square().sum(dim=2)
-    return gamma, mean_dist, (gamma * mean_dist).sum(dim=1)
 
 
 def _fold_incoming(gamma, mean_dist, g_gamma, g_dist, g_cesc):
