@@ -301,7 +301,9 @@ summary
 
 # ---------------------------------------------------------------------------- the steps
 # caps (s), each step's limit also keeping floor_after's seconds for the selected later steps
-# (tests 60, ops 45, module 90): check 90, tests 150, ops 100, module 420 (in effect: the rest).
+# (tests 60, ops 45, module 90): check 120, tests 150, ops 100, module 420 (in effect: the rest).
+# check's 120: on CUDA its default rows need about 130 cold Triton compiles (0.3-0.6 s each, one
+# at a time, beside the warm pass; an estimate from the launch signatures, not yet measured).
 # in this order (a step cut short by its limit keeps the rows it wrote): the fast eager rows the
 # targets need, then the compiled module rows of the 3x target, then the rest
 VARIANTS=reference,rsg-triton,resnet32,resnet32+rsg,rsg-compiled,reference-compiled,rsg-host,resnet32+rsg-host
@@ -313,7 +315,7 @@ else
     if selected module && { selected check || selected tests; }; then start_warm; fi
     # (a) the users' self-test: every fused op and backend, and the module, against float64 references
     if selected check; then
-        step check 90 "$(floor_after check)" "$PY" -m rsg_fast.check "${CHECK_ARGS[@]}" --json "$OUT/check.json"
+        step check 120 "$(floor_after check)" "$PY" -m rsg_fast.check "${CHECK_ARGS[@]}" --json "$OUT/check.json"
     else not_selected check; fi
 
     # (b) the CUDA tests; (c) the timings (rsg-fast bench: fused ops, then module and training step)
