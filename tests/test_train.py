@@ -457,6 +457,10 @@ def test_flag_errors_name_the_flag_before_any_work(tmp_path, capsys, monkeypatch
     assert main(TINY + ["--rsg-stage", "4", "--out", out]) == 2
     captured = capsys.readouterr()
     assert "error: --rsg-stage must be an integer in [1, 3], got '4'" in captured.err and captured.out == ""
+    # a negative threshold made RSG generate from epoch 0 (the module itself keeps the published API)
+    assert main(TINY + ["--epoch-thresh", "-5", "--epochs", "1", "--out", out]) == 2   # accepted, 1 epoch: quick
+    captured = capsys.readouterr()
+    assert "error: --epoch-thresh must be an integer >= 0, got '-5'" in captured.err and captured.out == ""
     assert main(TINY + ["--synthetic-size", "7", "--out", out]) == 2     # was "synthetic-lt: image_size must be"
     captured = capsys.readouterr()
     assert "error: --synthetic-size must be an integer >= 8, got '7'" in captured.err and captured.out == ""
