@@ -146,6 +146,16 @@ def test_list_file_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"its first image 'train/a b/img 0.png' is not under the image "
                                                 r"root .*/train'; set --data-root"):
         ListFileDataset(str(tmp_path / "train"), str(tmp_path / "ImageNet_LT_train.txt"))
+    # absolute paths are read as they are, whatever the root: a missing one is not a --data-root matter
+    (tmp_path / "absolute.txt").write_text(f"{tmp_path / 'train/a b/img 1.png'} 1\n")
+    d = ListFileDataset(str(tmp_path / "train"), str(tmp_path / "absolute.txt"))
+    assert d[0][0].size == (30, 40) and d[0][1] == 1
+    missing = str(tmp_path / "elsewhere" / "img.png")
+    (tmp_path / "absolute.txt").write_text(f"{missing} 1\n")
+    with pytest.raises(FileNotFoundError) as err:
+        ListFileDataset(str(tmp_path), str(tmp_path / "absolute.txt"))
+    assert f"its first image, the absolute path {missing!r}, does not exist" in str(err.value)
+    assert "set --data-root" not in str(err.value)
 
 
 def test_synthetic_lt_is_seeded_long_tailed_and_balanced_at_test():

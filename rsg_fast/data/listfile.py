@@ -52,7 +52,8 @@ def imagenet_transforms(train: bool, size: int = 224):
 
 
 class ListFileDataset(Dataset):
-    """Images under ``root`` listed in ``list_file`` as ``relative/path label``."""
+    """Images under ``root`` listed in ``list_file`` as ``relative/path label`` (an absolute path is read
+    as it is)."""
 
     def __init__(self, root: str, list_file: str, transform=None, num_classes: int | None = None):
         if not os.path.isdir(root):
@@ -62,8 +63,13 @@ class ListFileDataset(Dataset):
         self.transform = transform
         # one look at the first image catches the usual mistake, a --data-root one folder off, now
         # rather than as a traceback at the first batch (checking every image would cost a pass)
-        if not os.path.isfile(os.path.join(root, self.paths[0])):
-            raise FileNotFoundError(f"{list_file}: its first image {self.paths[0]!r} is not under the image root "
+        first = self.paths[0]
+        if os.path.isabs(first):   # read as it is (os.path.join drops the root): --data-root cannot help
+            if not os.path.isfile(first):
+                raise FileNotFoundError(f"{list_file}: its first image, the absolute path {first!r}, does not "
+                                        "exist; absolute paths are read as they are, not under --data-root")
+        elif not os.path.isfile(os.path.join(root, first)):
+            raise FileNotFoundError(f"{list_file}: its first image {first!r} is not under the image root "
                                     f"{os.path.abspath(root)!r}; set --data-root to the folder its paths start from")
 
     def __len__(self) -> int:
