@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,6 +137,47 @@ def test_checkpoint_from_another_architecture_is_refused(learned_run, tmp_path, 
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert f"error: --json {tmp_path} is a folder; give a file name" in captured.err and captured.out == ""
+
+
+def _tiny_list_dataset(root, train_counts=(8, 6, 4, 2), test_per_class=2):
+    """A Places-LT-style image root with its two default list files: 20 x 20 PNGs, 4 classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", train_counts), ("test", [test_per_class] * len(train_counts))):
+        os.makedirs(root / split)
+        lines = []
+        for c, n in enumerate(counts):
+            for i in range(n):
+                path = f"{split}/c{c}_{i}.png"
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / path)
+                lines.append(f"{path} {c}")
+        (root / f"Places_LT_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys):
+    """The training images (and list) can be gone at evaluation: the class counts are the checkpoint's.
+    It needed the training list's first image (the data set was built whole)."""
+    root, out = tmp_path / "places", str(tmp_path / "run")
+    _tiny_list_dataset(root)
+    assert main(["--dataset", "places-lt", "--data-root", str(root), "--num-classes", "4", "--input-size", "16",
+                 "--arch", "resnet8", "--epochs", "1", "--batch-size", "4", "--contrastive-dim", "8",
+                 "--n-center", "2", "--head-ratio", "0.5", "--workers", "0", "--device", "cpu", "--no-progress",
+                 "--out", out]) == 0
+    logged = json.loads(open(os.path.join(out, "metrics.jsonl")).readline())
+    shutil.rmtree(root / "train")
+    os.remove(root / "Places_LT_train.txt")
+    capsys.readouterr()
+    result = str(tmp_path / "eval.json")
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0, \
+        capsys.readouterr().err
+    evaluated = json.load(open(result))
+    assert evaluated["per_class_acc"] == pytest.approx(logged["per_class_acc"])
+    assert evaluated["few_acc"] == pytest.approx(logged["few_acc"])        # shot groups from the run's counts
+    assert "(8 test images)" in capsys.readouterr().out
+    shutil.rmtree(root / "test")                                            # the test images it does need
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu"]) == 2
+    assert "Places_LT_test.txt: its first image 'test/c0_0.png' is not under" in capsys.readouterr().err
 
 
 def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):

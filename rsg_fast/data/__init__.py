@@ -11,15 +11,15 @@ from rsg_fast.data.cifar import ArrayImageDataset, imbalance_subset, imbalanced_
 from rsg_fast.data.imbalance import (
     DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, img_num_per_cls, select_indices,
 )
-from rsg_fast.data.listfile import LIST_DATASETS, ListFileDataset, list_datasets, read_list_file
+from rsg_fast.data.listfile import LIST_DATASETS, ListFileDataset, list_datasets, list_test_dataset, read_list_file
 from rsg_fast.data.synthetic import SyntheticLT
 
 DATASETS = ("synthetic-lt", "cifar10", "cifar100", *LIST_DATASETS)
 
 __all__ = [
     "DATASETS", "DEFAULT_SUBSET", "IMB_TYPES", "SUBSET_RULES", "LIST_DATASETS", "LTData",
-    "ArrayImageDataset", "ListFileDataset", "SyntheticLT", "build_datasets", "class_counts",
-    "imbalance_subset", "imbalanced_cifar", "img_num_per_cls", "list_datasets", "read_list_file",
+    "ArrayImageDataset", "ListFileDataset", "SyntheticLT", "build_datasets", "build_test_dataset", "class_counts",
+    "imbalance_subset", "imbalanced_cifar", "img_num_per_cls", "list_datasets", "list_test_dataset", "read_list_file",
     "select_indices",
 ]
 
@@ -54,8 +54,27 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
                                                subset=subset, seed=seed, download=download, augment=augment)
         return LTData(train, test, num_classes, counts, 32, "cifar")
     if name in LIST_DATASETS:
-        if root is None:
-            raise ValueError(f"--data-root is required for {name} (the image root of the list files)")
+        _require_list_root(name, root)
         train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment, num_classes)
         return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size, "general")
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+
+
+def build_test_dataset(name: str, *, root: str | None = None, imb_type: str = "exp", imb_factor: float = 0.01,
+                       subset: str = DEFAULT_SUBSET, seed: int = 0, test_list: str | None = None,
+                       input_size: int = 224, synthetic: dict[str, Any] | None = None,
+                       num_classes: int | None = None) -> tuple[Dataset, int]:
+    """(test split, class count) of dataset ``name``, to evaluate a trained model. A list-file dataset
+    reads its test list alone (neither the training list nor its images need be there); CIFAR's one
+    download holds both splits and synthetic-lt is generated, so those are built as ``build_datasets``."""
+    if name in LIST_DATASETS:
+        _require_list_root(name, root)
+        return list_test_dataset(name, root, test_list, input_size, num_classes)
+    data = build_datasets(name, root=root, imb_type=imb_type, imb_factor=imb_factor, subset=subset, seed=seed,
+                          test_list=test_list, input_size=input_size, synthetic=synthetic, num_classes=num_classes)
+    return data.test, data.num_classes
+
+
+def _require_list_root(name: str, root: str | None) -> None:
+    if root is None:
+        raise ValueError(f"--data-root is required for {name} (the image root of the list files)")

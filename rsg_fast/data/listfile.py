@@ -85,16 +85,28 @@ class ListFileDataset(Dataset):
         return img, self.targets[i]
 
 
+def _classes_and_lists(name: str, num_classes: int | None) -> tuple[int, str, str]:
+    if name not in LIST_DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(LIST_DATASETS)}, got {name!r}")
+    default_classes, default_train, default_test = LIST_DATASETS[name]
+    return num_classes or default_classes, default_train, default_test
+
+
+def list_test_dataset(name: str, root: str, test_list: str | None = None, size: int = 224,
+                      num_classes: int | None = None):
+    """(test, num_classes) of one of LIST_DATASETS alone, for evaluating a trained model: the training
+    list and its images are not read. Defaults as ``list_datasets``."""
+    num_classes, _, default_test = _classes_and_lists(name, num_classes)
+    test_list = test_list or os.path.join(root, default_test)
+    return ListFileDataset(root, test_list, imagenet_transforms(False, size), num_classes), num_classes
+
+
 def list_datasets(name: str, root: str, train_list: str | None = None, test_list: str | None = None,
                   size: int = 224, augment: bool = True, num_classes: int | None = None):
     """(train, test, num_classes) for one of LIST_DATASETS; list files default to ``root/<usual name>``;
     ``num_classes`` defaults to the dataset's (1000, 365, 8142)."""
-    if name not in LIST_DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(LIST_DATASETS)}, got {name!r}")
-    default_classes, default_train, default_test = LIST_DATASETS[name]
-    num_classes = num_classes or default_classes
+    num_classes, default_train, _ = _classes_and_lists(name, num_classes)
     train_list = train_list or os.path.join(root, default_train)
-    test_list = test_list or os.path.join(root, default_test)
     train = ListFileDataset(root, train_list, imagenet_transforms(augment, size), num_classes)
-    test = ListFileDataset(root, test_list, imagenet_transforms(False, size), num_classes)
+    test, _ = list_test_dataset(name, root, test_list, size, num_classes)
     return train, test, num_classes

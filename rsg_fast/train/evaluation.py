@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
     resolve_device, usage_error_exit
-from rsg_fast.data import DATASETS, DEFAULT_SUBSET, build_datasets
+from rsg_fast.data import DATASETS, DEFAULT_SUBSET, build_datasets, build_test_dataset
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
 from rsg_fast.train.config import synthetic_options
@@ -76,13 +76,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             raise ValueError(f"checkpoint {args.checkpoint!r} holds a {cfg['arch']} model, not --arch {args.arch}")
         dataset = args.dataset or cfg["dataset"]
         # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape).
-        data = build_datasets(dataset, root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
-                              imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET),
-                              seed=cfg["seed"], test_list=args.test_list, input_size=cfg["input_size"],
-                              synthetic=synthetic_options(cfg),
-                              num_classes=cfg.get("num_classes") if dataset == cfg["dataset"] else None)
-        if data.num_classes != cfg["num_classes"]:
-            raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {data.num_classes}")
+        options = dict(root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
+                       imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET), seed=cfg["seed"],
+                       test_list=args.test_list, input_size=cfg["input_size"], synthetic=synthetic_options(cfg),
+                       num_classes=cfg.get("num_classes") if dataset == cfg["dataset"] else None)
+        # The shot groups take the training counts the run saved, so a list-file dataset's training list
+        # and images need not be there; a config without them (rsg-fast always wrote them) counts them again.
+        cls_num_list = cfg.get("cls_num_list")
+        if cls_num_list is None:
+            data = build_datasets(dataset, **options)
+            test, num_classes, cls_num_list = data.test, data.num_classes, data.cls_num_list
+        else:
+            test, num_classes = build_test_dataset(dataset, **options)
+        if num_classes != cfg["num_classes"]:
+            raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {num_classes}")
         device = resolve_device(args.device, "--device")
         model = build_model(cfg["arch"], cfg["num_classes"], use_norm=cfg["use_norm"], input_size=cfg["input_size"])
         weights = {k: v for k, v in state["model"].items() if not k.startswith(RSG_PREFIX)}
@@ -91,18 +98,18 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     model.to(device)
-    loader = DataLoader(data.test, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
-    correct, total = evaluate(model, loader, data.num_classes, device)
+    loader = DataLoader(test, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+    correct, total = evaluate(model, loader, num_classes, device)
     class_acc = per_class_accuracy(correct, total)
-    shots = shot_accuracy(class_acc, cfg.get("cls_num_list", data.cls_num_list))
+    shots = shot_accuracy(class_acc, cls_num_list)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
               "top1": 100.0 * float(correct.sum()) / max(float(total.sum()), 1.0), "many_acc": shots["many"],
               "medium_acc": shots["medium"], "few_acc": shots["few"], "per_class_acc": class_acc}
     # which epoch, counted from 1 as the training console does (the JSON holds the index)
     when = f" (epoch {state['epoch'] + 1}/{cfg['epochs']})" if isinstance(state.get("epoch"), int) else ""
     print(f"{args.checkpoint}{when}: top-1 {result['top1']:.2f}% | many {format_acc(shots['many'])} medium "
-          f"{format_acc(shots['medium'])} few {format_acc(shots['few'])} ({len(data.test)} test images)")
-    if data.num_classes <= 20:
+          f"{format_acc(shots['medium'])} few {format_acc(shots['few'])} ({len(test)} test images)")
+    if num_classes <= 20:
         print(MetricsLog.per_class_line(result))
     if args.json:
         try:
