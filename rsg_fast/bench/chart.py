@@ -5,7 +5,9 @@ the figure on each bar is the speed-up over the reference, and for ResNet-32 ste
 overhead over the step without RSG), peak memory of one call (with the reduction over the
 reference), and, when the run timed the fused ops, their median time per call (with the share of
 the copy bandwidth on CUDA, the speed-up over the plain reference on the CPU). Whiskers are the
-p25..p75 spread of the per-call times. Below the panels: every skipped or failed variant, and why.
+p25..p75 spread of the per-call times. A figure too wide for its bar is written a word a line, or
+upright, and each panel leaves room above its bars for the figures and the legend, so that none of
+them overlap (``fit_bar_labels``). Below the panels: every skipped or failed variant, and why.
 """
 from __future__ import annotations
 
@@ -15,11 +17,66 @@ from pathlib import Path
 PHASE_COLOURS = {"contrastive": "#4c72b0", "generation": "#dd8452", "-": "#55a868"}
 OP_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 WHISKERS = "whiskers: p25..p75 (interquartile range) of the per-call times"
+BAR_LABEL = "bar-label"   # the gid of the figures printed on the bars (``fit_bar_labels`` places them)
+LABEL_FONT, LABEL_FONT_MIN = 7, 5
+DPI = 110
 
 
-def _label_bar(ax, x, y, text, log: bool) -> None:
-    if text:
-        ax.text(x, y * (1.12 if log else 1.02), text, ha="center", va="bottom", fontsize=7)
+def _label_bar(ax, x, y, text, log: bool, width: float):
+    """The figure above one bar of ``width`` (data units); ``fit_bar_labels`` later fits it to that width."""
+    if not text:
+        return None
+    label = ax.text(x, y * (1.12 if log else 1.02), text, ha="center", va="bottom", fontsize=LABEL_FONT,
+                    gid=BAR_LABEL)
+    return label, text, width
+
+
+def fit_bar_labels(fig, labels: list) -> None:
+    """Keep the bar figures apart: a figure wider than its bar is written a word a line, or, still too
+    wide, on one line turned upright (smaller, down to 5 points, where even that is too wide). Bars do
+    not overlap, so neither do figures that each stay within their bar's width. Each panel's y range
+    then grows until a strip as tall as its legend is left free above bars and figures. Call once the
+    panels have their final size."""
+    renderer = fig.canvas.get_renderer()
+    for label, text, width in labels:
+        ax = label.axes
+        x0, x1 = ax.transData.transform([(0, 1), (width, 1)])[:, 0]
+        room = 0.95 * abs(x1 - x0)
+        words = text.split()
+        if _fits(label, text, room, renderer) or _fits(label, "\n".join(words), room, renderer):
+            continue
+        label.set(text=" ".join(words), rotation=90, rotation_mode="anchor", ha="left", va="center")
+        size = LABEL_FONT
+        while label.get_window_extent(renderer).width > room and size > LABEL_FONT_MIN:
+            size -= 0.5
+            label.set_fontsize(size)
+    for ax in {label.axes for label, _, _ in labels}:
+        _make_room_above(ax, [label for label, _, _ in labels if label.axes is ax], renderer)
+
+
+def _fits(label, text: str, room: float, renderer) -> bool:
+    """Write ``text`` level above its bar; whether it is at most ``room`` pixels wide."""
+    label.set(text=text, rotation=0, rotation_mode="default", ha="center", va="bottom", fontsize=LABEL_FONT)
+    return label.get_window_extent(renderer).width <= room
+
+
+def _make_room_above(ax, labels: list, renderer, pad: float = 0.03) -> None:
+    """Raise the panel's upper y limit until its bars and figures end below a strip as tall as its
+    legend, so that the legend's "best" place, which avoids them, is there and covers nothing."""
+    scale = ax.yaxis.get_transform()          # data -> the axis' linear space (log10 on a log axis)
+    legend = ax.get_legend()
+    box = ax.get_window_extent(renderer)
+    lo, hi = (float(v) for v in scale.transform(ax.get_ylim()))
+    top = 1 - pad - (legend.get_window_extent(renderer).height / box.height if legend else 0)
+    need = lo + (float(scale.transform(ax.dataLim.y1)) - lo) / top     # the bars and whiskers
+    for label in labels:   # a label keeps its height in pixels and its start in data units
+        extent = label.get_window_extent(renderer)
+        start = lo + (extent.y0 - box.y0) / box.height * (hi - lo)     # in the axis' linear space
+        height = extent.height / box.height
+        if height < top - 0.05:
+            need = max(need, lo + (start - lo) / (top - height))
+    if need > hi + 1e-9 * abs(hi):
+        ax.set_ylim(top=float(scale.inverted().transform(need)))
 
 
 def _time_figure(row: dict) -> str:
@@ -33,10 +90,11 @@ def _time_figure(row: dict) -> str:
     return "\n".join(parts)
 
 
-def _phase_bars(ax, rows: list[dict], metric: str, figure) -> None:
+def _phase_bars(ax, rows: list[dict], metric: str, figure) -> list:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     width = 0.38
     log = metric == "median_ms"
+    labels = []
     for k, phase in enumerate(("contrastive", "generation", "-")):
         picked = [(x, r) for x, v in enumerate(variants) for r in rows
                   if r["variant"] == v and r["phase"] == phase and r.get(metric) is not None]
@@ -49,7 +107,7 @@ def _phase_bars(ax, rows: list[dict], metric: str, figure) -> None:
         ax.bar(xs, ys, width, color=PHASE_COLOURS[phase], label=phase if phase != "-" else "no phase",
                yerr=yerr, capsize=3)
         for x, (_, r) in zip(xs, picked):
-            _label_bar(ax, x, r[metric] if not log else r["p75_ms"], figure(r), log)
+            labels.append(_label_bar(ax, x, r[metric] if not log else r["p75_ms"], figure(r), log, width))
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels(variants, rotation=20, ha="right", fontsize=8)
     if log:
@@ -57,6 +115,7 @@ def _phase_bars(ax, rows: list[dict], metric: str, figure) -> None:
     ax.margins(y=0.2)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return [label for label in labels if label]
 
 
 def _memory_figure(rows: list[dict]):
@@ -73,10 +132,11 @@ def _memory_figure(rows: list[dict]):
     return figure
 
 
-def _op_bars(ax, rows: list[dict], cuda: bool) -> None:
+def _op_bars(ax, rows: list[dict], cuda: bool) -> list:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     series = list(dict.fromkeys((r["dtype"], r["mode"]) for r in rows))
     width = 0.8 / max(len(series), 1)
+    labels = []
     for k, (dtype, mode) in enumerate(series):
         picked = [(x, r) for x, v in enumerate(variants) for r in rows
                   if r["variant"] == v and r["dtype"] == dtype and r["mode"] == mode]
@@ -92,13 +152,14 @@ def _op_bars(ax, rows: list[dict], cuda: bool) -> None:
                 text = f"{r['speedup_vs_reference']:.1f}x"
             else:
                 text = ""
-            _label_bar(ax, x, r["p75_ms"] * 1e3, text, True)
+            labels.append(_label_bar(ax, x, r["p75_ms"] * 1e3, text, True, width))
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels(variants, rotation=25, ha="right", fontsize=7)
     ax.set_yscale("log")
     ax.margins(y=0.2)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+    return [label for label in labels if label]
 
 
 def _not_timed(result: dict) -> list[str]:
@@ -119,6 +180,20 @@ def write_chart(result: dict, path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except Exception:  # noqa: BLE001 (ImportError, or a broken install)
         return "chart skipped: matplotlib is not installed (pip install 'rsg-fast[plot]')"
+    fig = draw_chart(result)
+    try:
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return None
+
+
+def draw_chart(result: dict):
+    """The chart as a matplotlib figure (matplotlib must be installed; ``write_chart`` saves it)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     cuda = result["device"]["type"] == "cuda"
     names = [s["name"] for s in result["settings"]]
     timed = [r for r in result["rows"] if r.get("median_ms") is not None]
@@ -127,8 +202,9 @@ def write_chart(result: dict, path: Path) -> str | None:
     cols = 2 * has_whole + has_ops
     notes = _not_timed(result)
     line_in = 0.14   # height of one line of the 7-point notes below the panels, inches
-    fig, axes = plt.subplots(max(len(names), 1), cols, squeeze=False,
+    fig, axes = plt.subplots(max(len(names), 1), cols, squeeze=False, dpi=DPI,
                              figsize=(6.5 * cols, 4.4 * max(len(names), 1) + line_in * (len(notes) + 3)))
+    labels = []
     for i, name in enumerate(names):
         rows = [r for r in timed if r["setting"] == name]
         whole = [r for r in rows if r.get("group") != "op"]
@@ -145,9 +221,10 @@ def write_chart(result: dict, path: Path) -> str | None:
                 ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
                 ax.set_axis_off()
             elif metric == "op":
-                _op_bars(ax, picked, cuda)
+                labels += _op_bars(ax, picked, cuda)
             else:
-                _phase_bars(ax, picked, metric, _time_figure if metric == "median_ms" else _memory_figure(picked))
+                labels += _phase_bars(ax, picked, metric,
+                                      _time_figure if metric == "median_ms" else _memory_figure(picked))
     dev = result["device"]
     fig.suptitle(f"rsg-fast bench, {dev['type']} ({dev['name']}, torch threads={dev['threads']}), {result['date']}",
                  fontsize=10)
@@ -159,7 +236,7 @@ def write_chart(result: dict, path: Path) -> str | None:
     text = "\n".join(textwrap.fill(line, 180, subsequent_indent="    ") for line in legend)
     bottom = min(0.6, (0.1 + line_in * (text.count("\n") + 1)) / fig.get_size_inches()[1])
     fig.text(0.01, 0.005, text, fontsize=7, va="bottom", ha="left", family="monospace")
-    fig.tight_layout(rect=(0, bottom, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+    for _ in range(2):   # the figures' room changes the y ticks, which the layout then follows
+        fig.tight_layout(rect=(0, bottom, 1, 0.97))
+        fit_bar_labels(fig, labels)
+    return fig
