@@ -180,6 +180,36 @@ def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys):
     assert "Places_LT_test.txt: its first image 'test/c0_0.png' is not under" in capsys.readouterr().err
 
 
+LIST_RUN = ["--dataset", "places-lt", "--num-classes", "4", "--input-size", "16", "--arch", "resnet8",
+            "--epochs", "1", "--batch-size", "4", "--contrastive-dim", "8", "--n-center", "2", "--head-ratio", "0.5",
+            "--workers", "0", "--device", "cpu", "--no-progress"]
+
+
+def test_evaluate_defaults_to_the_runs_own_test_list(tmp_path, capsys):
+    """A run trained with --test-list is evaluated on that list, not on the usual name under --data-root
+    (it was: another list, silently, or a missing-file error)."""
+    root, out = tmp_path / "places", str(tmp_path / "run")
+    _tiny_list_dataset(root)
+    lines = (root / "Places_LT_test.txt").read_text().splitlines()
+    (tmp_path / "my_val.txt").write_text("\n".join(lines[1::2]) + "\n")        # 4 of the 8 test images
+    assert main(LIST_RUN + ["--data-root", str(root), "--test-list", str(tmp_path / "my_val.txt"),
+                            "--out", out]) == 0
+    logged = json.loads(open(os.path.join(out, "metrics.jsonl")).readline())
+    capsys.readouterr()
+    result = str(tmp_path / "eval.json")
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0, \
+        capsys.readouterr().err
+    assert "(4 test images)" in capsys.readouterr().out
+    assert json.load(open(result))["per_class_acc"] == pytest.approx(logged["per_class_acc"])
+    # --test-list still chooses another list, e.g. the usual one under the root
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--test-list",
+                          str(root / "Places_LT_test.txt")]) == 0
+    assert "(8 test images)" in capsys.readouterr().out
+    # another dataset than the run's does not take the run's list: its own usual name under --data-root
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--dataset", "imagenet-lt"]) == 2
+    assert "ImageNet_LT_test.txt" in capsys.readouterr().err
+
+
 def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     missing = str(tmp_path / "no_cifar_here")
     assert main(["--dataset", "cifar10", "--data-root", missing, "--epochs", "1", "--out", str(tmp_path)]) == 2

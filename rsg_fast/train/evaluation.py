@@ -44,7 +44,9 @@ def build_eval_parser() -> Parser:
     p.add_argument("--arch", default=None, choices=ARCHS, help="must match the checkpoint's (default: its own)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="(default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="(default: the checkpoint's)")
-    p.add_argument("--test-list", default=None, help="(default: the usual name under --data-root)")
+    p.add_argument("--test-list", default=None,
+                   help="(default: the run's own --test-list when --dataset is the run's and it gave one; "
+                        "else the usual name under --data-root)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
     p.add_argument("--workers", type=nonneg_int("--workers"), default=0, help="data-loader processes")
     p.add_argument("--device", type=device_name("--device"), default=None,
@@ -75,11 +77,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if args.arch is not None and args.arch != cfg["arch"]:
             raise ValueError(f"checkpoint {args.checkpoint!r} holds a {cfg['arch']} model, not --arch {args.arch}")
         dataset = args.dataset or cfg["dataset"]
-        # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape).
+        runs_data = dataset == cfg["dataset"]
+        # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape),
+        # its own test list included: the usual name under --data-root may be another list, or none.
         options = dict(root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
                        imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET), seed=cfg["seed"],
-                       test_list=args.test_list, input_size=cfg["input_size"], synthetic=synthetic_options(cfg),
-                       num_classes=cfg.get("num_classes") if dataset == cfg["dataset"] else None)
+                       test_list=args.test_list or (cfg.get("test_list") if runs_data else None),
+                       input_size=cfg["input_size"], synthetic=synthetic_options(cfg),
+                       num_classes=cfg.get("num_classes") if runs_data else None)
         # The shot groups take the training counts the run saved, so a list-file dataset's training list
         # and images need not be there; a config without them (rsg-fast always wrote them) counts them again.
         cls_num_list = cfg.get("cls_num_list")
