@@ -210,6 +210,41 @@ def test_evaluate_defaults_to_the_runs_own_test_list(tmp_path, capsys):
     assert "ImageNet_LT_test.txt" in capsys.readouterr().err
 
 
+def test_a_run_given_relative_data_paths_is_evaluated_from_another_folder(tmp_path, monkeypatch, capsys):
+    """--data-root / --test-list given relative to the training folder are saved absolute, so evaluate
+    finds them from anywhere (it looked them up under its own working folder); a resume given the same
+    relative flags is not a changed setting; a checkpoint that saved them relative still evaluates
+    from the folder they are relative to."""
+    root, out = tmp_path / "places", str(tmp_path / "run")
+    _tiny_list_dataset(root)
+    lines = (root / "Places_LT_test.txt").read_text().splitlines()
+    (tmp_path / "my_val.txt").write_text("\n".join(lines[1::2]) + "\n")        # 4 of the 8 test images
+    monkeypatch.chdir(tmp_path)
+    flags = LIST_RUN + ["--data-root", "places", "--test-list", "my_val.txt", "--epochs", "2", "--out", out]
+    assert main(flags + ["--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()
+    assert main(flags + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming at epoch 2/2" in captured.out and "other training settings" not in captured.err
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["data_root"] == str(root) and cfg["test_list"] == str(tmp_path / "my_val.txt")
+    assert cfg["train_list"] is None                            # not given: the usual name under the root
+    best = os.path.join(out, ckpt.BEST)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert evaluate_main([best, "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert "(4 test images)" in capsys.readouterr().out
+    # a checkpoint of an earlier version, which saved the paths as given
+    state = torch.load(best, weights_only=True)
+    state["config"].update(data_root="places", test_list="my_val.txt")
+    torch.save(state, tmp_path / "relative.pt")
+    assert evaluate_main([str(tmp_path / "relative.pt"), "--device", "cpu"]) == 2
+    assert f"{tmp_path / 'elsewhere'}/" in capsys.readouterr().err     # looked for them under this folder
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_main([str(tmp_path / "relative.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert "(4 test images)" in capsys.readouterr().out
+
+
 def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     missing = str(tmp_path / "no_cifar_here")
     assert main(["--dataset", "cifar10", "--data-root", missing, "--epochs", "1", "--out", str(tmp_path)]) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,9 +141,13 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
     def given(value, default):
         return default if value is None else value
 
+    def absolute(path):   # saved so: evaluate (or a resume) run from another folder finds the same files
+        return os.path.abspath(path) if path else path
+
     return TrainConfig(
-        dataset=args.dataset, data_root=args.data_root, download=args.download, imb_type=args.imb_type,
-        imb_factor=args.imb_factor, subset=args.subset, train_list=args.train_list, test_list=args.test_list,
+        dataset=args.dataset, data_root=absolute(args.data_root), download=args.download, imb_type=args.imb_type,
+        imb_factor=args.imb_factor, subset=args.subset, train_list=absolute(args.train_list),
+        test_list=absolute(args.test_list),
         input_size=args.input_size, num_classes=args.num_classes, synthetic_classes=args.synthetic_classes,
         synthetic_max=args.synthetic_max, synthetic_test=args.synthetic_test, synthetic_size=args.synthetic_size,
         workers=given(args.workers, 0 if args.dataset == "synthetic-lt" else 4),
