@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rsg_fast.data import (
-    LIST_DATASETS, ListFileDataset, SyntheticLT, build_datasets, class_counts, img_num_per_cls, select_indices,
+    LIST_DATASETS, ListFileDataset, SyntheticLT, build_datasets, build_test_dataset, class_counts, img_num_per_cls,
+    select_indices,
 )
 
 
@@ -156,6 +157,40 @@ def test_list_file_dataset(tmp_path):
         ListFileDataset(str(tmp_path), str(tmp_path / "absolute.txt"))
     assert f"its first image, the absolute path {missing!r}, does not exist" in str(err.value)
     assert "set --data-root" not in str(err.value)
+
+
+def test_list_files_of_absolute_paths_need_no_data_root(tmp_path):
+    """Lists given with train_list / test_list whose paths are all absolute need no root (it had to be an
+    existing folder, although nothing is read under it); a default list or a relative path still does."""
+    from PIL import Image
+
+    lines = []
+    for i in range(4):
+        path = tmp_path / "imgs" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((20, 20, 3), i * 60, dtype=np.uint8)).save(path)
+        lines.append(f"{path} {i % 2}")
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(lines[:2]) + "\n")
+    lists = dict(train_list=str(tmp_path / "train.txt"), test_list=str(tmp_path / "test.txt"))
+    d = build_datasets("places-lt", **lists, input_size=16, num_classes=2)
+    assert len(d.train) == 4 and d.cls_num_list == [2, 2] and d.test[1][0].shape == (3, 16, 16)
+    test, num_classes = build_test_dataset("places-lt", test_list=lists["test_list"], input_size=16, num_classes=2)
+    assert len(test) == 2 and num_classes == 2 and test[0][1] == 0
+    # a default list lies under the root: still required, and named with the flag that avoids it
+    with pytest.raises(ValueError, match=r"--data-root is required for places-lt.*or give --test-list"):
+        build_datasets("places-lt", train_list=lists["train_list"], num_classes=2)
+    with pytest.raises(ValueError, match=r"--data-root is required for places-lt.*or give --train-list"):
+        build_datasets("places-lt", test_list=lists["test_list"], num_classes=2)
+    with pytest.raises(ValueError, match=r"--data-root is required for places-lt.*or give --test-list"):
+        build_test_dataset("places-lt", num_classes=2)
+    # a relative path is read under the root
+    (tmp_path / "mixed.txt").write_text(f"{lines[0]}\nimgs/1.png 1\n")
+    with pytest.raises(ValueError, match=r"mixed.txt: 'imgs/1.png' is relative to the image root; set --data-root"):
+        build_test_dataset("places-lt", test_list=str(tmp_path / "mixed.txt"), num_classes=2)
+    test, _ = build_test_dataset("places-lt", root=str(tmp_path), test_list=str(tmp_path / "mixed.txt"),
+                                 input_size=16, num_classes=2)
+    assert test[1][0].shape == (3, 16, 16)
 
 
 def test_synthetic_lt_is_seeded_long_tailed_and_balanced_at_test():

@@ -245,6 +245,25 @@ def test_a_run_given_relative_data_paths_is_evaluated_from_another_folder(tmp_pa
     assert "(4 test images)" in capsys.readouterr().out
 
 
+def test_a_list_file_run_of_absolute_paths_needs_no_data_root(tmp_path, capsys):
+    """--train-list / --test-list of absolute image paths: neither train nor evaluate asks for --data-root
+    (train required an existing folder, which nothing was read from)."""
+    root, out = tmp_path / "places", str(tmp_path / "run")
+    _tiny_list_dataset(root)
+    for split in ("train", "test"):
+        lines = (root / f"Places_LT_{split}.txt").read_text().splitlines()
+        (tmp_path / f"{split}.txt").write_text("".join(f"{root / line}\n" for line in lines))
+    assert main(LIST_RUN + ["--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt"),
+                            "--out", out]) == 0, capsys.readouterr().err
+    assert json.load(open(os.path.join(out, "config.json")))["data_root"] is None
+    capsys.readouterr()
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert "(8 test images)" in capsys.readouterr().out
+    # the usual list under a root is still the default: without --train-list, --data-root is asked for
+    assert main(LIST_RUN + ["--test-list", str(tmp_path / "test.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data-root is required for places-lt" in capsys.readouterr().err
+
+
 def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):
     missing = str(tmp_path / "no_cifar_here")
     assert main(["--dataset", "cifar10", "--data-root", missing, "--epochs", "1", "--out", str(tmp_path)]) == 2

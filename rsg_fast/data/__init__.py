@@ -53,8 +53,7 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
         train, test, counts = imbalanced_cifar(num_classes, root, imb_type=imb_type, imb_factor=imb_factor,
                                                subset=subset, seed=seed, download=download, augment=augment)
         return LTData(train, test, num_classes, counts, 32, "cifar")
-    if name in LIST_DATASETS:
-        _require_list_root(name, root)
+    if name in LIST_DATASETS:   # the root may be None: lists given, of absolute paths alone
         train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment, num_classes)
         return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size, "general")
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
@@ -68,13 +67,7 @@ def build_test_dataset(name: str, *, root: str | None = None, imb_type: str = "e
     reads its test list alone (neither the training list nor its images need be there); CIFAR's one
     download holds both splits and synthetic-lt is generated, so those are built as ``build_datasets``."""
     if name in LIST_DATASETS:
-        _require_list_root(name, root)
         return list_test_dataset(name, root, test_list, input_size, num_classes)
     data = build_datasets(name, root=root, imb_type=imb_type, imb_factor=imb_factor, subset=subset, seed=seed,
                           test_list=test_list, input_size=input_size, synthetic=synthetic, num_classes=num_classes)
     return data.test, data.num_classes
-
-
-def _require_list_root(name: str, root: str | None) -> None:
-    if root is None:
-        raise ValueError(f"--data-root is required for {name} (the image root of the list files)")

@@ -53,13 +53,16 @@ def imagenet_transforms(train: bool, size: int = 224):
 
 class ListFileDataset(Dataset):
     """Images under ``root`` listed in ``list_file`` as ``relative/path label`` (an absolute path is read
-    as it is)."""
+    as it is; a list of absolute paths alone needs no ``root``: None)."""
 
-    def __init__(self, root: str, list_file: str, transform=None, num_classes: int | None = None):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set --data-root)")
-        self.root = root
+    def __init__(self, root: str | None, list_file: str, transform=None, num_classes: int | None = None):
         self.paths, self.targets = read_list_file(list_file, num_classes)
+        relative = next((p for p in self.paths if not os.path.isabs(p)), None)
+        if relative is not None:   # string tests only: a list of absolute paths never reads under the root
+            if root is None:
+                raise ValueError(f"{list_file}: {relative!r} is relative to the image root; set --data-root")
+            _check_root(root)
+        self.root = root or ""     # os.path.join("", path) is the absolute path itself
         self.transform = transform
         # one look at the first image catches the usual mistake, a --data-root one folder off, now
         # rather than as a traceback at the first batch (checking every image would cost a pass)
@@ -85,6 +88,22 @@ class ListFileDataset(Dataset):
         return img, self.targets[i]
 
 
+def _check_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set --data-root)")
+
+
+def _list_under_root(name: str, root: str | None, given: str | None, default: str, flag: str) -> str:
+    """The list file: ``given``, else the usual name ``default`` under ``root`` (which must then exist)."""
+    if given:   # an empty flag is no list, as before
+        return given
+    if root is None:
+        raise ValueError(f"--data-root is required for {name}: the image root, which holds its {default} "
+                         f"(or give {flag})")
+    _check_root(root)
+    return os.path.join(root, default)
+
+
 def _classes_and_lists(name: str, num_classes: int | None) -> tuple[int, str, str]:
     if name not in LIST_DATASETS:
         raise ValueError(f"dataset must be one of {sorted(LIST_DATASETS)}, got {name!r}")
@@ -92,21 +111,22 @@ def _classes_and_lists(name: str, num_classes: int | None) -> tuple[int, str, st
     return num_classes or default_classes, default_train, default_test
 
 
-def list_test_dataset(name: str, root: str, test_list: str | None = None, size: int = 224,
+def list_test_dataset(name: str, root: str | None, test_list: str | None = None, size: int = 224,
                       num_classes: int | None = None):
     """(test, num_classes) of one of LIST_DATASETS alone, for evaluating a trained model: the training
     list and its images are not read. Defaults as ``list_datasets``."""
     num_classes, _, default_test = _classes_and_lists(name, num_classes)
-    test_list = test_list or os.path.join(root, default_test)
+    test_list = _list_under_root(name, root, test_list, default_test, "--test-list")
     return ListFileDataset(root, test_list, imagenet_transforms(False, size), num_classes), num_classes
 
 
-def list_datasets(name: str, root: str, train_list: str | None = None, test_list: str | None = None,
+def list_datasets(name: str, root: str | None, train_list: str | None = None, test_list: str | None = None,
                   size: int = 224, augment: bool = True, num_classes: int | None = None):
     """(train, test, num_classes) for one of LIST_DATASETS; list files default to ``root/<usual name>``;
-    ``num_classes`` defaults to the dataset's (1000, 365, 8142)."""
+    ``num_classes`` defaults to the dataset's (1000, 365, 8142). ``root`` may be None when both lists
+    are given and hold absolute paths only."""
     num_classes, default_train, _ = _classes_and_lists(name, num_classes)
-    train_list = train_list or os.path.join(root, default_train)
+    train_list = _list_under_root(name, root, train_list, default_train, "--train-list")
     train = ListFileDataset(root, train_list, imagenet_transforms(augment, size), num_classes)
     test, _ = list_test_dataset(name, root, test_list, size, num_classes)
     return train, test, num_classes

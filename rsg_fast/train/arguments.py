@@ -29,7 +29,8 @@ def build_parser() -> Parser:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="synthetic-lt", choices=DATASETS, help="long-tailed data set")
     d.add_argument("--data-root", default=None, help="CIFAR folder, or the image root of the list files "
-                   "(default: none; needed by every dataset but synthetic-lt)")
+                   "(default: none; needed by every dataset but synthetic-lt, and by the list-file ones unless "
+                   "--train-list and --test-list hold absolute image paths only)")
     d.add_argument("--download", action="store_true", help="download CIFAR into --data-root (only when asked)")
     d.add_argument("--imb-type", default="exp", choices=IMB_TYPES, help="long-tailed (exp) or step imbalance")
     d.add_argument("--imb-factor", type=fraction("--imb-factor"), default=0.01, help="1/rho (0.01: rho = 100)")
