@@ -208,6 +208,11 @@ def test_evaluate_defaults_to_the_runs_own_test_list(tmp_path, capsys):
     # another dataset than the run's does not take the run's list: its own usual name under --data-root
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--dataset", "imagenet-lt"]) == 2
     assert "ImageNet_LT_test.txt" in capsys.readouterr().err
+    # the run's list gone: the error says where that path came from, and which flag replaces it
+    os.rename(tmp_path / "my_val.txt", tmp_path / "moved.txt")
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu"]) == 2
+    assert (f"error: the run's test list {str(tmp_path / 'my_val.txt')!r} (its --test-list, saved in the checkpoint) "
+            "is not found; give --test-list") in capsys.readouterr().err
 
 
 def test_a_run_given_relative_data_paths_is_evaluated_from_another_folder(tmp_path, monkeypatch, capsys):

@@ -80,9 +80,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         runs_data = dataset == cfg["dataset"]
         # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape),
         # its own test list included: the usual name under --data-root may be another list, or none.
+        saved_list = None if args.test_list or not runs_data else cfg.get("test_list")
+        if saved_list and not os.path.isfile(saved_list):   # a path not typed here: say where it came from
+            raise FileNotFoundError(f"the run's test list {os.path.abspath(saved_list)!r} (its --test-list, saved in "
+                                    "the checkpoint) is not found; give --test-list")
         options = dict(root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
                        imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET), seed=cfg["seed"],
-                       test_list=args.test_list or (cfg.get("test_list") if runs_data else None),
+                       test_list=args.test_list or saved_list,
                        input_size=cfg["input_size"], synthetic=synthetic_options(cfg),
                        num_classes=cfg.get("num_classes") if runs_data else None)
         # The shot groups take the training counts the run saved, so a list-file dataset's training list
