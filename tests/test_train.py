@@ -205,6 +205,8 @@ def test_evaluate_defaults_to_the_runs_own_test_list(tmp_path, capsys):
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--test-list",
                           str(root / "Places_LT_test.txt")]) == 0
     assert "(8 test images)" in capsys.readouterr().out
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--test-list", ""]) == 0   # as in train
+    assert "(8 test images)" in capsys.readouterr().out
     # another dataset than the run's does not take the run's list: its own usual name under --data-root
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--dataset", "imagenet-lt"]) == 2
     assert "ImageNet_LT_test.txt" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def build_eval_parser() -> Parser:
     p.add_argument("--data-root", default=None, help="(default: the checkpoint's)")
     p.add_argument("--test-list", default=None,
                    help="(default: the run's own --test-list when --dataset is the run's and it gave one; "
-                        "else the usual name under --data-root)")
+                        "else, or with --test-list '', the usual name under --data-root)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
     p.add_argument("--workers", type=nonneg_int("--workers"), default=0, help="data-loader processes")
     p.add_argument("--device", type=device_name("--device"), default=None,
@@ -80,7 +80,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         runs_data = dataset == cfg["dataset"]
         # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape),
         # its own test list included: the usual name under --data-root may be another list, or none.
-        saved_list = None if args.test_list or not runs_data else cfg.get("test_list")
+        # (an empty --test-list is no list, as in train: the usual name under --data-root)
+        saved_list = None if args.test_list is not None or not runs_data else cfg.get("test_list")
         if saved_list and not os.path.isfile(saved_list):   # a path not typed here: say where it came from
             raise FileNotFoundError(f"the run's test list {os.path.abspath(saved_list)!r} (its --test-list, saved in "
                                     "the checkpoint) is not found; give --test-list")
