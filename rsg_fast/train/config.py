@@ -141,7 +141,7 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
     def given(value, default):
         return default if value is None else value
 
-    def absolute(path):   # saved so: evaluate (or a resume) run from another folder finds the same files
+    def absolute(path):   # saved so: evaluate run from another folder finds the same files
         return os.path.abspath(path) if path else path
 
     return TrainConfig(
