@@ -139,6 +139,15 @@ def test_checkpoint_from_another_architecture_is_refused(learned_run, tmp_path, 
     assert f"error: --json {tmp_path} is a folder; give a file name" in captured.err and captured.out == ""
 
 
+def test_a_synthetic_run_saved_with_a_test_list_evaluates_without_it(learned_run, tmp_path, capsys):
+    """--test-list does nothing for synthetic-lt and CIFAR, yet train saves it: evaluate must not look for it."""
+    out, _ = learned_run
+    state = torch.load(os.path.join(out, ckpt.BEST), weights_only=True)
+    state["config"]["test_list"] = str(tmp_path / "never_there.txt")
+    torch.save(state, tmp_path / "with_list.pt")
+    assert evaluate_main([str(tmp_path / "with_list.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err
+
+
 def _tiny_list_dataset(root, train_counts=(8, 6, 4, 2), test_per_class=2):
     """A Places-LT-style image root with its two default list files: 20 x 20 PNGs, 4 classes."""
     from PIL import Image

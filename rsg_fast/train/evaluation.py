@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
     resolve_device, usage_error_exit
-from rsg_fast.data import DATASETS, DEFAULT_SUBSET, build_datasets, build_test_dataset
+from rsg_fast.data import DATASETS, DEFAULT_SUBSET, LIST_DATASETS, build_datasets, build_test_dataset
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
 from rsg_fast.train.config import synthetic_options
@@ -79,9 +79,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         dataset = args.dataset or cfg["dataset"]
         runs_data = dataset == cfg["dataset"]
         # The test split is rebuilt from the run's own data settings (synthetic-lt: the same seed and shape),
-        # its own test list included: the usual name under --data-root may be another list, or none.
-        # (an empty --test-list is no list, as in train: the usual name under --data-root)
-        saved_list = None if args.test_list is not None or not runs_data else cfg.get("test_list")
+        # its own test list included: the usual name under --data-root may be another list, or none. An
+        # empty --test-list is no list, as in train; CIFAR and synthetic-lt read none (train saves one given).
+        use_saved = runs_data and dataset in LIST_DATASETS and args.test_list is None
+        saved_list = cfg.get("test_list") if use_saved else None
         if saved_list and not os.path.isfile(saved_list):   # a path not typed here: say where it came from
             raise FileNotFoundError(f"the run's test list {os.path.abspath(saved_list)!r} (its --test-list, saved in "
                                     "the checkpoint) is not found; give --test-list")
