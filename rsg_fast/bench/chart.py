@@ -68,6 +68,8 @@ def _make_room_above(ax, labels: list, renderer, pad: float = 0.03) -> None:
     box = ax.get_window_extent(renderer)
     lo, hi = (float(v) for v in scale.transform(ax.get_ylim()))
     top = 1 - pad - (legend.get_window_extent(renderer).height / box.height if legend else 0)
+    if top < 0.2:   # a legend nearly as tall as the panel: no room to make above the bars
+        return
     need = lo + (float(scale.transform(ax.dataLim.y1)) - lo) / top     # the bars and whiskers
     for label in labels:   # a label keeps its height in pixels and its start in data units
         extent = label.get_window_extent(renderer)
@@ -189,9 +191,8 @@ def write_chart(result: dict, path: Path) -> str | None:
 
 
 def draw_chart(result: dict):
-    """The chart as a matplotlib figure (matplotlib must be installed; ``write_chart`` saves it)."""
-    import matplotlib
-    matplotlib.use("Agg")
+    """The chart as a matplotlib figure (matplotlib must be installed; ``write_chart`` saves it). The
+    backend stays the caller's (``write_chart`` picks Agg)."""
     import matplotlib.pyplot as plt
 
     cuda = result["device"]["type"] == "cuda"

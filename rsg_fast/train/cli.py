@@ -168,6 +168,10 @@ def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
         what = "--synthetic-classes sets its class count" if config.dataset == "synthetic-lt" else "a fixed count"
         notes.append(f"--num-classes {config.num_classes} is for the list-file datasets and does nothing with "
                      f"--dataset {config.dataset} ({what})")
+    lists = [flag for flag, path in (("--train-list", config.train_list), ("--test-list", config.test_list)) if path]
+    if lists and config.dataset not in LIST_DATASETS:
+        notes.append(f"{' and '.join(lists)} {'are' if len(lists) > 1 else 'is'} for the list-file datasets and "
+                     f"{'do' if len(lists) > 1 else 'does'} nothing with --dataset {config.dataset}")
     if stop_after_epoch is not None and stop_after_epoch > config.epochs:
         notes.append(f"--stop-after-epoch {stop_after_epoch} is past --epochs {config.epochs}: the run stops at "
                      f"--epochs")
