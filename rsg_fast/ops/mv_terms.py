@@ -42,7 +42,8 @@ def _tail_rows(x, tail_index, row, table, acc):
 
 
 def _forward_torch(tv, v, x, tail_index, row, table, grouping):
-    """The kernels' algebra in plain (differentiable) PyTorch: (new, terms, stats)."""
+    """The kernels' algebra in plain (differentiable) PyTorch: (new, terms, stats). The op itself runs
+    ``_forward_lean`` (the same values); this one is the create_graph recomputation."""
     acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
     xt, u = _tail_rows(x, tail_index, row, table, acc)
     tva = tv.to(acc)            # one cast (a copy for fp16/bf16), used for a and for the new samples
@@ -68,6 +69,49 @@ def _forward_torch(tv, v, x, tail_index, row, table, grouping):
     return new, torch.stack([norm_sum, cos_sum]), stats
 
 
+# The op's own forward and backward (never differentiated: create_graph recomputes ``_forward_torch``)
+# compute the same values in the same order, but in place on tensors they made themselves: at M maps
+# of 1024 x 14 x 14 each map-sized temporary is ~150 MB, and the out-of-place forms held up to nine.
+
+def _forward_lean(tv, v, x, tail_index, row, table, grouping):
+    """``_forward_torch``'s (new, terms, stats), same values, with at most four map-sized tensors alive."""
+    acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
+    xt = x.index_select(0, tail_index).to(acc)       # a tensor of our own (index_select copies)
+    u = xt - table[row[tail_index]].to(acc)[:, :, None, None]
+    tva = tv.to(acc)                                 # tv itself in the acc dtype: read only
+    new = xt.add_(tva)                               # xt is not needed again: the new samples
+    a, b, w = (_vectors(t, grouping) for t in (tva, u, v.to(acc)))
+    na, nb, nw = (torch.linalg.vector_norm(t, dim=2) for t in (a, b, w))    # (M, HW) each
+    del u, w
+    norm_sum = (na - nw).abs().sum()
+    ab = a / na.clamp_min(EPS)[..., None]
+    ab.mul_(b.div_(nb.clamp_min(EPS)[..., None]))   # ah * bh; b (u's rows, or a copy) is ours
+    del b
+    if grouping == "rows":
+        z = ab - 1.0
+        qs = torch.sign(z).mul_(ab).sum(2)
+        cos_sum = z.abs_().sum()
+        tsg = torch.zeros_like(qs)
+    else:
+        cos = ab.sum(2)
+        z = cos - 1.0
+        cos_sum = z.abs().sum()
+        tsg = torch.sign(z)
+        qs = tsg * cos
+    del ab, z
+    stats = torch.stack([na, nb, nw, qs, tsg], dim=2)                            # (M, HW, 5)
+    new = new.to(torch.promote_types(tv.dtype, x.dtype)).contiguous()
+    return new, torch.stack([norm_sum, cos_sum]), stats
+
+
+def _like(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` (of ``like``'s shape) in ``like``'s dtype and memory format: ``t`` itself when it already is
+    (no copy). Compiled code always copies (inductor fuses it), with no guard on the strides."""
+    if not torch.compiler.is_compiling() and t.dtype == like.dtype and t.stride() == like.stride():
+        return t
+    return torch.empty_like(like).copy_(t)
+
+
 def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_terms, grouping,
                     need_tv, need_v, need_u):
     acc = stats.dtype
@@ -77,26 +121,38 @@ def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_term
     one = torch.ones((), dtype=acc, device=stats.device)
     ca = torch.where(na > 0, s0 / torch.where(na > 0, na, one), 0.0)
     cw = torch.where(nw > 0, -s0 / torch.where(nw > 0, nw, one), 0.0)
-    da, db = na.clamp_min(EPS), nb.clamp_min(EPS)
+    da, db = na.clamp_min(EPS)[..., None], nb.clamp_min(EPS)[..., None]
     gtv, gv, gu = tv.new_empty(0), tv.new_empty(0), tv.new_empty(0)
     if need_tv or need_u:
-        _, u = _tail_rows(x, tail_index, row, table, acc)
-        a, b = _vectors(tv.to(acc), grouping), _vectors(u, grouping)
-        ah, bh = a / da[..., None], b / db[..., None]
-        t = torch.sign(ah * bh - 1.0) if grouping == "rows" else tsg[..., None]
-        if need_tv:
-            pa = torch.where(na >= EPS, g1 * qs, 0.0)
-            ga = _unvectors(ca[..., None] * a + (g1 * t * bh - pa[..., None] * ah) / da[..., None], tv.shape,
-                            grouping)
-            if grad_new is not None:
-                ga = ga + grad_new.to(acc)
-            gtv = torch.empty_like(tv).copy_(ga)        # tv's dtype and memory format
+        # the tensors written in place below are all made here (a reads tv: never written)
+        u = x.index_select(0, tail_index).to(acc).sub_(table[row[tail_index]].to(acc)[:, :, None, None])
+        a = _vectors(tv.to(acc), grouping)
+        bh = _vectors(u, grouping).div_(db)
+        del u
+        ah = a / da
+        if grouping == "rows":
+            t = torch.mul(ah, bh).sub_(1.0).sign_()
+        else:
+            t = tsg[..., None]
         if need_u:
             pb = torch.where(nb >= EPS, g1 * qs, 0.0)
-            gu = _unvectors((g1 * t * ah - pb[..., None] * bh) / db[..., None], tv.shape, grouping)
+            gu = _unvectors((g1 * t * ah - pb[..., None] * bh) / db, tv.shape, grouping)
             gu = gu.to(x.dtype).contiguous()
+        if need_tv:
+            # ca a + (g1 t bh - pa ah) / da, each step in place where the order of operations allows
+            pa = torch.where(na >= EPS, g1 * qs, 0.0)
+            t = t.mul_(g1) if grouping == "rows" else g1 * t      # t is ours for "rows", tsg's view else
+            ga = bh.mul_(t)                                     # g1 t bh
+            del bh, t
+            ga.sub_(ah.mul_(pa[..., None])).div_(da)
+            del ah
+            ga = torch.mul(ca[..., None], a).add_(ga)
+            ga = _unvectors(ga, tv.shape, grouping)
+            if grad_new is not None:
+                ga = ga.add_(grad_new.to(acc))
+            gtv = _like(ga, tv)                         # tv's dtype and memory format
     if need_v:
-        gv = torch.empty_like(v).copy_(_unvectors(cw[..., None] * _vectors(v.to(acc), grouping), v.shape, grouping))
+        gv = _like(_unvectors(cw[..., None] * _vectors(v.to(acc), grouping), v.shape, grouping), v)
     return gtv, gv, gu
 
 
@@ -108,7 +164,7 @@ def _mv_terms(tv: Tensor, v: Tensor, x: Tensor, tail_index: Tensor, row: Tensor,
         interpreter_guard(tv)
         acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
         return kernels("mv_terms").mv_terms_forward(tv, v, x, tail_index, row, table, grouping, acc)
-    return _forward_torch(tv, v, x, tail_index, row, table, grouping)
+    return _forward_lean(tv, v, x, tail_index, row, table, grouping)
 
 
 @define("mv_terms_backward")
