@@ -311,3 +311,32 @@ def test_float64_parameters_make_the_op_float64(backend):
     for g, r in zip(grads([gamma, dist, cesc], params, [wg, wd, wc]), grads([rg, rd, rc], ref_in, [wg, wd, wc])):
         assert g.dtype == torch.float64
         close(g, r, rtol=1e-10)
+
+
+def test_large_parameter_gradients_are_ordinary_dense_tensors(monkeypatch):
+    """Above CALLOC_BYTES the CPU path's class-parameter gradients start from calloc'd zeros (no pass
+    over every class): the same values as from torch.zeros, and ordinary tensors an optimiser takes."""
+    from rsg_fast.ops import _common
+
+    if DEVICE.type != "cpu":
+        pytest.skip("the calloc zeros are a CPU path")
+    x, target, centers, linear, bias = _inputs(6, 40, 3, 64, 2, 2)
+    monkeypatch.setattr(_common, "CALLOC_BYTES", centers.numel() * 4)   # the centres' and linear's grads
+    from_numpy, calls = torch.from_numpy, []
+    monkeypatch.setattr(torch, "from_numpy", lambda a: calls.append(a.shape) or from_numpy(a))
+
+    def run():
+        params = [leaf(t) for t in (centers, linear, bias)]
+        gamma, dist, _, cesc = ops.center_assign(x, target, *params, backend="torch")
+        (gamma.sum() + dist.sum() + cesc.sum()).backward()
+        return params
+
+    got = run()
+    assert calls == [(40, 3, 64), (40, 64, 3)]
+    monkeypatch.setattr(_common, "CALLOC_BYTES", float("inf"))
+    want = run()
+    for p, q in zip(got, want):
+        assert p.grad.is_contiguous() and p.grad.dtype == p.dtype
+        assert torch.equal(p.grad, q.grad)
+    torch.optim.SGD(got, lr=0.1, momentum=0.9, weight_decay=1e-4).step()
+    got[0].grad.zero_()

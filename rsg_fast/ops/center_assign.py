@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rsg_fast.backend import resolve_backend
 from rsg_fast.ops._common import acc_dtype, check_device, check_index, check_tensor, define, double_backward
-from rsg_fast.ops._common import interpreter_guard, kernels
+from rsg_fast.ops._common import interpreter_guard, kernels, zeros_for_scatter
 
 __all__ = ["center_assign"]
 
@@ -84,10 +84,11 @@ def _param_grads_torch(target, centers, shift, dmean, glogit, g_dist, diff, HW,
     """The parameters' gradients from the folded incoming gradients (``_fold_incoming``) and ``diff``
     (``_mean_minus_centre``, or None where ``g_dist`` is None)."""
     L, K, C = centers.shape
-    acc, dev = shift.dtype, shift.device
-    gc = torch.zeros(L, K, C, dtype=acc, device=dev) if need_c else None
-    gl = torch.zeros(L, C, K, dtype=acc, device=dev) if need_l else None
-    gb = torch.zeros(L, K, dtype=acc, device=dev) if need_b else None
+    acc = shift.dtype
+    # dense, as optimisers expect, but only the batch's classes are written (no pass over all L)
+    gc = zeros_for_scatter((L, K, C), acc, shift) if need_c else None
+    gl = zeros_for_scatter((L, C, K), acc, shift) if need_l else None
+    gb = torch.zeros(L, K, dtype=acc, device=shift.device) if need_b else None
     if glogit is not None:
         if need_l:
             gl.index_add_(0, target, (shift + dmean)[:, :, None] * glogit[:, None, :])

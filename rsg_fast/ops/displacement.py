@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rsg_fast.backend import resolve_backend
 from rsg_fast.ops._common import acc_dtype, check_device, check_index, check_tensor, define, double_backward
-from rsg_fast.ops._common import interpreter_guard, kernels
+from rsg_fast.ops._common import interpreter_guard, kernels, zeros_for_scatter
 
 __all__ = ["displacement"]
 
@@ -28,7 +28,7 @@ def table_grad(grad_rows: Tensor, rows: Tensor, table: Tensor) -> Tensor:
     backends; only functional-op users who differentiate w.r.t. the centres need it)."""
     acc = acc_dtype(grad_rows.dtype, table.dtype)
     sums = grad_rows.sum(dim=(2, 3), dtype=acc)     # on CUDA the reduction casts as it reads: no copy first
-    return torch.zeros(table.shape, dtype=acc, device=table.device).index_add_(0, rows, -sums).to(table.dtype)
+    return zeros_for_scatter(table.shape, acc, sums).index_add_(0, rows, -sums).to(table.dtype)
 
 
 @define("displacement")
