@@ -129,21 +129,25 @@ def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_term
         a = _vectors(tv.to(acc), grouping)
         bh = _vectors(u, grouping).div_(db)
         del u
-        ah = a / da
+        # ah = a / da is formed where it is used (t's product is taken in its buffer): two map-sized
+        # tensors alive at a time for grad_tv
         if grouping == "rows":
-            t = torch.mul(ah, bh).sub_(1.0).sign_()
+            t = (a / da).mul_(bh).sub_(1.0).sign_()      # sign(ah bh - 1)
         else:
             t = tsg[..., None]
         if need_u:
             pb = torch.where(nb >= EPS, g1 * qs, 0.0)
+            ah = a / da
             gu = _unvectors((g1 * t * ah - pb[..., None] * bh) / db, tv.shape, grouping)
             gu = gu.to(x.dtype).contiguous()
+            del ah
         if need_tv:
             # ca a + (g1 t bh - pa ah) / da, each step in place where the order of operations allows
             pa = torch.where(na >= EPS, g1 * qs, 0.0)
             t = t.mul_(g1) if grouping == "rows" else g1 * t      # t is ours for "rows", tsg's view else
             ga = bh.mul_(t)                                     # g1 t bh
             del bh, t
+            ah = a / da
             ga.sub_(ah.mul_(pa[..., None])).div_(da)
             del ah
             ga = torch.mul(ca[..., None], a).add_(ga)
