@@ -3,6 +3,8 @@
 vectors, compared at 1e-5 of their scale)."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -193,3 +195,20 @@ def test_bad_arguments():
         ops.mv_terms(tv, v, x, ti, row, table, "rows", backend="triton-gpu")
     with pytest.raises(ValueError, match="x must be on the same device as tv"):
         ops.mv_terms(tv, v, x.to("meta"), ti, row, table, "rows")
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", LAYOUTS)
+def test_the_ops_lean_forward_is_the_differentiable_one_bit_for_bit(grouping, dtype, kind):
+    """The PyTorch path runs ``_forward_lean`` (in place, fewer temporaries) and create_graph recomputes
+    ``_forward_torch``: two copies of one algebra, which must give the same bits."""
+    mv = importlib.import_module("rsg_fast.ops.mv_terms")    # the module: the package exports the function
+
+    tv, v, x, ti, row, table = _inputs(4, 3, 5, 17, 3, 5, dtype=dtype)
+    tv, v, x = (layout(t, kind) for t in (tv, v, x))
+    lean = mv._forward_lean(tv, v, x, ti, row, table, grouping)
+    plain = mv._forward_torch(tv, v, x, ti, row, table, grouping)
+    for a, b in zip(lean, plain):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
