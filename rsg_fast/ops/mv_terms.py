@@ -76,8 +76,7 @@ def _forward_torch(tv, v, x, tail_index, row, table, grouping):
 def _forward_lean(tv, v, x, tail_index, row, table, grouping):
     """``_forward_torch``'s (new, terms, stats), same values, with at most four map-sized tensors alive."""
     acc = acc_dtype(tv.dtype, v.dtype, x.dtype, table.dtype)
-    xt = x.index_select(0, tail_index).to(acc)       # a tensor of our own (index_select copies)
-    u = xt - table[row[tail_index]].to(acc)[:, :, None, None]
+    xt, u = _tail_rows(x, tail_index, row, table, acc)   # both our own (index_select copies)
     tva = tv.to(acc)                                 # tv itself in the acc dtype: read only
     new = xt.add_(tva)                               # xt is not needed again: the new samples
     a, b, w = (_vectors(t, grouping) for t in (tva, u, v.to(acc)))
@@ -125,7 +124,7 @@ def _backward_torch(tv, v, x, tail_index, row, table, stats, grad_new, grad_term
     gtv, gv, gu = tv.new_empty(0), tv.new_empty(0), tv.new_empty(0)
     if need_tv or need_u:
         # the tensors written in place below are all made here (a reads tv: never written)
-        u = x.index_select(0, tail_index).to(acc).sub_(table[row[tail_index]].to(acc)[:, :, None, None])
+        _, u = _tail_rows(x, tail_index, row, table, acc)
         a = _vectors(tv.to(acc), grouping)
         bh = _vectors(u, grouping).div_(db)
         del u
