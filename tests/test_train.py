@@ -1,6 +1,7 @@
 """`rsg-fast train` / `evaluate` end to end on tiny synthetic-lt runs (CPU): learning, metrics files,
 exact resume, RSG-free inference checkpoints, clear errors."""
 import csv
+import dataclasses
 import errno
 import json
 import math
@@ -364,12 +365,17 @@ def test_python_dash_m_entry_point():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_run_and_resume(tmp_path):
-    args = [a if a != "cpu" else "cuda" for a in TINY] + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1"]
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_cuda_run_and_resume(tmp_path, amp):
+    args = [a if a != "cpu" else "cuda" for a in TINY] + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1",
+                                                          "--amp", amp]
     out = str(tmp_path / "cuda")
     assert main(args + ["--out", out, "--stop-after-epoch", "2"]) == 0
     assert main(args + ["--out", out, "--resume"]) == 0
     assert len(_records(out)) == 3 and _records(out)[2]["n_generated"] > 0
+    assert all(math.isfinite(r["loss"]) for r in _records(out))
+    scaler = torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["scaler"]
+    assert (scaler == {}) == (amp == "off")
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cuda"]) == 0
 
 
@@ -503,6 +509,56 @@ def test_speed_flags_bf16_channels_last_and_compile(tmp_path, monkeypatch):
         assert a["n_generated"] == b["n_generated"]
         for key in ("loss_cls", "loss_cesc", "loss_mv"):
             assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-6), (a["epoch"], key, a[key], b[key])
+
+
+def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, tmp_path, capsys):
+    """--amp fp16 trains through the generation phase with torch's GradScaler, whose state (the scale
+    and the steps since it last moved) is saved in checkpoint_last and restored by --resume: a split run
+    equals an uninterrupted one, scaler state included (without the restore the split run's step count
+    would restart at the resumed epoch). A run trained without fp16 resumes with --amp fp16 on a fresh
+    scaler."""
+    args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--loss-type", "CE",
+                   "--train-rule", "None", "--amp", "fp16"]
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    assert main(args + ["--out", whole]) == 0
+    records = _records(whole)
+    assert records[-1]["n_generated"] > 0 and all(math.isfinite(r["loss"]) for r in records)
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["amp"] == "fp16"
+    assert main(args + ["--out", split, "--stop-after-epoch", "2"]) == 0
+    assert main(args + ["--out", split, "--resume"]) == 0
+    assert _records(split) == records
+    a = torch.load(os.path.join(whole, ckpt.LAST), weights_only=True)
+    b = torch.load(os.path.join(split, ckpt.LAST), weights_only=True)
+    steps = sum(json.loads((tmp_path / "whole" / "config.json").read_text())["cls_num_list"]) // 64   # per epoch
+    assert a["scaler"]["scale"] > 0 and a["scaler"]["_growth_tracker"] in range(1, 3 * steps + 1)
+    assert a["scaler"] == b["scaler"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    build_model("resnet8", 10).load_state_dict(torch.load(os.path.join(whole, ckpt.BEST))["model"], strict=True)
+    # an fp32 run (no scaler state) continued in fp16
+    assert torch.load(os.path.join(learned_run[0], ckpt.LAST), weights_only=True)["scaler"] == {}
+    out = str(tmp_path / "continued")
+    shutil.copytree(learned_run[0], out)
+    assert main(TINY + ["--epochs", "7", "--loss-type", "CE", "--train-rule", "None", "--amp", "fp16", "--out", out,
+                        "--resume"]) == 0
+    one_epoch = sum(json.loads(open(os.path.join(out, "config.json")).read())["cls_num_list"]) // 64
+    assert torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["scaler"]["_growth_tracker"] == one_epoch
+    capsys.readouterr()
+
+
+def test_amp_bf16_on_a_gpu_without_bf16_is_refused(tmp_path, monkeypatch):
+    """A pre-Ampere GPU has no bf16 arithmetic: --amp bf16 there is a usage error that offers fp16,
+    before any data is read (checked with a stand-in for the GPU's answer)."""
+    from rsg_fast.train.cli import check_amp
+
+    config = resolve_config(build_parser().parse_args(TINY + ["--amp", "bf16", "--out", str(tmp_path)]), 1)
+    check_amp(config)                                                      # the CPU has bf16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    on_gpu = dataclasses.replace(config, device="cuda")
+    with pytest.raises(ValueError, match=r"--amp bf16: Tesla V100-SXM2-16GB has no bf16 arithmetic .* --amp fp16"):
+        check_amp(on_gpu)
+    check_amp(dataclasses.replace(on_gpu, amp="fp16"))
+    check_amp(dataclasses.replace(on_gpu, amp="off"))
 
 
 def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):

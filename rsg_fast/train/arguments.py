@@ -117,9 +117,10 @@ def build_parser() -> Parser:
                    help="lr = base lr x factor from each milestone on")
 
     f = p.add_argument_group("speed (the same training maths, faster on a GPU)")
-    f.add_argument("--amp", choices=("off", "bf16"), default="off",
-                   help="bf16 autocast for the forward pass and the losses (Ampere and later GPUs; RSG's losses "
-                        "still accumulate in fp32)")
+    f.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="autocast for the forward pass and the losses: bf16 (Ampere and later GPUs, CPUs), or "
+                        "fp16 with dynamic loss scaling (torch.amp.GradScaler; any CUDA GPU, e.g. V100 or T4); "
+                        "RSG's losses still accumulate in fp32")
     f.add_argument("--channels-last", action="store_true",
                    help="the network and its input batches in channels_last memory format")
     f.add_argument("--compile", action="store_true",

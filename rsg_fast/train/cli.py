@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(build_parser(), argv)
         config = resolve_config(args, proc.world)
         check_rsg_backend(config)
+        check_amp(config)
         resume = resume_path(config.out, args.resume)
         if proc.is_main:
             check_writable(config.out)
@@ -101,6 +102,16 @@ def check_rsg_backend(config: TrainConfig) -> None:
                              "Triton's slow interpreter)")
     else:  # "auto" / "torch": only the RSG_FAST_BACKEND override can be wrong, and its message names it
         resolve_backend(config.rsg_backend, device)
+
+
+def check_amp(config: TrainConfig) -> None:
+    """``ValueError`` naming ``--amp`` when bf16 is asked of a CUDA GPU without bf16 arithmetic (before
+    Ampere), where torch would emulate it slowly or fail inside a kernel: fp16 is that GPU's format."""
+    device = torch.device(config.device)
+    if config.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"--amp bf16: {name} has no bf16 arithmetic (it needs an Ampere or later GPU); use "
+                         "--amp fp16 (autocast with loss scaling) or --amp off")
 
 
 def _report_start(setup: TrainSetup, stop: int) -> None:

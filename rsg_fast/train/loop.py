@@ -23,6 +23,8 @@ from rsg_fast.train.evaluation import evaluate
 from rsg_fast.train.run_folder import FORMAT_LAST, RunFolder
 from rsg_fast.train.setup import TrainSetup
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}   # --amp
+
 
 class RunProgress:
     """One progress bar for the whole run (all remaining epochs' steps), so its ETA is the run's.
@@ -102,7 +104,8 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             w = rule.weights(epoch)
             criterion.weight = None if w is None else w.to(device)
             sampler.set_epoch(epoch, rule.balanced_sampling(epoch))
-            sums = _train_epoch(step_model, train_loader, criterion, setup.optimizer, cfg, epoch, device, proc, bar)
+            sums = _train_epoch(step_model, train_loader, criterion, setup.optimizer, setup.scaler, cfg, epoch,
+                                device, proc, bar)
 
             # The bare module: DDP's forward would broadcast buffers, a collective that processes with
             # unequal numbers of test batches would not all reach. So they are broadcast once here: every
@@ -123,7 +126,8 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             if proc.is_main:
                 net = unwrap(model)
                 state = {"format": FORMAT_LAST, "epoch": epoch, "config": saved_config, "model": net.state_dict(),
-                         "optimizer": setup.optimizer.state_dict(), "best": {"acc": best_acc, "epoch": best_epoch},
+                         "optimizer": setup.optimizer.state_dict(), "scaler": setup.scaler.state_dict(),
+                         "best": {"acc": best_acc, "epoch": best_epoch},
                          "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
                          "scheduler": {"name": "paper_lr", "next_epoch": epoch + 1}}
                 folder.save_epoch(state, net, is_best=is_best, acc=record["test_acc"])
@@ -141,9 +145,11 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
                   "same flags with --resume and a later --stop-after-epoch, or none", flush=True)
 
 
-def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: int, device, proc: Process,
-                 bar: RunProgress) -> dict:
-    """One pass over the training data; the loss parts' means and the counts, summed over processes."""
+def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScaler, cfg: TrainConfig, epoch: int,
+                 device, proc: Process, bar: RunProgress) -> dict:
+    """One pass over the training data; the loss parts' means and the counts, summed over processes.
+    With fp16 the scaler multiplies the loss before the backward and skips the step (lowering the
+    scale) when a gradient overflowed; otherwise it passes everything through unchanged."""
     model.train()
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated, steps
     seen = generated = step_count = 0   # host-side counts: no device copy per step
@@ -151,14 +157,15 @@ def _train_epoch(model, loader, criterion, optimizer, cfg: TrainConfig, epoch: i
     for x, y_host in loader:
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y_host.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(cfg.amp), enabled=cfg.amp != "off"):
             # the loader's CPU labels let RSG plan its new samples without a device-to-host sync
             logits, y_out, cesc, mv = model(x, y, epoch, host_target=y_host if y_host.device != y.device else None)
             loss_cls = criterion(logits, y_out)
             loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         n = y.shape[0]
         with torch.no_grad():
             correct = (logits[:n].argmax(dim=1) == y).sum()

@@ -24,6 +24,7 @@ class TrainSetup:
     device: torch.device             # this process's device
     model: nn.Module                 # with RSG unless --no-rsg; resumed weights loaded
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler     # fp16's loss scaling; disabled (a pass-through) otherwise
     start_epoch: int = 0             # first epoch to train (0, or the one after the resumed checkpoint)
     best_acc: float = -1.0           # best test top-1 so far, and its epoch (-1: none yet)
     best_epoch: int = -1
@@ -68,7 +69,9 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
         torch.manual_seed(config.seed + 1_000 * proc.rank)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    setup = TrainSetup(config, data, device, model, optimizer)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    setup = TrainSetup(config, data, device, model, optimizer, scaler)
     if resume is not None:
         _resume(setup, resume)
     return setup
@@ -115,6 +118,8 @@ def _resume(setup: TrainSetup, path: str) -> None:
                              f"{key}={ours!r}{hint}")
     ckpt.load_state_strict(setup.model, state["model"], path)
     setup.optimizer.load_state_dict(state["optimizer"])
+    if setup.scaler.is_enabled() and state.get("scaler"):   # absent or empty: the run was not fp16 until now
+        setup.scaler.load_state_dict(state["scaler"])
     setup.start_epoch = int(state["epoch"]) + 1
     setup.best_acc, setup.best_epoch = float(state["best"]["acc"]), int(state["best"]["epoch"])
     setup.resumed = state
