@@ -227,15 +227,24 @@ class RSG(RSGParameters):
             w1, b1, w3, b3, wf, bf = (p.detach() for p in (w1, b1, w3, b3, wf, bf))
         P, C, H, W = first.shape
         D = w1.shape[0]
-        # the 1x1 convolution as one matrix product on channels-last rows of cat[first, second], in
+        # the 1x1 convolution as a matrix product on channels-last rows of cat[first, second], in
         # autocast's dtype where it is on (as the convolution would run), else the parameters'; autocast
         # leaves float64 alone, so a float64 module stays float64 under it
         device_type = first.device.type
         autocast = torch.is_autocast_enabled(device_type) and w1.dtype != torch.float64
         dtype = torch.get_autocast_dtype(device_type) if autocast else w1.dtype
-        rows = torch.cat([first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)], dim=3).to(dtype)
+        w1 = w1.flatten(1).t().to(dtype)                                               # (2C, D)
         # explicit sizes, no -1: P is data-dependent under torch.compile and may be 0
-        pre = torch.addmm(b1.to(dtype), rows.reshape(P * H * W, 2 * C), w1.flatten(1).t().to(dtype))
+        if frozen:
+            # Only `second` (T(v)) takes a gradient. Each half is its own batched product on a (P, H*W, C)
+            # view of the maps (no copy, NCHW or channels_last), so the backward never forms the
+            # gradient of the detached half, and the weight, detached, is broadcast over P for free.
+            first_rows, second_rows = (t.permute(0, 2, 3, 1).flatten(1, 2).to(dtype) for t in (first, second))
+            pre = torch.baddbmm(b1.to(dtype), first_rows, w1[:C].expand(P, C, D))
+            pre = torch.baddbmm(pre, second_rows, w1[C:].expand(P, C, D))
+        else:   # the weight trains: one product over both halves (a batched one would sum its gradient over P)
+            rows = torch.cat([first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)], dim=3).to(dtype)
+            pre = torch.addmm(b1.to(dtype), rows.reshape(P * H * W, 2 * C), w1)
         taps = ops.relu_tap_window_means(pre.view(P, H, W, D), backend=backend)       # (P, D, 3, 3)
         # sum over d, i, j of S[p, d, i, j] W3[e, d, i, j]: one product with the weight as stored
         pooled = torch.addmm(b3.to(taps.dtype), taps.flatten(1), w3.flatten(1).t().to(taps.dtype))
