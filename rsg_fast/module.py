@@ -18,6 +18,8 @@ op (``rsg_fast.ops``) per step:
   reads (``ops.relu_tap_window_means``): about H*W times fewer multiply-adds, the same numbers up to rounding.
 - The generation-phase freeze of the contrastive classifier uses detached parameters instead of
   flipping ``requires_grad`` (which breaks DistributedDataParallel and optimiser state).
+- Eq. 7, L_total = L_cls + lambda1 L_CESC + lambda2 L_MV, is the caller's: ``forward`` returns L_CESC and
+  L_MV (``rsg_fast.train`` adds them with the paper's lambda1 = 0.1, lambda2 = 0.01).
 
 Under ``torch.compile`` (with ``torch._dynamo.config.capture_scalar_outputs = True``) the value
 checks become asynchronous device asserts and the number of new samples a data-dependent size, so one

@@ -161,7 +161,7 @@ def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScal
             # the loader's CPU labels let RSG plan its new samples without a device-to-host sync
             logits, y_out, cesc, mv = model(x, y, epoch, host_target=y_host if y_host.device != y.device else None)
             loss_cls = criterion(logits, y_out)
-            loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv
+            loss = loss_cls + cfg.lambda_cesc * cesc + cfg.lambda_mv * mv       # Eq. 7
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
