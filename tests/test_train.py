@@ -256,7 +256,14 @@ def test_a_run_given_relative_data_paths_is_evaluated_from_another_folder(tmp_pa
     state["config"].update(data_root="places", test_list="my_val.txt")
     torch.save(state, tmp_path / "relative.pt")
     assert evaluate_main([str(tmp_path / "relative.pt"), "--device", "cpu"]) == 2
-    assert f"{tmp_path / 'elsewhere'}/" in capsys.readouterr().err     # looked for them under this folder
+    err = capsys.readouterr().err                               # looked for them under this folder, and says why
+    assert (f"error: the run's test list {str(tmp_path / 'elsewhere' / 'my_val.txt')!r} (its --test-list, saved in "
+            "the checkpoint as 'my_val.txt', relative to the folder that run was started in, as versions before 0.2 "
+            "saved it; run evaluate from there) is not found; give --test-list") in err
+    assert evaluate_main([str(tmp_path / "relative.pt"), "--device", "cpu", "--test-list", str(tmp_path / "my_val.txt")
+                          ]) == 2                               # the list found, the root is next
+    assert (f"error: the run's data root {str(tmp_path / 'elsewhere' / 'places')!r} (its --data-root, saved in the "
+            "checkpoint as 'places', relative to") in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
     assert evaluate_main([str(tmp_path / "relative.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err
     assert "(4 test images)" in capsys.readouterr().out
