@@ -13,9 +13,14 @@ fused ops on their own); it re-exports the settings and the input pool:
   of CIFAR ResNet-32 without RSG, with ``ReferenceRSG``, with ``RSG`` (``+rsg-host``: given
   ``host_target``), and compiled with and without ``RSG``).
 - ``variant_unavailable(variant, device, ...)``: why a variant cannot run here, or None
-  (``triton_unavailable(device)``: the same for the Triton kernels, shared with ``op_cases``).
+  (``triton_unavailable(device)``: the same for the Triton kernels, shared with ``op_cases``;
+  ``amp_unavailable(dtype, device)``: for module and step rows in a half dtype).
 - ``module_case`` / ``step_case`` / ``make_case``: a ``Case`` whose ``fn()`` runs one call on the next
-  input rotation.
+  input rotation, in the pool's dtype: an fp32 pool runs as the published scripts do, a bf16 or fp16
+  pool under ``torch.autocast`` in that dtype (``rsg-fast bench --amp``), as ``rsg-fast train --amp``
+  does (fp16 steps with a ``torch.amp.GradScaler``).
+- ``DTYPES`` (the bench's dtype names), ``dtype_name`` and ``autocast_to``: shared with ``op_cases``;
+  ``AMP_DTYPES``: the ``--amp`` names.
 
 Every module variant starts from the same parameters (``ReferenceRSG``'s initialisation, loaded
 into ``RSG``), with the library's default options.
@@ -37,10 +42,10 @@ from rsg_fast.compiling import compile_with_rsg
 
 __all__ = [
     "SETTINGS", "PUBLIC_SHAPES", "PHASES", "Setting", "label_counts", "pair_count", "phase_epoch",
-    "InputPool", "default_rotations", "MODULE_VARIANTS", "STEP_VARIANTS", "ALL_VARIANTS", "COMPILED_VARIANTS",
-    "HOST_TARGET_VARIANTS",
-    "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "triton_unavailable", "variant_unavailable", "rsg_args",
-    "build_module",
+    "InputPool", "default_rotations", "DTYPES", "AMP_DTYPES", "dtype_name", "autocast_to",
+    "MODULE_VARIANTS", "STEP_VARIANTS", "ALL_VARIANTS", "COMPILED_VARIANTS", "HOST_TARGET_VARIANTS",
+    "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "triton_unavailable", "variant_unavailable", "amp_unavailable",
+    "rsg_args", "build_module",
     "module_bytes", "module_case", "build_step_model", "step_case", "make_case", "build",
 ]
 
@@ -53,6 +58,20 @@ COMPILED_VARIANTS = tuple(v for v in ALL_VARIANTS if v.endswith("-compiled"))
 GROUP_OF = {**{v: "module" for v in MODULE_VARIANTS}, **{v: "step" for v in STEP_VARIANTS}}
 # The loss weights of the published CIFAR scripts: L_cls + 0.1 * cesc + 0.01 * mv.
 LAMBDA_CESC, LAMBDA_MV = 0.1, 0.01
+# The dtype names of bench rows (``Case.dtype``, --dtypes, --amp).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --amp (and benchmarks/' RSG_BENCH_AMP) names -> the dtype of the module and step rows
+AMP_DTYPES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The bench's name of ``dtype`` ("fp32", "bf16" or "fp16")."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype):
+    """``torch.autocast`` in ``dtype`` for a half dtype; for fp32 a context that changes nothing."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 @dataclass
@@ -105,6 +124,15 @@ def variant_unavailable(variant: str, device, *, with_compile: bool, setting: Se
     return None
 
 
+def amp_unavailable(dtype: str, device) -> str | None:
+    """Why module and step rows cannot run in ``dtype`` (a bench dtype name) on ``device``, or None."""
+    if (dtype == "bf16" and torch.device(device).type == "cuda"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        # torch would emulate bf16 there: a timing of the emulation, not of what users run
+        return "this GPU has no bf16 arithmetic (Ampere or later has); --amp fp16 is its format"
+    return None
+
+
 # ----------------------------------------------------------------------------- module cases
 
 def rsg_args(setting: Setting) -> tuple:
@@ -133,13 +161,14 @@ def build_module(variant: str, setting: Setting, device, seed: int = 0, compile_
     return compile_with_rsg(module, compile_backend) if variant.endswith("-compiled") else module
 
 
-def module_bytes(setting: Setting, phase: str) -> int:
+def module_bytes(setting: Setting, phase: str, element_size: int = 4) -> int:
     """Compulsory bytes of one RSG forward+backward (a lower bound used for GB/s): forward reads the
     maps once and writes the new samples; backward reads the output gradient and writes the maps'
     gradient. Before the threshold the output is the input itself (no copy, the gradient passes
-    through), so only the read of the maps is compulsory. The module's maps are fp32 (4 bytes)."""
+    through), so only the read of the maps is compulsory. ``element_size``: bytes of one element of
+    the maps (4 in fp32, 2 in bf16 / fp16)."""
     s = setting
-    plane = s.channels * s.height * s.width * 4
+    plane = s.channels * s.height * s.width * element_size
     if phase == "contrastive":
         return s.batch * plane
     m = pair_count(s)
@@ -158,7 +187,9 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
                 module: nn.Module | None = None, compile_backend: str = "inductor") -> Case:
     """One forward+backward of RSG: maps out with a fixed upstream gradient, plus 0.1 * loss_cesc and
     0.01 * loss_mv (the published loss weights), parameter gradients cleared each call. ``module``
-    (from ``build_module``) may be shared by the two phases of a variant."""
+    (from ``build_module``) may be shared by the two phases of a variant. With a bf16 or fp16 pool
+    the maps are in that dtype, as a convolution under autocast hands them over, and the forward runs
+    under autocast; the backward runs outside it, as in a training step."""
     module = module if module is not None else build_module(variant, setting, pool.device, seed, compile_backend)
     epoch = phase_epoch(setting, phase)
     heads = list(setting.head_classes)
@@ -169,7 +200,8 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
         x, y = pool.next()
         module.zero_grad(set_to_none=True)
         extra = {"host_target": pool.host_labels_of(y)} if host else {}
-        out, cesc, mv, _ = module(x, heads, y, epoch, **extra)
+        with autocast_to(pool.device, pool.dtype):
+            out, cesc, mv, _ = module(x, heads, y, epoch, **extra)
         roots, grads = [out], [pool.grad_like(out)]
         if cesc.requires_grad:
             roots.append(cesc)
@@ -185,7 +217,8 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
 
     meta = {"pairs": pair_count(setting) if phase == "generation" else 0,
             "mv_loss": getattr(module, "mv_loss", None)}   # a torch.compile wrapper passes attributes through
-    return Case("module", variant, phase, fn, module_bytes(setting, phase), meta, reset)
+    return Case("module", variant, phase, fn, module_bytes(setting, phase, pool.dtype.itemsize), meta, reset,
+                dtype=dtype_name(pool.dtype))
 
 
 # ----------------------------------------------------------------------------- training-step cases
@@ -225,26 +258,34 @@ def build_step_model(variant: str, setting: Setting, device, seed: int = 0, comp
 def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed: int = 0,
               model=None, compile_backend: str = "inductor") -> Case:
     """One training step: forward, L_cls + 0.1 cesc + 0.01 mv, backward, optimiser step. ``model``
-    (a (model, optimiser) pair from ``build_step_model``) may be shared by the two phases."""
+    (a (model, optimiser) pair from ``build_step_model``) may be shared by the two phases. With a
+    bf16 or fp16 pool the forward and the loss run under autocast in that dtype (the images stay
+    fp32, as a data loader gives them), as in ``rsg-fast train --amp``: fp16 scales the loss with a
+    ``torch.amp.GradScaler``, which then unscales the gradients and skips a step that overflowed."""
     model, opt = model if model is not None else build_step_model(variant, setting, pool.device, seed,
                                                                    compile_backend)
     epoch = phase_epoch(setting, phase) if phase in PHASES else None
     plain = variant.removesuffix("-compiled") == "resnet32"
     host = variant in HOST_TARGET_VARIANTS
+    # disabled (outside fp16) it passes the loss and the step through unchanged, as in the trainer
+    scaler = torch.amp.GradScaler(pool.device.type, enabled=pool.dtype == torch.float16)
 
     def fn() -> None:
         images, y = pool.next_images()
         opt.zero_grad(set_to_none=True)
-        if plain:
-            loss = F.cross_entropy(model(images), y)
-        else:
-            extra = {"host_target": pool.host_labels_of(y)} if host else {}
-            logits, target_out, cesc, mv = model(images, y, epoch, **extra)
-            loss = F.cross_entropy(logits, target_out) + LAMBDA_CESC * cesc.mean() + LAMBDA_MV * mv.mean()
-        loss.backward()
-        opt.step()
+        with autocast_to(pool.device, pool.dtype):
+            if plain:
+                loss = F.cross_entropy(model(images), y)
+            else:
+                extra = {"host_target": pool.host_labels_of(y)} if host else {}
+                logits, target_out, cesc, mv = model(images, y, epoch, **extra)
+                loss = F.cross_entropy(logits, target_out) + LAMBDA_CESC * cesc.mean() + LAMBDA_MV * mv.mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
-    return Case("step", variant, phase, fn, None, reset=lambda: opt.zero_grad(set_to_none=True))
+    return Case("step", variant, phase, fn, None, reset=lambda: opt.zero_grad(set_to_none=True),
+                dtype=dtype_name(pool.dtype))
 
 
 def make_case(group: str, variant: str, phase: str, setting: Setting, pool: InputPool, *, seed: int = 0,

@@ -33,8 +33,9 @@ def rotations_for(nbytes: int, device) -> int:
 
 
 class InputPool:
-    """Rotated inputs on one device: feature maps (leaf tensors that require grad, as a backbone's
-    output would), labels (permutations of one long-tailed multiset) and, lazily, CIFAR images.
+    """Rotated inputs on one device: feature maps in ``dtype`` (leaf tensors that require grad, as a
+    backbone's output would), labels (permutations of one long-tailed multiset) and, lazily, CIFAR
+    images (fp32).
     ``next()`` / ``next_images()`` cycle through them; ``host_labels_of(y)`` is ``y`` on the CPU."""
 
     def __init__(self, setting: Setting, device, rotations: int | None = None, seed: int = 0,
@@ -73,7 +74,9 @@ class InputPool:
     def images(self) -> list[torch.Tensor]:
         if self._images is None:
             n, size = self.setting.batch, self.setting.image_size or 32
-            self._images = [self.randn((n, 3, size, size), 500 + r) for r in range(self.rotations)]
+            # fp32 in any pool, as a data loader gives them (autocast casts them at the first convolution)
+            self._images = [self.randn((n, 3, size, size), 500 + r, dtype=torch.float32)
+                            for r in range(self.rotations)]
         return self._images
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

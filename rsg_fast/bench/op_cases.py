@@ -10,6 +10,7 @@ their API changes, this file changes and nothing else in the bench.
   module's ReLU + pooled 3x3 convolution (Eq. 2) on the generation phase's (head, Tv) pairs.
 - ``OP_IMPLS``: ``reference`` (``rsg_fast.ops.naive``, the plain reference beside the ops), ``torch``
   (the ops' PyTorch path) and ``triton`` (their Triton kernels, CUDA only).
+- ``DTYPES``: the --dtypes names (``cases.DTYPES``, re-exported).
 - ``op_case(op, impl, setting, pool, dtype=...)``: a ``Case`` whose ``fn()`` runs one call at the
   setting's shapes, on the next rotation of ``pool``'s feature maps, with inputs requiring grad
   exactly where the module's do, and ``bytes_moved`` the bytes one call must move (for GB/s).
@@ -27,13 +28,13 @@ import itertools
 
 import torch
 
-from rsg_fast.bench.cases import LAMBDA_MV, Case, triton_unavailable
+from rsg_fast.bench.cases import DTYPES, LAMBDA_MV, Case, autocast_to, dtype_name, triton_unavailable
 from rsg_fast.bench.inputs import InputPool, rotations_for
 from rsg_fast.bench.settings import Setting, label_counts
 
 OPS = ("center_assign", "displacement", "mv_terms", "mv_terms_rows", "tap_window_means")
 OP_IMPLS = ("reference", "torch", "triton")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["OPS", "OP_IMPLS", "DTYPES", "op_unavailable", "op_case"]   # DTYPES: from cases
 
 
 def op_unavailable(impl: str, device) -> str | None:
@@ -55,7 +56,6 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
     e = dtype.itemsize
     N, (C, H, W), K = s.batch, s.maps, s.centers
     plane = C * H * W * e
-    dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
     salt = iter(range(seed * 100 + 7000, seed * 100 + 7100))
 
     def randn(*shape, grad=False, like_params=False):
@@ -64,7 +64,7 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
         return t.requires_grad_(grad)
 
     def case(fn, bytes_moved):
-        return Case("op", f"{op}:{impl}", "-", fn, bytes_moved, dtype=dtype_name, mode=mode)
+        return Case("op", f"{op}:{impl}", "-", fn, bytes_moved, dtype=dtype_name(dtype), mode=mode)
 
     L, D = s.num_classes, s.dim
     gen = torch.Generator().manual_seed(seed + 23)
@@ -81,7 +81,7 @@ def op_case(op: str, impl: str, setting: Setting, pool: InputPool, *, seed: int 
             if impl == "reference":
                 # half-precision maps with fp32 parameters meet in one bmm: the published code runs
                 # so only under autocast (a dtype error otherwise)
-                with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                with autocast_to(x.device, dtype):
                     cesc = naive.center_assign(x, labels, *params)[3]
             else:   # labels in range by construction, as in the module: no range check
                 cesc = ops.center_assign(x, labels, *params, backend=impl, check_target=False)[3]
