@@ -12,12 +12,13 @@ threshold fixed so every freed tensor goes back to the OS at once:
 
 SPEC_JSON (one command-line argument) is an object:
     {"setting": <Setting.to_json()>,                  every field of the benchmark setting
-     "cases": [{"group": "module"|"step", "variant": NAME, "phase": PHASE}, ...],
+     "cases": [{"group": "module"|"step", "variant": NAME, "phase": PHASE,
+                "dtype": "fp32"|"bf16"|"fp16"}, ...],     bf16 / fp16: under autocast (default fp32)
      "seed": 0, "threads": 2, "warmup": 1,           torch threads (null: torch's choice), calls before
      "compile_backend": "inductor"}                   for the -compiled variants
 The child prints one JSON line per case, in order:
-    {"group": ..., "variant": ..., "phase": ..., "peak_bytes": INT, "method": TEXT}   or
-    {"group": ..., "variant": ..., "phase": ..., "error": TEXT}
+    {"group": ..., "variant": ..., "phase": ..., "dtype": ..., "peak_bytes": INT, "method": TEXT}   or
+    {"group": ..., "variant": ..., "phase": ..., "dtype": ..., "error": TEXT}
 and exits 0; a spec it cannot read gives a message on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -55,8 +56,8 @@ def cuda_peak(case: bc.Case, device) -> int:
 
 def make_spec(setting: bc.Setting, cases, *, seed: int, threads: int | None, warmup: int,
               compile_backend: str) -> dict:
-    return {"setting": setting.to_json(), "cases": [{"group": c.group, "variant": c.variant, "phase": c.phase}
-                                                    for c in cases],
+    return {"setting": setting.to_json(), "cases": [{"group": c.group, "variant": c.variant, "phase": c.phase,
+                                                     "dtype": c.dtype} for c in cases],
             "seed": seed, "threads": threads, "warmup": warmup, "compile_backend": compile_backend}
 
 
@@ -70,7 +71,7 @@ def cpu_memory(setting: bc.Setting, cases, *, seed: int, warmup: int = 1, compil
     # set follows live memory (the dynamic threshold would keep freed warm-up buffers resident).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     env.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
-    by_name = {(c.variant, c.phase): c.key for c in cases}
+    by_name = {(c.variant, c.phase, c.dtype): c.key for c in cases}
     result = {}
     try:
         proc = subprocess.run([sys.executable, "-m", "rsg_fast.bench.memory_probe", json.dumps(spec)], env=env,
@@ -81,7 +82,7 @@ def cpu_memory(setting: bc.Setting, cases, *, seed: int, warmup: int = 1, compil
         if not line.startswith("{"):
             continue
         reply = json.loads(line)
-        key = by_name.get((reply["variant"], reply["phase"]))
+        key = by_name.get((reply["variant"], reply["phase"], reply["dtype"]))
         if key is not None:
             result[key] = (reply.get("peak_bytes"), reply.get("method") or reply.get("error"))
     if proc.returncode != 0 or len(result) < len(cases):
@@ -133,16 +134,18 @@ def probe(spec: dict) -> list[dict]:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     setting = bc.Setting.from_json(spec["setting"])
-    pool = bc.InputPool(setting, "cpu", rotations=1, seed=spec["seed"])
-    built, replies = {}, []
+    pools, built, replies = {}, {}, []
     for item in spec["cases"]:
-        reply = {"group": item["group"], "variant": item["variant"], "phase": item["phase"]}
+        dtype = item.get("dtype", "fp32")
+        reply = {"group": item["group"], "variant": item["variant"], "phase": item["phase"], "dtype": dtype}
         try:
-            if item["variant"] not in built:
-                built[item["variant"]] = bc.build(item["group"], item["variant"], setting, "cpu", seed=spec["seed"],
-                                                  compile_backend=spec["compile_backend"])
-            case = bc.make_case(item["group"], item["variant"], item["phase"], setting, pool, seed=spec["seed"],
-                                built=built[item["variant"]])
+            if dtype not in pools:
+                pools[dtype] = bc.InputPool(setting, "cpu", rotations=1, seed=spec["seed"], dtype=bc.DTYPES[dtype])
+            if (item["variant"], dtype) not in built:   # as the bench's own run: one per variant and dtype
+                built[item["variant"], dtype] = bc.build(item["group"], item["variant"], setting, "cpu",
+                                                         seed=spec["seed"], compile_backend=spec["compile_backend"])
+            case = bc.make_case(item["group"], item["variant"], item["phase"], setting, pools[dtype],
+                                seed=spec["seed"], built=built[item["variant"], dtype])
             for _ in range(int(spec["warmup"])):
                 case.fn()
             reply["peak_bytes"], reply["method"] = _peak_of_one_call(case)

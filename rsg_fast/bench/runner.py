@@ -2,7 +2,7 @@
 
 ``run(plan)`` returns the result document (``report.py`` describes it). The order:
 
-1. Every row is planned up front (setting x variant x phase, or op x impl x dtype x mode), each
+1. Every row is planned up front (setting x dtype x variant x phase, or op x impl x dtype x mode), each
    either runnable or skipped with the reason; so the progress bar knows its total from the start
    (each runnable case counts: warm-up, timing and, for module and step cases, memory).
 2. Per setting, the cases are built and timed. CPU: one batch per group (module, step, op), its
@@ -40,10 +40,12 @@ class Plan:
     groups: list[str]                  # "module", "step", "op"
     variants: list[str]                # module and step variants to plan
     phases: list[str]
+    # module and step rows: "fp32" as the published scripts, "bf16" / "fp16" under autocast (--amp)
+    amp_dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     variants_in_order: bool = False    # --variants given: on CUDA run them in that order
     ops: list[str] = field(default_factory=lambda: list(op_cases.OPS))
     op_impls: list[str] = field(default_factory=lambda: list(op_cases.OP_IMPLS))
-    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])   # op rows (--dtypes)
     cuda_graphs: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
@@ -85,13 +87,15 @@ class Planned:
 
 def plan_rows(plan: Plan, setting: bc.Setting) -> list[Planned]:
     out = []
-    for variant in plan.variants:
-        group = bc.GROUP_OF[variant]
-        if group not in plan.groups:
-            continue
-        why = bc.variant_unavailable(variant, plan.device, with_compile=plan.compile, setting=setting)
-        phases = ["-"] if variant in ("resnet32", "resnet32-compiled") else plan.phases
-        out += [Planned(setting, group, variant, phase, why=why) for phase in phases]
+    for dtype in plan.amp_dtypes:
+        for variant in plan.variants:
+            group = bc.GROUP_OF[variant]
+            if group not in plan.groups:
+                continue
+            why = (bc.variant_unavailable(variant, plan.device, with_compile=plan.compile, setting=setting)
+                   or bc.amp_unavailable(dtype, plan.device))
+            phases = ["-"] if variant in ("resnet32", "resnet32-compiled") else plan.phases
+            out += [Planned(setting, group, variant, phase, dtype, why=why) for phase in phases]
     if "op" in plan.groups:
         modes = ["eager"] + (["cuda-graph"] if plan.device.type == "cuda" and plan.cuda_graphs else [])
         for op in plan.ops:
@@ -136,10 +140,13 @@ def _case(p: Planned, pool, plan: Plan, built: dict) -> bc.Case:
     if p.group == "op":
         op, impl = p.variant.split(":")
         return op_cases.op_case(op, impl, p.setting, pool, seed=plan.seed, mode=p.mode)
-    if p.variant not in built:
-        built[p.variant] = bc.build(p.group, p.variant, p.setting, plan.device, seed=plan.seed,
-                                    compile_backend=plan.compile_backend)
-    return bc.make_case(p.group, p.variant, p.phase, p.setting, pool, seed=plan.seed, built=built[p.variant])
+    # one module (or model and optimiser) per variant and dtype, shared by the phases: each dtype's
+    # rows start from the same fresh parameters
+    if (p.variant, p.dtype) not in built:
+        built[p.variant, p.dtype] = bc.build(p.group, p.variant, p.setting, plan.device, seed=plan.seed,
+                                             compile_backend=plan.compile_backend)
+    return bc.make_case(p.group, p.variant, p.phase, p.setting, pool, seed=plan.seed,
+                        built=built[p.variant, p.dtype])
 
 
 class _SettingRun:
@@ -157,13 +164,13 @@ class _SettingRun:
     def pool(self, dtype: str) -> bc.InputPool:
         if dtype not in self.pools:
             self.pools[dtype] = bc.InputPool(self.setting, self.plan.device, seed=self.plan.seed,
-                                             dtype=op_cases.DTYPES[dtype])
+                                             dtype=bc.DTYPES[dtype])
         return self.pools[dtype]
 
     def build(self, planned: list[Planned]) -> list[bc.Case]:
         cases = []
         for p in planned:
-            self.bar.say(f"{self.setting.name}: building {p.variant} {p.phase}".removesuffix(" -"))
+            self.bar.say(f"{self.setting.name}: building {p.variant} {p.phase} {p.dtype}".replace(" - ", " "))
             try:
                 case = _case(p, self.pool(p.dtype), self.plan, self.built)
                 cases.append(case)
@@ -253,7 +260,7 @@ class _SettingRun:
             row = self.rows[p.key]
             if row["status"] != "ok":
                 continue
-            self.bar.say(f"{self.setting.name}: launches {p.variant} {p.phase}".removesuffix(" -"))
+            self.bar.say(f"{self.setting.name}: launches {p.variant} {p.phase} {p.dtype}".replace(" - ", " "))
             try:
                 case = _case(p, self.pool(p.dtype), self.plan, self.built)
                 row.update(launch_probe.cuda_launches(case, self.plan.device))
@@ -271,11 +278,12 @@ class _SettingRun:
 
 
 def relate(rows: list[dict], copy_gbps: float) -> None:
-    """Speed-ups, overheads and bandwidth shares, within each setting (see report.py for the fields)."""
+    """Speed-ups, overheads and bandwidth shares, within each setting, dtype and mode (see report.py
+    for the fields): a bf16 row is never compared with an fp32 one."""
     by = {(r["setting"], r["variant"], r["phase"], r["dtype"], r["mode"]): r for r in rows
           if r.get("median_ms") is not None}
 
-    def median(setting, variant, phase, dtype="fp32", mode="eager"):
+    def median(setting, variant, phase, dtype, mode):
         return by.get((setting, variant, phase, dtype, mode), {}).get("median_ms")
 
     for (s, v, p, d, m), r in by.items():
@@ -287,10 +295,10 @@ def relate(rows: list[dict], copy_gbps: float) -> None:
             if impl == "triton" and torch_path is not None:
                 r["speedup_vs_torch"] = torch_path / r["median_ms"]
         else:
-            base = median(s, "reference" if r["group"] == "module" else "resnet32+reference", p)
+            base = median(s, "reference" if r["group"] == "module" else "resnet32+reference", p, d, m)
             if base is not None and v not in ("resnet32", "resnet32-compiled"):
                 r["speedup_vs_reference"] = base / r["median_ms"]
-            plain = median(s, "resnet32-compiled" if v.endswith("-compiled") else "resnet32", "-")
+            plain = median(s, "resnet32-compiled" if v.endswith("-compiled") else "resnet32", "-", d, m)
             if plain is not None and v.startswith("resnet32+"):
                 r["overhead_vs_no_rsg_pct"] = 100.0 * (r["median_ms"] / plain - 1.0)
         if r.get("bytes_moved"):

@@ -3,7 +3,9 @@
 ``evaluate(result, baseline=None)`` returns one entry per measured instance of each target
 (setting, variant, phase, ...) with ``status`` "met" or "missed", and one "not measured" entry for
 each target this run could not measure (with the reason). A target defined on an H100 but
-measured on another GPU says so in its ``note``.
+measured on another GPU says so in its ``note``. The targets are defined on fp32 module and step
+rows: rows timed under autocast (``--amp``) measure none of them, only ``cpu_no_slower``, against
+the baseline's row of the same dtype.
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def _entry(target: Target, row: dict, measured: float | None, **extra) -> dict:
              "phase": row.get("phase"), "measured": measured, "unit": t.unit, "status": status, "goal": t.goal}
     if row.get("group") == "op":
         entry.update(dtype=row.get("dtype"), mode=row.get("mode"))
+    elif row.get("dtype", "fp32") != "fp32":     # a module or step row under autocast names its dtype
+        entry["dtype"] = row["dtype"]
     return entry | extra
 
 
@@ -72,8 +76,10 @@ def _ratio(a, b):
 
 def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
     """The target entries for ``result`` (a bench result document); see the module docstring."""
-    device, rows = result["device"], [r for r in result["rows"] if r.get("median_ms") is not None]
+    device, timed = result["device"], [r for r in result["rows"] if r.get("median_ms") is not None]
     cpu, cuda = device["type"] == "cpu", device["type"] == "cuda"
+    # the targets' module and step rows are fp32 (a row written before --amp has no dtype: fp32)
+    rows = [r for r in timed if r.get("group") == "op" or r.get("dtype", "fp32") == "fp32"]
     by_key = {(r["setting"], r["variant"], r["phase"]): r for r in rows if r.get("group") != "op"}
     settings = {s["name"]: s for s in result["settings"]}
     # an op replayed from a CUDA graph is the kernels' own time; its eager row adds the host's launches
@@ -122,7 +128,7 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
                                                     "with was not timed or failed)"}
            for e in out if e["measured"] is not None or e["target"] in some]
     if cpu and baseline is not None:
-        out.extend(_against_baseline(rows, baseline))
+        out.extend(_against_baseline(timed, baseline))
     gpu_name = device.get("name", "")
     for e in out:
         if e["target"] in H100_TARGETS and "H100" not in gpu_name:
