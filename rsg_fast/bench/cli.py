@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "torch, triton (default all)")
     what.add_argument("--dtypes", type=cli_args.name_list("--dtypes", tuple(op_cases.DTYPES)), default=None,
                       metavar="NAMES", help="tensor dtypes for --groups op: fp32, bf16, fp16 (default fp32)")
+    what.add_argument("--amp", type=cli_args.name_list("--amp", tuple(bc.AMP_DTYPES)), default=None, metavar="NAMES",
+                      help="module and step rows: off (fp32), bf16, fp16 (forward and losses under autocast, "
+                           "as rsg-fast train --amp; fp16 steps with a GradScaler), each a set of rows of its "
+                           "own, compared only with rows of the same dtype; comma-separated (default off)")
     what.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                       help="on CUDA, also time each op replayed from a CUDA graph (default on)")
     what.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -117,6 +121,9 @@ def _check_groups(args) -> list[str]:
     for flag, value in (("--ops", args.ops), ("--op-impls", args.op_impls), ("--dtypes", args.dtypes)):
         if value is not None and "op" not in groups:
             raise _usage(f"{flag} applies to the fused ops: add --groups op (now {','.join(groups)})")
+    if args.amp is not None and not {"module", "step"} & set(groups):
+        raise _usage(f"--amp applies to the module and step rows (--dtypes to the fused ops): add --groups "
+                     f"module or step (now {','.join(groups)})")
     return groups
 
 
@@ -163,7 +170,8 @@ def make_plan(args, argv: list[str]) -> Plan:
     plan = Plan(
         device=device, settings=settings, groups=groups, variants=args.variants or list(bc.ALL_VARIANTS),
         variants_in_order=bool(args.variants),
-        phases=args.phases, ops=args.ops or list(op_cases.OPS), op_impls=args.op_impls or list(op_cases.OP_IMPLS),
+        phases=args.phases, amp_dtypes=[bc.AMP_DTYPES[name] for name in args.amp or ["off"]],
+        ops=args.ops or list(op_cases.OPS), op_impls=args.op_impls or list(op_cases.OP_IMPLS),
         dtypes=args.dtypes or ["fp32"], cuda_graphs=args.cuda_graphs,
         compile=cuda if args.compile is None else args.compile, compile_backend=args.compile_backend,
         seed=args.seed, memory=args.memory, launches=args.launches, progress=args.progress, quick=quick,
