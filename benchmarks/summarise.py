@@ -2,7 +2,7 @@
 
     python benchmarks/summarise.py benchmarks/results/*.json
 
-One row per (setting, variant, phase) measured, each naming its device, date and command, so every
+One row per (setting, variant, phase, dtype) measured, each naming its device, date and command, so every
 number in the README comes straight from a file written by `rsg-fast bench`. Files with fused-op rows
 (`rsg-fast bench --groups op`) get an op table, and files that report targets a targets list.
 """
@@ -33,7 +33,9 @@ def rows(docs):
             if r.get("median_ms") is None or r.get("group") == "op":
                 continue
             counts = f" {_f(r.get('launches'), 'd')} | {_f(r.get('host_syncs'), 'd')} |" if counted else ""
-            yield (f"| {r['setting']} | {r['variant']} | {r['phase']} | {r['median_ms']:.1f} "
+            # a row timed under autocast (--amp) says so beside its phase
+            phase = r["phase"] if r.get("dtype", "fp32") == "fp32" else f"{r['phase']} ({r['dtype']} autocast)"
+            yield (f"| {r['setting']} | {r['variant']} | {phase} | {r['median_ms']:.1f} "
                    f"({r['p25_ms']:.1f}..{r['p75_ms']:.1f}) | {_f(r.get('speedup_vs_reference'), '.1f', 'x')} | "
                    f"{_f(r.get('overhead_vs_no_rsg_pct'), '+.1f', ' %')} | {_f(r.get('peak_mem_mb'), '.1f')} |{counts} "
                    f"{where} | {doc['date']} | [{Path(path).name}]({Path(path).name}) |")

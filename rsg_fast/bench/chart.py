@@ -1,10 +1,12 @@
 """The bench's PNG chart (matplotlib, optional: without it the chart is skipped with a note).
 
-One row of panels per setting: median time per call of the module and step variants (log scale;
-the figure on each bar is the speed-up over the reference, and for ResNet-32 steps with RSG the
-overhead over the step without RSG), peak memory of one call (with the reduction over the
-reference), and, when the run timed the fused ops, their median time per call (with the share of
-the copy bandwidth on CUDA, the speed-up over the plain reference on the CPU). Whiskers are the
+One row of panels per setting, and per dtype of its module and step rows where some ran under
+autocast (``--amp``: each row titled with its dtype, so that a bf16 bar is never read as fp32):
+median time per call of the module and step variants (log scale; the figure on each bar is the
+speed-up over the reference, and for ResNet-32 steps with RSG the overhead over the step without
+RSG, both within the dtype), peak memory of one call (with the reduction over the reference), and,
+when the run timed the fused ops, their median time per call (with the share of the copy bandwidth
+on CUDA, the speed-up over the plain reference on the CPU; in the setting's first row). Whiskers are the
 p25..p75 spread of the per-call times. A figure too wide for its bar is written a word a line, or
 upright, and each panel leaves room above its bars for the figures and the legend, so that none of
 them overlap (``fit_bar_labels``). Below the panels: every skipped or failed variant, and why.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+
+from rsg_fast.bench.report import row_case
 
 PHASE_COLOURS = {"contrastive": "#4c72b0", "generation": "#dd8452", "-": "#55a868"}
 OP_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
@@ -169,9 +173,21 @@ def _not_timed(result: dict) -> list[str]:
     seen: dict[tuple, list[str]] = {}
     for r in result["rows"]:
         if r.get("median_ms") is None:
-            what = r["phase"] if r.get("group") != "op" else f"{r.get('dtype')} {r.get('mode')}"
-            seen.setdefault((r["setting"], r["variant"], r["status"]), []).append(what)
+            seen.setdefault((r["setting"], r["variant"], r["status"]), []).append(row_case(r))
     return [f"{s}: {v} ({', '.join(dict.fromkeys(w))}): {status}" for (s, v, status), w in seen.items()]
+
+
+def _panel_lines(names: list[str], timed: list[dict]) -> list[tuple[str, str, str]]:
+    """(setting, dtype, title) of each line of panels: one per setting and dtype of its module and step
+    rows (--amp), titled with the dtype where the setting has rows under autocast."""
+    lines = []
+    for name in names:
+        dtypes = list(dict.fromkeys(r.get("dtype", "fp32") for r in timed
+                                    if r["setting"] == name and r.get("group") != "op")) or ["fp32"]
+        for dtype in dtypes:
+            title = name if dtypes == ["fp32"] else f"{name}, {dtype}{' autocast' if dtype != 'fp32' else ''}"
+            lines.append((name, dtype, title))
+    return lines
 
 
 def write_chart(result: dict, path: Path) -> str | None:
@@ -201,23 +217,28 @@ def draw_chart(result: dict):
     has_ops = any(r.get("group") == "op" for r in timed)
     has_whole = any(r.get("group") != "op" for r in timed) or not has_ops
     cols = 2 * has_whole + has_ops
+    lines = _panel_lines(names, timed)
     notes = _not_timed(result)
     line_in = 0.14   # height of one line of the 7-point notes below the panels, inches
-    fig, axes = plt.subplots(max(len(names), 1), cols, squeeze=False, dpi=DPI,
-                             figsize=(6.5 * cols, 4.4 * max(len(names), 1) + line_in * (len(notes) + 3)))
+    fig, axes = plt.subplots(max(len(lines), 1), cols, squeeze=False, dpi=DPI,
+                             figsize=(6.5 * cols, 4.4 * max(len(lines), 1) + line_in * (len(notes) + 3)))
     labels = []
-    for i, name in enumerate(names):
+    for i, (name, dtype, title) in enumerate(lines):
         rows = [r for r in timed if r["setting"] == name]
-        whole = [r for r in rows if r.get("group") != "op"]
+        whole = [r for r in rows if r.get("group") != "op" and r.get("dtype", "fp32") == dtype]
+        first = i == 0 or lines[i - 1][0] != name
         panels = []
         if has_whole:
-            panels += [("median_ms", "median ms per call (log)", whole), ("peak_mem_mb", "peak memory of one call, MB",
-                                                                         whole)]
-        if has_ops:
-            panels.append(("op", "fused ops: median us per call (log)", [r for r in rows if r.get("group") == "op"]))
+            panels += [("median_ms", f"{title}: median ms per call (log)", whole),
+                       ("peak_mem_mb", f"{title}: peak memory of one call, MB", whole)]
+        if has_ops and first:    # the setting's op panel, in its first line only
+            panels.append(("op", f"{name}: fused ops: median us per call (log)",
+                           [r for r in rows if r.get("group") == "op"]))
+        for ax in axes[i][len(panels):]:
+            ax.set_axis_off()
         for j, (metric, label, picked) in enumerate(panels):
             ax = axes[i][j]
-            ax.set_title(f"{name}: {label}", fontsize=10)
+            ax.set_title(label, fontsize=10)
             if not picked or (metric != "op" and not any(r.get(metric) is not None for r in picked)):
                 ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
                 ax.set_axis_off()

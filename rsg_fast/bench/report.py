@@ -3,7 +3,8 @@
 The JSON document (schema ``SCHEMA``) holds: ``schema, tool, command, date, device, versions,
 commit, load_average, settings, timing, copy_bandwidth_gbps, rows, wall_s, complete, targets``
 (and ``chart`` / ``chart_note``). Each row: ``setting, group, variant, phase, dtype, mode, status``
-("ok", "skipped: why" or "error: what") and, when timed, ``median_ms, p25_ms, p75_ms, iqr_ms,
+("ok", "skipped: why" or "error: what"; a module or step row's ``dtype`` is fp32, or bf16 / fp16
+for one timed under autocast, ``--amp``) and, when timed, ``median_ms, p25_ms, p75_ms, iqr_ms,
 min_ms, max_ms, reps, threads, noisy``, ``speedup_vs_reference``, ``overhead_vs_no_rsg_pct`` (step
 rows with RSG), ``speedup_vs_torch`` (Triton op rows), ``peak_mem_bytes``, ``peak_mem_mb``, ``mem_method``,
 ``bytes_moved, gbps, pct_copy_bw``, ``pairs``, and on CUDA for module and step rows
@@ -38,12 +39,23 @@ def measured_text(target: dict) -> str:
     return _fmt(target["measured"], ".0f" if target["unit"].startswith(" ") else ".2f", target["unit"])
 
 
-def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str, str]]) -> list[str]:
-    """Aligned columns; then the rows not timed, one line per (name, status) with their phases merged."""
+def row_case(r: dict) -> str:
+    """Which of its variant's rows ``r`` is, for the lists of rows not timed: a module or step row's
+    phase (under autocast its dtype first: "bf16 contrastive", or "bf16" without a phase), an op
+    row's dtype and mode."""
+    if r.get("group") == "op":
+        return f"{r['dtype']} {r['mode']}"
+    dtype = r.get("dtype", "fp32")
+    return r["phase"] if dtype == "fp32" else f"{dtype} {r['phase']}".removesuffix(" -")
+
+
+def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str, str]], left: int = 2) -> list[str]:
+    """Aligned columns, the first ``left`` to the left; then the rows not timed, one line per (name,
+    status) with their cases merged."""
     widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
     out = []
     for row in [head, *lines]:
-        out.append("  " + "  ".join(f"{str(c):<{w}}" if i < 2 else f"{str(c):>{w}}"
+        out.append("  " + "  ".join(f"{str(c):<{w}}" if i < left else f"{str(c):>{w}}"
                                     for i, (c, w) in enumerate(zip(row, widths))))
     merged: dict[tuple[str, str], list[str]] = {}
     for name, what, status in skipped:
@@ -54,21 +66,25 @@ def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str
 
 
 def _module_lines(rows: list[dict], cuda: bool) -> list[str]:
-    head = ["variant", "phase", "median ms", "spread ms", "vs ref", "vs no-RSG", "peak MB"] + (
-        ["GB/s", "% copy", "launches", "syncs"] if cuda else [])
+    # a dtype column only where some row ran under autocast (--amp): an fp32 run's table stays as it was
+    amp = any(r.get("dtype", "fp32") != "fp32" for r in rows)
+    head = ["variant", "phase", *(["dtype"] if amp else []), "median ms", "spread ms", "vs ref", "vs no-RSG",
+            "peak MB"] + (["GB/s", "% copy", "launches", "syncs"] if cuda else [])
     lines, skipped = [], []
     for r in rows:
         if r.get("median_ms") is None:
-            skipped.append((r["variant"], r["phase"], r["status"]))
+            skipped.append((r["variant"], row_case(r), r["status"]))
             continue
-        line = [r["variant"], r["phase"], f"{r['median_ms']:.2f}", f"{r['p25_ms']:.2f}..{r['p75_ms']:.2f}",
-                _fmt(r.get("speedup_vs_reference"), ".1f", "x"), _fmt(r.get("overhead_vs_no_rsg_pct"), "+.1f", "%"),
-                _fmt(r.get("peak_mem_mb"), ".1f")]
+        line = [r["variant"], r["phase"], *([r.get("dtype", "fp32")] if amp else []), f"{r['median_ms']:.2f}",
+                f"{r['p25_ms']:.2f}..{r['p75_ms']:.2f}", _fmt(r.get("speedup_vs_reference"), ".1f", "x"),
+                _fmt(r.get("overhead_vs_no_rsg_pct"), "+.1f", "%"), _fmt(r.get("peak_mem_mb"), ".1f")]
         if cuda:
             line += [_fmt(r.get("gbps"), ".1f"), _fmt(r.get("pct_copy_bw"), ".1f"), _fmt(r.get("launches"), "d"),
                      _fmt(r.get("host_syncs"), "d")]
         lines.append(line)
-    return _table(head, lines, skipped)
+    note = ["  (bf16, fp16: under torch.autocast, fp16 steps with a GradScaler; vs ref and vs no-RSG compare "
+            "rows of one dtype)"] if amp else []
+    return note + _table(head, lines, skipped, left=3 if amp else 2)
 
 
 def _op_lines(rows: list[dict]) -> list[str]:
@@ -76,7 +92,7 @@ def _op_lines(rows: list[dict]) -> list[str]:
     lines, skipped = [], []
     for r in rows:
         if r.get("median_ms") is None:
-            skipped.append((r["variant"], f"{r['dtype']} {r['mode']}", r["status"]))
+            skipped.append((r["variant"], row_case(r), r["status"]))
             continue
         lines.append([r["variant"], f"{r['dtype']} {r['mode']}", f"{r['median_ms'] * 1e3:.1f}",
                       f"{r['p25_ms'] * 1e3:.1f}..{r['p75_ms'] * 1e3:.1f}",
