@@ -6,6 +6,8 @@ The settings, inputs and timed functions come from the public ``rsg_fast.bench.c
 - RSG_BENCH_SHAPES: the setting (default cifar10; also cifar100, imagenet-lt, inat2018, tiny)
 - RSG_BENCH_DEVICE: auto (default: CUDA when present), cpu or cuda
 - RSG_BENCH_DTYPE: the op benchmarks' tensor dtype, fp32 (default), bf16 or fp16
+- RSG_BENCH_AMP: the module and step benchmarks under autocast: off (default, fp32), bf16 or fp16
+  (as `rsg-fast bench --amp`: maps in that dtype, fp16 steps with a GradScaler)
 - RSG_BENCH_ROUNDS: timed rounds per benchmark (default 10 on CPU, 50 on CUDA)
 - RSG_BENCH_COMPILE: 1 to time the torch.compile variants on CPU too (always on for CUDA)
 - RSG_BENCH_CUDA_GRAPHS: 1 to replay the op benchmarks from CUDA graphs (one per input rotation),
@@ -53,8 +55,12 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def pool(setting, device) -> bc.InputPool:
-    """fp32 inputs: the module and step benchmarks."""
-    return bc.InputPool(setting, device)
+    """The module and step benchmarks' inputs: fp32, or in RSG_BENCH_AMP's dtype (the cases then run
+    under autocast)."""
+    name = os.environ.get("RSG_BENCH_AMP", "off")
+    if name not in bc.AMP_DTYPES:
+        raise pytest.UsageError(f"RSG_BENCH_AMP={name!r}: choose one of {', '.join(bc.AMP_DTYPES)}")
+    return bc.InputPool(setting, device, dtype=bc.DTYPES[bc.AMP_DTYPES[name]])
 
 
 @pytest.fixture(scope="session")
