@@ -206,6 +206,9 @@ def test_report_warns_when_other_work_shared_the_cpus(small_run):
     (["--ops", "mv_terms"], "--ops applies to the fused ops: add --groups op"),
     (["--groups", "op", "--variants", "reference"], "includes neither group"),
     (["--dtypes", "fp64", "--groups", "op"], "--dtypes: unknown 'fp64'"),
+    (["--amp", "fp32"], "--amp: unknown 'fp32'; choose from off, bf16, fp16"),
+    (["--amp", ","], "--amp must name at least one of off, bf16, fp16"),
+    (["--groups", "op", "--amp", "bf16"], "--amp applies to the module and step rows"),
     (["--compile-backend", "tvm"], "invalid choice"),
     (["--frobnicate"], "unrecognized arguments"),
 ])
@@ -510,20 +513,23 @@ def test_chart_draws_a_cuda_result_with_op_rows(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
-@pytest.mark.parametrize("which", ["stored cifar10-cpu", "every variant and ops"])
+@pytest.mark.parametrize("which", ["stored cifar10-cpu", "every variant and ops", "every variant and ops, fp32 and bf16"])
 def test_chart_figures_on_the_bars_do_not_overlap(which):
     """The figures on the bars stay apart, inside their panel and off its legend: in the stored CPU
     result the memory figures of neighbouring bars ran into each other ("5.0x less" over "6.9x less"),
-    and with every variant (a CUDA run) most of the figures did."""
+    and with every variant (a CUDA run) most of the figures did. With --amp rows each dtype has its
+    own panels, titled with it."""
+    dtypes = ("fp32", "bf16") if "bf16" in which else ("fp32",)
     if which.startswith("stored"):
         doc = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "cifar10-cpu.json").read_text())
     else:
         rows = []
-        for i, v in enumerate(bc.ALL_VARIANTS):
-            for phase in ("-",) if v in ("resnet32", "resnet32-compiled") else ("contrastive", "generation"):
-                rows.append(_row(v, phase, 30.0 + 7 * i, peak_mem_mb=40.0 + 3 * i + 5 * (phase == "generation"),
-                                 speedup_vs_reference=None if "reference" in v else 17.53,
-                                 overhead_vs_no_rsg_pct=12.4 if "+rsg" in v else None))
+        for dtype in dtypes:
+            for i, v in enumerate(bc.ALL_VARIANTS):
+                for phase in ("-",) if v in ("resnet32", "resnet32-compiled") else ("contrastive", "generation"):
+                    rows.append(_row(v, phase, 30.0 + 7 * i, peak_mem_mb=40.0 + 3 * i + 5 * (phase == "generation"),
+                                     speedup_vs_reference=None if "reference" in v else 17.53,
+                                     overhead_vs_no_rsg_pct=12.4 if "+rsg" in v else None, dtype=dtype))
         for op in ("center_assign", "displacement", "mv_terms", "relu_tap_window_means"):
             for backend in ("torch", "triton"):
                 for mode in ("eager", "cuda-graph"):
@@ -535,8 +541,18 @@ def test_chart_figures_on_the_bars_do_not_overlap(which):
     try:
         renderer = fig.canvas.get_renderer()
         labels = [t for ax in fig.axes for t in ax.texts if t.get_gid() == chart.BAR_LABEL]
-        # stored: 4 time and 4 memory figures; every variant: 16 time, 16 memory, 16 op figures
-        assert len(labels) == (8 if which.startswith("stored") else 48), [t.get_text() for t in labels]
+        # stored: 4 time and 4 memory figures; every variant: 16 time and 16 memory figures per dtype,
+        # 16 op figures
+        assert len(labels) == (8 if which.startswith("stored") else 32 * len(dtypes) + 16), \
+            [t.get_text() for t in labels]
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        if len(dtypes) > 1:
+            assert titles[:5] == ["cifar10, fp32: median ms per call (log)", "cifar10, fp32: peak memory of one call, MB",
+                                  "cifar10: fused ops: median us per call (log)",
+                                  "cifar10, bf16 autocast: median ms per call (log)",
+                                  "cifar10, bf16 autocast: peak memory of one call, MB"], titles
+        else:
+            assert titles[0] == "cifar10: median ms per call (log)", titles
         boxes = [t.get_window_extent(renderer) for t in labels]
         for i, (a, box) in enumerate(zip(labels, boxes)):
             panel = a.axes.get_window_extent(renderer)
@@ -775,3 +791,221 @@ def test_results_summary_shows_launch_counts_where_a_run_counted_them(tmp_path):
     assert "| rsg-triton | generation | 1.0 (1.0..1.1) |  |  |  | 38 | 1 | cuda NVIDIA H100" in both
     assert "`gpu.json`: gpu_launches met: cifar10 rsg-triton generation, 38 launches" in both
     assert "launches" not in run(str(tmp_path / "cpu.json")).splitlines()[0]
+
+
+# ----------------------------------------------------------------------------- --amp: module and step rows under autocast
+
+@pytest.fixture(scope="module")
+def amp_run():
+    """The module and step rows in fp32, bf16 and fp16 (one phase), with memory, in process."""
+    plan = runner.Plan(device=torch.device("cpu"), settings=[bc.SETTINGS["tiny"]], groups=["module", "step"],
+                       variants=["reference", "rsg-torch", "resnet32", "resnet32+rsg"], phases=["generation"],
+                       amp_dtypes=["fp32", "bf16", "fp16"], progress=False, quick=True, warmup=1, budget_s=0.5,
+                       min_rounds=2, max_rounds=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # see the module docstring
+    try:
+        return runner.run(plan)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_amp_gives_each_dtype_its_own_timed_rows(amp_run):
+    rows = {(r["variant"], r["phase"], r["dtype"]): r for r in amp_run["rows"]}
+    assert len(rows) == len(amp_run["rows"]) == 3 * 4
+    setting = bc.SETTINGS["tiny"]
+    for dtype, size in (("fp32", 4), ("bf16", 2), ("fp16", 2)):
+        for variant in ("reference", "rsg-torch", "resnet32", "resnet32+rsg"):
+            r = rows[(variant, "-" if variant == "resnet32" else "generation", dtype)]
+            assert r["status"] == "ok" and r["mode"] == "eager", r
+            assert 0 < r["median_ms"] < float("inf") and r["peak_mem_bytes"] is not None, r
+        # the module's compulsory bytes in the maps' own element size
+        assert rows[("rsg-torch", "generation", dtype)]["bytes_moved"] == bc.module_bytes(setting, "generation", size)
+
+
+def test_amp_rows_are_compared_within_their_dtype_only(amp_run):
+    rows = {(r["variant"], r["dtype"]): r for r in amp_run["rows"]}
+    for dtype in ("fp32", "bf16", "fp16"):
+        fast, ref = rows[("rsg-torch", dtype)], rows[("reference", dtype)]
+        assert fast["speedup_vs_reference"] == pytest.approx(ref["median_ms"] / fast["median_ms"])
+        step, plain = rows[("resnet32+rsg", dtype)], rows[("resnet32", dtype)]
+        assert step["overhead_vs_no_rsg_pct"] == pytest.approx(100 * (step["median_ms"] / plain["median_ms"] - 1))
+
+
+def test_amp_table_and_csv_name_each_rows_dtype(amp_run, tmp_path):
+    text = report.format_report(amp_run)
+    assert "under torch.autocast, fp16 steps with a GradScaler" in text
+    head = next(line for line in text.splitlines() if line.strip().startswith("variant"))
+    assert head.split()[:4] == ["variant", "phase", "dtype", "median"]
+    for dtype in ("fp32", "bf16", "fp16"):
+        assert any(line.split()[:3] == ["rsg-torch", "generation", dtype] for line in text.splitlines()), text
+    report.write_csv(amp_run, tmp_path / "amp.csv")
+    with open(tmp_path / "amp.csv", newline="") as fh:
+        found = {(r["variant"], r["dtype"]) for r in csv.DictReader(fh)}
+    assert ("resnet32+rsg", "bf16") in found and ("resnet32+rsg", "fp16") in found
+
+
+def test_an_fp32_table_has_no_dtype_column(small_run):
+    text = report.format_report(small_run[0])
+    head = next(line for line in text.splitlines() if line.strip().startswith("variant"))
+    assert head.split()[:3] == ["variant", "phase", "median"] and "torch.autocast" not in text
+
+
+@pytest.mark.parametrize("argv, dtypes", [([], ["fp32"]), (["--amp", "off,bf16"], ["fp32", "bf16"]),
+                                           (["--amp", "fp16", "--groups", "step"], ["fp16"])])
+def test_amp_cli_plans_a_set_of_module_and_step_rows_per_precision(argv, dtypes, tmp_path):
+    from rsg_fast import cli_args
+
+    argv = ["--device", "cpu", "--shapes", "tiny", "--out", str(tmp_path), *argv]
+    plan = cli.make_plan(cli_args.parse_args(cli.build_parser(), argv), argv)
+    planned = runner.plan_rows(plan, plan.settings[0])
+    assert plan.amp_dtypes == dtypes and list(dict.fromkeys(p.dtype for p in planned)) == dtypes
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("variant", ["reference", "rsg-torch"])
+def test_module_case_under_amp_runs_rsg_on_half_maps_under_autocast(variant, dtype):
+    """The maps RSG gets are in the autocast dtype, as a convolution under autocast hands them over,
+    and its forward runs under autocast in that dtype (an fp32 case: fp32 maps, no autocast)."""
+    setting = bc.SETTINGS["tiny"]
+    pool = bc.InputPool(setting, "cpu", rotations=2, dtype=bc.DTYPES[dtype])
+    module = bc.build_module(variant, setting, "cpu")
+    seen = []
+    module.register_forward_pre_hook(lambda m, args: seen.append(
+        (args[0].dtype, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    for phase in bc.PHASES:
+        case = bc.module_case(variant, setting, phase, pool, module=module)
+        case.fn()
+        assert case.dtype == dtype and case.bytes_moved == bc.module_bytes(setting, phase, 2)
+    assert seen == [(bc.DTYPES[dtype], True, bc.DTYPES[dtype])] * 2
+    fp32 = bc.module_case(variant, setting, "generation", bc.InputPool(setting, "cpu", rotations=2), module=module)
+    fp32.fn()
+    assert seen[-1][:2] == (torch.float32, False) and fp32.dtype == "fp32"
+
+
+class _RecordingScaler(torch.amp.GradScaler):
+    """torch's GradScaler, recording whether it is on and which of its calls a step makes."""
+
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+        self.made.append(self)
+
+    def scale(self, outputs):
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append("step")
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None):
+        self.calls.append("update")
+        return super().update(new_scale)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_step_case_under_amp_runs_under_autocast_and_fp16_scales_its_loss(dtype, monkeypatch):
+    """As ``rsg-fast train --amp``: the forward and loss under autocast (RSG gets maps in its dtype),
+    and for fp16 a GradScaler that scales the loss and steps the optimiser; bf16 needs none."""
+    monkeypatch.setattr(_RecordingScaler, "made", [])
+    monkeypatch.setattr(torch.amp, "GradScaler", _RecordingScaler)
+    setting = bc.SETTINGS["tiny"]
+    pool = bc.InputPool(setting, "cpu", rotations=2, dtype=bc.DTYPES[dtype])
+    model, optimiser = bc.build_step_model("resnet32+rsg", setting, "cpu")
+    seen = []
+    model.rsg.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, torch.is_autocast_enabled("cpu"))))
+    case = bc.step_case("resnet32+rsg", setting, "generation", pool, model=(model, optimiser))
+    case.fn()
+    assert case.dtype == dtype
+    assert seen == [(bc.DTYPES[dtype] if dtype != "fp32" else torch.float32, dtype != "fp32")]
+    (scaler,) = _RecordingScaler.made
+    assert scaler.is_enabled() == (dtype == "fp16")
+    if dtype == "fp16":
+        assert scaler.calls == ["scale", "step", "update"]
+        assert scaler.get_scale() > 1       # the loss was multiplied before the backward
+
+
+def test_half_pools_keep_the_images_in_fp32():
+    """A data loader gives fp32 images; autocast casts them at the first convolution."""
+    pool = bc.InputPool(bc.SETTINGS["tiny"], "cpu", rotations=2, dtype=torch.bfloat16)
+    assert pool.next()[0].dtype == torch.bfloat16 and pool.next_images()[0].dtype == torch.float32
+
+
+def test_relate_never_compares_rows_of_different_dtypes():
+    """A bf16 row without its bf16 reference (or bf16 step without RSG) has no speed-up (overhead),
+    rather than one against the fp32 row."""
+    rows = [_row("reference", "generation", 100.0), _row("rsg-torch", "generation", 10.0),
+            _row("resnet32", "-", 50.0), _row("resnet32+rsg", "generation", 55.0),
+            _row("reference", "generation", 60.0, dtype="bf16"), _row("rsg-torch", "generation", 6.0, dtype="bf16"),
+            _row("rsg-torch", "generation", 8.0, dtype="fp16"), _row("resnet32+rsg", "generation", 30.0, dtype="fp16")]
+    runner.relate(rows, copy_gbps=1.0)
+    found = {(r["variant"], r["dtype"]): r for r in rows}
+    assert found[("rsg-torch", "fp32")]["speedup_vs_reference"] == pytest.approx(10.0)
+    assert found[("rsg-torch", "bf16")]["speedup_vs_reference"] == pytest.approx(10.0)
+    assert found[("resnet32+rsg", "fp32")]["overhead_vs_no_rsg_pct"] == pytest.approx(10.0)
+    assert "speedup_vs_reference" not in found[("rsg-torch", "fp16")]
+    assert "overhead_vs_no_rsg_pct" not in found[("resnet32+rsg", "fp16")]
+
+
+def test_targets_take_fp32_rows_only():
+    """The targets are defined on fp32 rows: bf16 rows measure none of them, and a run of bf16 rows
+    alone leaves them not measured."""
+    cpu = {"type": "cpu", "name": "x"}
+    fp32 = [_row("rsg-torch", "generation", 10.0, speedup_vs_reference=15.0),
+            _row("resnet32+rsg", "generation", 55.0, overhead_vs_no_rsg_pct=10.0)]
+    bf16 = [_row("rsg-torch", "generation", 10.0, speedup_vs_reference=2.0, dtype="bf16"),
+            _row("resnet32+rsg", "generation", 55.0, overhead_vs_no_rsg_pct=40.0, dtype="bf16")]
+    found = [e for e in targets.evaluate(_doc(cpu, fp32 + bf16)) if e["target"] in ("rsg_speedup", "step_overhead")]
+    assert [(e["target"], e["status"], e.get("dtype")) for e in found] == [("rsg_speedup", "met", None),
+                                                                            ("step_overhead", "met", None)]
+    found = [e for e in targets.evaluate(_doc(cpu, bf16)) if e["target"] in ("rsg_speedup", "step_overhead")]
+    assert [(e["target"], e["status"]) for e in found] == [("rsg_speedup", "not measured"),
+                                                           ("step_overhead", "not measured")]
+
+
+@pytest.mark.parametrize("stored", ["cifar10-cpu.json", "cifar10-cpu-v0.1-af41d32.json"])
+def test_a_stored_result_is_still_a_baseline_and_counts_as_fp32(stored):
+    """The committed results (v0.1's rows have no dtype at all) load as --baseline, and each of their
+    module and step rows is compared with this run's fp32 row only, never with a bf16 one."""
+    path = Path(__file__).parent.parent / "benchmarks" / "results" / stored
+    baseline = cli._baseline(str(path))
+    old = [r for r in baseline["rows"] if r.get("median_ms") is not None and r.get("group", "module") != "op"][0]
+    cpu = {"type": "cpu", "name": "x"}
+    now = [_row(old["variant"], old["phase"], old["median_ms"], setting=old["setting"]),
+           _row(old["variant"], old["phase"], old["median_ms"] * 9, setting=old["setting"], dtype="bf16")]
+    found = [e for e in targets.evaluate(_doc(cpu, now), baseline) if e["target"] == "cpu_no_slower"]
+    assert [(e["variant"], e.get("dtype"), e["status"]) for e in found] == [(old["variant"], None, "met")]
+    assert found[0]["measured"] == pytest.approx(1.0)
+
+
+def test_a_baseline_compares_amp_rows_with_its_rows_of_the_same_dtype():
+    cpu = {"type": "cpu", "name": "x"}
+    base = _doc(cpu, [_row("rsg-torch", "generation", 10.0), _row("rsg-torch", "generation", 5.0, dtype="bf16")])
+    now = _doc(cpu, [_row("rsg-torch", "generation", 10.0), _row("rsg-torch", "generation", 6.0, dtype="bf16")])
+    found = {e.get("dtype"): e for e in targets.evaluate(now, base) if e["target"] == "cpu_no_slower"}
+    assert found[None]["status"] == "met" and found["bf16"]["status"] == "missed"
+    assert found["bf16"]["measured"] == pytest.approx(1.2)
+
+
+def test_bf16_rows_are_skipped_on_a_gpu_without_bf16_arithmetic(monkeypatch):
+    """torch would emulate bf16 there (slowly): the rows say why they were not timed; fp16 runs."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    plan = runner.Plan(device=torch.device("cuda"), settings=[bc.SETTINGS["tiny"]], groups=["module"],
+                       variants=["reference"], phases=["generation"], amp_dtypes=["bf16", "fp16"])
+    why = {p.dtype: p.why for p in runner.plan_rows(plan, plan.settings[0])}
+    assert why["bf16"].startswith("this GPU has no bf16 arithmetic") and why["fp16"] is None
+
+
+def test_results_summary_names_the_dtype_of_amp_rows(tmp_path):
+    cpu = _doc({"type": "cpu", "name": "x", "threads": 2},
+               [_row("rsg-torch", "generation", 20.0), _row("rsg-torch", "generation", 12.0, dtype="bf16")]) | {
+        "schema": report.SCHEMA, "date": "2027-01-01T00:00:00Z", "command": "rsg-fast bench --amp off,bf16",
+        "commit": {"sha": "abc"}, "versions": {"torch": "2.11.0", "triton": "3.6.0"}, "copy_bandwidth_gbps": 10.0}
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    script = str(Path(__file__).parent.parent / "benchmarks" / "summarise.py")
+    out = subprocess.run([sys.executable, script, str(tmp_path / "cpu.json")], capture_output=True, text=True,
+                         check=True).stdout
+    assert "| rsg-torch | generation | 20.0 " in out and "| rsg-torch | generation (bf16 autocast) | 12.0 " in out
