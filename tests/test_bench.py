@@ -513,7 +513,8 @@ def test_chart_draws_a_cuda_result_with_op_rows(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
-@pytest.mark.parametrize("which", ["stored cifar10-cpu", "every variant and ops", "every variant and ops, fp32 and bf16"])
+@pytest.mark.parametrize("which", ["stored cifar10-cpu", "every variant and ops",
+                                   "every variant and ops, fp32 and bf16"])
 def test_chart_figures_on_the_bars_do_not_overlap(which):
     """The figures on the bars stay apart, inside their panel and off its legend: in the stored CPU
     result the memory figures of neighbouring bars ran into each other ("5.0x less" over "6.9x less"),
@@ -547,7 +548,8 @@ def test_chart_figures_on_the_bars_do_not_overlap(which):
             [t.get_text() for t in labels]
         titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
         if len(dtypes) > 1:
-            assert titles[:5] == ["cifar10, fp32: median ms per call (log)", "cifar10, fp32: peak memory of one call, MB",
+            assert titles[:5] == ["cifar10, fp32: median ms per call (log)",
+                                  "cifar10, fp32: peak memory of one call, MB",
                                   "cifar10: fused ops: median us per call (log)",
                                   "cifar10, bf16 autocast: median ms per call (log)",
                                   "cifar10, bf16 autocast: peak memory of one call, MB"], titles
@@ -793,7 +795,7 @@ def test_results_summary_shows_launch_counts_where_a_run_counted_them(tmp_path):
     assert "launches" not in run(str(tmp_path / "cpu.json")).splitlines()[0]
 
 
-# ----------------------------------------------------------------------------- --amp: module and step rows under autocast
+# ----------------------------------------------------------------------------- --amp: module and step rows
 
 @pytest.fixture(scope="module")
 def amp_run():

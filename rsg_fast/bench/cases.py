@@ -87,7 +87,7 @@ class Case:
     # Frees what a call leaves alive until the next one (gradients): memory is measured from there,
     # so a call's peak includes the gradients it allocates.
     reset: Callable[[], None] = lambda: None
-    dtype: str = "fp32"     # the dtype of the timed tensors
+    dtype: str = "fp32"     # the timed tensors' dtype ("bf16" / "fp16" module and step rows: under autocast)
     mode: str = "eager"     # "eager", or "cuda-graph" (replayed from a captured CUDA graph)
 
     @property

@@ -6,10 +6,10 @@ median time per call of the module and step variants (log scale; the figure on e
 speed-up over the reference, and for ResNet-32 steps with RSG the overhead over the step without
 RSG, both within the dtype), peak memory of one call (with the reduction over the reference), and,
 when the run timed the fused ops, their median time per call (with the share of the copy bandwidth
-on CUDA, the speed-up over the plain reference on the CPU; in the setting's first row). Whiskers are the
-p25..p75 spread of the per-call times. A figure too wide for its bar is written a word a line, or
-upright, and each panel leaves room above its bars for the figures and the legend, so that none of
-them overlap (``fit_bar_labels``). Below the panels: every skipped or failed variant, and why.
+on CUDA, the speed-up over the plain reference on the CPU; in the setting's first row). Whiskers
+are the p25..p75 spread of the per-call times. A figure too wide for its bar is written a word a
+line, or upright, and each panel leaves room above its bars for the figures and the legend, so that
+none of them overlap (``fit_bar_labels``). Below the panels: every skipped or failed variant, and why.
 """
 from __future__ import annotations
 

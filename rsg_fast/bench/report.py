@@ -49,7 +49,8 @@ def row_case(r: dict) -> str:
     return r["phase"] if dtype == "fp32" else f"{dtype} {r['phase']}".removesuffix(" -")
 
 
-def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str, str]], left: int = 2) -> list[str]:
+def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str, str]],
+           left: int = 2) -> list[str]:
     """Aligned columns, the first ``left`` to the left; then the rows not timed, one line per (name,
     status) with their cases merged."""
     widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
