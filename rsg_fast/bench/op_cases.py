@@ -11,8 +11,8 @@ their API changes, this file changes and nothing else in the bench.
 - ``OP_IMPLS``: ``reference`` (``rsg_fast.ops.naive``, the plain reference beside the ops), ``torch``
   (the ops' PyTorch path) and ``triton`` (their Triton kernels, CUDA only).
 - ``DTYPES``: the --dtypes names (``cases.DTYPES``, re-exported).
-- ``op_case(op, impl, setting, pool, dtype=...)``: a ``Case`` whose ``fn()`` runs one call at the
-  setting's shapes, on the next rotation of ``pool``'s feature maps, with inputs requiring grad
+- ``op_case(op, impl, setting, pool, mode=...)``: a ``Case`` whose ``fn()`` runs one call at the
+  setting's shapes, on the next rotation of ``pool``'s feature maps (in the pool's dtype), with inputs requiring grad
   exactly where the module's do, and ``bytes_moved`` the bytes one call must move (for GB/s).
 
 The pairs are the module's: Algorithm 1 on the pool's long-tailed labels (each head used once and
