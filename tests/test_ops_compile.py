@@ -1,5 +1,6 @@
 """Compile every Triton kernel variant for a real GPU target (sm_90) without needing a GPU, and
-check the machine code at the paper's shapes.
+check the machine code at the paper's shapes; compile them for the other architectures users train
+on too (V100 to RTX 50).
 
 The CPU test run executes the kernels in the Triton interpreter, which accepts some programs the
 compiler rejects (and the reverse). This test runs the launchers in a subprocess WITHOUT
@@ -61,6 +62,30 @@ def test_kernels_compile_for_sm90_with_vector_loads_and_no_spills(result):
                 assert info["spill_bytes"] == 0, (shape, name, info)
                 assert info["registers"] <= 255, (shape, name, info)
                 assert info["vector_loads"] >= STREAMING.get(name, 0), (shape, name, info)
+
+
+# The other CUDA architectures people train on (sm_90 is checked above, with its machine code), each
+# compiled by its own ptxas. Triton's code generation differs between them (no bf16 arithmetic before
+# sm_80, other layouts on Blackwell), so a kernel that compiles for one may not for another.
+ARCHITECTURES = {70: "V100", 75: "T4, RTX 20", 80: "A100", 86: "RTX 30, A10", 89: "L4, L40S, RTX 40",
+                 100: "B200", 120: "RTX 50"}
+
+
+def test_kernels_compile_for_every_architecture_users_train_on():
+    """Every kernel variant (fp32 NCHW / channels_last, fp16, bf16, fp64 at small odd shapes, and the
+    CIFAR shape) compiles to a cubin for each architecture in ARCHITECTURES, two processes at once."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    archs = sorted(ARCHITECTURES)
+    procs = [subprocess.Popen([sys.executable, __file__, "--archs", ",".join(map(str, archs[i::2]))], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    compiled = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:] + err[-8000:]
+        compiled.update(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(map(int, compiled)) == archs
+    for arch, report in compiled.items():
+        assert report["variants"] > 50 and report["failed"] == {}, (arch, ARCHITECTURES[int(arch)], report)
 
 
 def test_offsets_that_can_pass_2_31_are_computed_in_64_bits(result):
@@ -425,5 +450,41 @@ def _main(report_path):
     print(json.dumps(result, indent=1))
 
 
+def _archs(archs: list[int]):
+    """Compile every recorded variant for each of ``archs``; print {arch: {variants, failed}} as JSON."""
+    assert "TRITON_INTERPRET" not in os.environ
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from rsg_fast.kernels import center_assign, csr, displacement, mv_terms, pairs, tap_window_means
+
+    recorder = _Recorder()
+    for mod in (center_assign, csr, displacement, mv_terms, pairs, tap_window_means):
+        mod.launch = recorder
+    for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        _run_launchers(torch.randn(3, 5, 6, 7).to(dt), 4, 3, 9, ("contiguous", "channels_last"))
+    _run_launchers(torch.randn(3, 5, 6, 7).contiguous(memory_format=torch.channels_last), 4, 3, 9, ("contiguous",))
+    _run_launchers(torch.randn(128, 32, 16, 16), 15, 10, 256, ("contiguous",))
+    sources = {}
+    for fn, args, kw in recorder.calls:
+        opts, src = _source(fn, args, dict(kw))
+        sources.setdefault(src.hash() + repr(sorted(opts.items())), (fn.__name__, src, opts))
+    report = {}
+    for arch in archs:
+        failed = {}
+        for name, src, opts in sources.values():
+            try:
+                triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+            except Exception as err:   # noqa: BLE001 (every failure is reported, with its kernel)
+                failed.setdefault(name, str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
+        report[arch] = {"variants": len(sources), "failed": failed}
+    print(json.dumps(report))
+
+
 if __name__ == "__main__":
-    _control() if sys.argv[1] == "--control" else _main(sys.argv[1])
+    if sys.argv[1] == "--control":
+        _control()
+    elif sys.argv[1] == "--archs":
+        _archs([int(a) for a in sys.argv[2].split(",")])
+    else:
+        _main(sys.argv[1])
