@@ -232,10 +232,18 @@ def _json_row(row: Row) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(row).items()}
 
 
+def checked_dtypes(device: torch.device) -> tuple[list[torch.dtype], list[torch.dtype]]:
+    """(op dtypes, module dtypes) checked on ``device``: fp32, plus fp64 on the CPU, fp16 (ops) and
+    bf16 on CUDA; bf16 only where the GPU computes in it (not emulated, as before Ampere)."""
+    if device.type == "cpu":
+        return [torch.float32, torch.float64], [torch.float32, torch.float64]
+    bf16 = [] if cli_args.lacks_bf16(device) else [torch.bfloat16]
+    return [torch.float32, torch.float16, *bf16], [torch.float32, *bf16]
+
+
 def run(device: torch.device, level: str, backends: list[str], progress=print) -> list[Row]:
     rows = []
-    op_dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.float64])
-    module_dtypes = [torch.float32] + ([torch.float64] if device.type == "cpu" else [torch.bfloat16])
+    op_dtypes, module_dtypes = checked_dtypes(device)
 
     def add(row: Row) -> None:
         rows.append(row)
@@ -339,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     level = "quick" if args.quick else "full" if args.full else "default"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{PROG}: {device} ({name}), torch {torch.__version__}, backends {', '.join(backends)}, {level} set")
+    if cli_args.lacks_bf16(device):
+        print(f"{PROG}: no bf16 rows: this GPU has no bf16 arithmetic (Ampere or later has); fp16 is checked")
     print(HEADER)
     start = time.perf_counter()
     done: list[Row] = []

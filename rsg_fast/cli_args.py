@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 __all__ = [
     "Parser", "UsageError", "parse_args", "usage_error_exit", "positive_int", "nonneg_int", "int_at_least",
     "positive_float", "nonneg_float", "fraction", "in_range", "name_list", "device_name", "resolve_device",
+    "lacks_bf16",
 ]
 
 
@@ -186,3 +187,13 @@ def resolve_device(name: str | None, flag: str = "--device"):
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{flag} {name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def lacks_bf16(device) -> bool:
+    """Whether ``device`` is a CUDA GPU without bf16 arithmetic (before Ampere, sm_80: V100, T4, RTX 20),
+    where torch and Triton emulate it: train refuses ``--amp bf16`` there, bench and check leave bf16
+    out, rather than train on, time or check the emulation."""
+    import torch
+
+    device = torch.device(device)
+    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device) < (8, 0)

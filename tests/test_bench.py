@@ -993,12 +993,17 @@ def test_a_baseline_compares_amp_rows_with_its_rows_of_the_same_dtype():
 
 
 def test_bf16_rows_are_skipped_on_a_gpu_without_bf16_arithmetic(monkeypatch):
-    """torch would emulate bf16 there (slowly): the rows say why they were not timed; fp16 runs."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    plan = runner.Plan(device=torch.device("cuda"), settings=[bc.SETTINGS["tiny"]], groups=["module"],
-                       variants=["reference"], phases=["generation"], amp_dtypes=["bf16", "fp16"])
-    why = {p.dtype: p.why for p in runner.plan_rows(plan, plan.settings[0])}
-    assert why["bf16"].startswith("this GPU has no bf16 arithmetic") and why["fp16"] is None
+    """torch would emulate bf16 there (slowly): the module and op rows say why they were not timed;
+    fp16 runs. A T4 (sm_75) stands in, through its compute capability."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    plan = runner.Plan(device=torch.device("cuda"), settings=[bc.SETTINGS["tiny"]], groups=["module", "op"],
+                       variants=["reference"], phases=["generation"], amp_dtypes=["bf16", "fp16"],
+                       ops=["displacement"], op_impls=["torch"], dtypes=["bf16", "fp16"], cuda_graphs=False)
+    why = {(p.group, p.dtype): p.why for p in runner.plan_rows(plan, plan.settings[0])}
+    for group in ("module", "op"):
+        assert why[group, "bf16"].startswith("this GPU has no bf16 arithmetic") and why[group, "fp16"] is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))     # an A100
+    assert all(p.why is None for p in runner.plan_rows(plan, plan.settings[0]))
 
 
 def test_results_summary_names_the_dtype_of_amp_rows(tmp_path):

@@ -119,3 +119,13 @@ def test_full_fp32_serves_a_caller_of_the_new_precision_api():
     done = subprocess.run([sys.executable, "-c", NEW_PRECISION_API_CALLER], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "restored" in done.stdout, done.stderr[-2000:]
+
+
+def test_bf16_is_checked_only_where_the_gpu_computes_in_it(monkeypatch):
+    """A T4 or V100 (before sm_80) would check torch's and Triton's bf16 emulation: left out there."""
+    assert check.checked_dtypes(torch.device("cpu")) == ([torch.float32, torch.float64],) * 2
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert check.checked_dtypes(torch.device("cuda")) == ([torch.float32, torch.float16], [torch.float32])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert check.checked_dtypes(torch.device("cuda")) == ([torch.float32, torch.float16, torch.bfloat16],
+                                                          [torch.float32, torch.bfloat16])

@@ -559,7 +559,7 @@ def test_amp_bf16_on_a_gpu_without_bf16_is_refused(tmp_path, monkeypatch):
 
     config = resolve_config(build_parser().parse_args(TINY + ["--amp", "bf16", "--out", str(tmp_path)]), 1)
     check_amp(config)                                                      # the CPU has bf16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
     on_gpu = dataclasses.replace(config, device="cuda")
     with pytest.raises(ValueError, match=r"--amp bf16: Tesla V100-SXM2-16GB has no bf16 arithmetic .* --amp fp16"):

@@ -14,7 +14,7 @@ fused ops on their own); it re-exports the settings and the input pool:
   ``host_target``), and compiled with and without ``RSG``).
 - ``variant_unavailable(variant, device, ...)``: why a variant cannot run here, or None
   (``triton_unavailable(device)``: the same for the Triton kernels, shared with ``op_cases``;
-  ``amp_unavailable(dtype, device)``: for module and step rows in a half dtype).
+  ``dtype_unavailable(dtype, device)``: for rows in a half dtype).
 - ``module_case`` / ``step_case`` / ``make_case``: a ``Case`` whose ``fn()`` runs one call on the next
   input rotation, in the pool's dtype: an fp32 pool runs as the published scripts do, a bf16 or fp16
   pool under ``torch.autocast`` in that dtype (``rsg-fast bench --amp``), as ``rsg-fast train --amp``
@@ -38,13 +38,14 @@ from rsg_fast.bench.inputs import InputPool, default_rotations
 from rsg_fast.bench.settings import (
     PHASES, PUBLIC_SHAPES, SETTINGS, Setting, label_counts, pair_count, phase_epoch,
 )
+from rsg_fast.cli_args import lacks_bf16
 from rsg_fast.compiling import compile_with_rsg
 
 __all__ = [
     "SETTINGS", "PUBLIC_SHAPES", "PHASES", "Setting", "label_counts", "pair_count", "phase_epoch",
     "InputPool", "default_rotations", "DTYPES", "AMP_DTYPES", "dtype_name", "autocast_to",
     "MODULE_VARIANTS", "STEP_VARIANTS", "ALL_VARIANTS", "COMPILED_VARIANTS", "HOST_TARGET_VARIANTS",
-    "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "triton_unavailable", "variant_unavailable", "amp_unavailable",
+    "GROUP_OF", "LAMBDA_CESC", "LAMBDA_MV", "Case", "triton_unavailable", "variant_unavailable", "dtype_unavailable",
     "rsg_args", "build_module",
     "module_bytes", "module_case", "build_step_model", "step_case", "make_case", "build",
 ]
@@ -124,12 +125,11 @@ def variant_unavailable(variant: str, device, *, with_compile: bool, setting: Se
     return None
 
 
-def amp_unavailable(dtype: str, device) -> str | None:
-    """Why module and step rows cannot run in ``dtype`` (a bench dtype name) on ``device``, or None."""
-    if (dtype == "bf16" and torch.device(device).type == "cuda"
-            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+def dtype_unavailable(dtype: str, device) -> str | None:
+    """Why rows cannot run in ``dtype`` (a bench dtype name) on ``device``, or None."""
+    if dtype == "bf16" and lacks_bf16(device):
         # torch would emulate bf16 there: a timing of the emulation, not of what users run
-        return "this GPU has no bf16 arithmetic (Ampere or later has); --amp fp16 is its format"
+        return "this GPU has no bf16 arithmetic (Ampere or later has); fp16 is its half precision"
     return None
 
 

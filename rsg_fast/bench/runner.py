@@ -93,7 +93,7 @@ def plan_rows(plan: Plan, setting: bc.Setting) -> list[Planned]:
             if group not in plan.groups:
                 continue
             why = (bc.variant_unavailable(variant, plan.device, with_compile=plan.compile, setting=setting)
-                   or bc.amp_unavailable(dtype, plan.device))
+                   or bc.dtype_unavailable(dtype, plan.device))
             phases = ["-"] if variant in ("resnet32", "resnet32-compiled") else plan.phases
             out += [Planned(setting, group, variant, phase, dtype, why=why) for phase in phases]
     if "op" in plan.groups:
@@ -101,7 +101,8 @@ def plan_rows(plan: Plan, setting: bc.Setting) -> list[Planned]:
         for op in plan.ops:
             for impl in plan.op_impls:
                 why = op_cases.op_unavailable(impl, plan.device)
-                out += [Planned(setting, "op", f"{op}:{impl}", "-", dtype, mode, why)
+                out += [Planned(setting, "op", f"{op}:{impl}", "-", dtype, mode,
+                                why or bc.dtype_unavailable(dtype, plan.device))
                         for dtype in plan.dtypes for mode in modes]
     return out
 

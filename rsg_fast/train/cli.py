@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.backend import resolve_backend, triton_available, triton_interpret
-from rsg_fast.cli_args import UsageError, parse_args, usage_error_exit
+from rsg_fast.cli_args import UsageError, lacks_bf16, parse_args, usage_error_exit
 from rsg_fast.data import LIST_DATASETS
 from rsg_fast.train.arguments import PROG, build_parser
 from rsg_fast.train.config import TrainConfig, resolve_config
@@ -108,7 +108,7 @@ def check_amp(config: TrainConfig) -> None:
     """``ValueError`` naming ``--amp`` when bf16 is asked of a CUDA GPU without bf16 arithmetic (before
     Ampere), where torch would emulate it slowly or fail inside a kernel: fp16 is that GPU's format."""
     device = torch.device(config.device)
-    if config.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if config.amp == "bf16" and lacks_bf16(device):
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"--amp bf16: {name} has no bf16 arithmetic (it needs an Ampere or later GPU); use "
                          "--amp fp16 (autocast with loss scaling) or --amp off")
