@@ -518,16 +518,26 @@ def test_speed_flags_bf16_channels_last_and_compile(tmp_path, monkeypatch):
             assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-6), (a["epoch"], key, a[key], b[key])
 
 
-def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, tmp_path, capsys):
-    """--amp fp16 trains through the generation phase with torch's GradScaler, whose state (the scale
-    and the steps since it last moved) is saved in checkpoint_last and restored by --resume: a split run
-    equals an uninterrupted one, scaler state included (without the restore the split run's step count
-    would restart at the resumed epoch). A run trained without fp16 resumes with --amp fp16 on a fresh
-    scaler."""
+def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, tmp_path, capsys, monkeypatch):
+    """--amp fp16 trains through the generation phase under fp16 autocast with torch's GradScaler, whose
+    state (the scale and the steps since it last moved) is saved in checkpoint_last and restored by
+    --resume: a split run equals an uninterrupted one, scaler state included (without the restore the
+    split run's step count would restart at the resumed epoch). A run trained without fp16 resumes with
+    --amp fp16 on a fresh scaler."""
+    from rsg_fast import RSG
+
+    forward, autocast_seen = RSG.forward, set()
+
+    def recording(self, *args, **kwargs):   # the autocast state each training forward of RSG runs under
+        autocast_seen.add((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(RSG, "forward", recording)
     args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--loss-type", "CE",
                    "--train-rule", "None", "--amp", "fp16"]
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     assert main(args + ["--out", whole]) == 0
+    assert autocast_seen == {(True, torch.float16)}     # not fp32 with a scaler, nor bf16
     records = _records(whole)
     assert records[-1]["n_generated"] > 0 and all(math.isfinite(r["loss"]) for r in records)
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["amp"] == "fp16"
