@@ -578,6 +578,27 @@ def test_amp_bf16_on_a_gpu_without_bf16_is_refused(tmp_path, monkeypatch):
     check_amp(dataclasses.replace(on_gpu, amp="off"))
 
 
+def test_amp_bf16_asks_the_gpu_the_run_is_on(tmp_path, monkeypatch):
+    """--device cuda:1 on a machine whose current GPU (0) has bf16 and GPU 1 has none (an A100 beside a
+    T4): torch.cuda.is_bf16_supported answers for the current GPU, so the check must ask the run's GPU
+    (stand-ins for the GPUs' answers)."""
+    from rsg_fast.train.cli import check_amp
+
+    capability = {0: (8, 0), 1: (7, 5)}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)   # GPU 0's answer
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capability[torch.cuda.current_device() if device is None
+                                                       or torch.device(device).index is None
+                                                       else torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    config = resolve_config(build_parser().parse_args(TINY + ["--amp", "bf16", "--out", str(tmp_path)]), 1)
+    check_amp(dataclasses.replace(config, device="cuda:0"))
+    check_amp(dataclasses.replace(config, device="cuda"))                 # the current GPU
+    with pytest.raises(ValueError, match=r"--amp bf16: Tesla T4 has no bf16 arithmetic"):
+        check_amp(dataclasses.replace(config, device="cuda:1"))
+
+
 def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):
     """--epoch-thresh at or past the last epoch index never generates, --stop-after-epoch past --epochs
     never stops: both were accepted silently. Said as warnings (a schedule may be meant for a run
