@@ -60,6 +60,8 @@ def pool(setting, device) -> bc.InputPool:
     name = os.environ.get("RSG_BENCH_AMP", "off")
     if name not in bc.AMP_DTYPES:
         raise pytest.UsageError(f"RSG_BENCH_AMP={name!r}: choose one of {', '.join(bc.AMP_DTYPES)}")
+    if why := bc.dtype_unavailable(bc.AMP_DTYPES[name], device):     # as rsg-fast bench skips those rows
+        pytest.skip(why)
     return bc.InputPool(setting, device, dtype=bc.DTYPES[bc.AMP_DTYPES[name]])
 
 
@@ -69,6 +71,8 @@ def op_pool(setting, device) -> bc.InputPool:
     name = os.environ.get("RSG_BENCH_DTYPE", "fp32")
     if name not in op_cases.DTYPES:
         raise pytest.UsageError(f"RSG_BENCH_DTYPE={name!r}: choose one of {', '.join(op_cases.DTYPES)}")
+    if why := bc.dtype_unavailable(name, device):
+        pytest.skip(why)
     return bc.InputPool(setting, device, dtype=op_cases.DTYPES[name])
 
 

@@ -892,12 +892,14 @@ class _RecordingScaler(torch.amp.GradScaler):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.calls = []
+        self.calls, self.factors = [], []
         self.made.append(self)
 
     def scale(self, outputs):
         self.calls.append("scale")
-        return super().scale(outputs)
+        scaled = super().scale(outputs)
+        self.factors.append(float((scaled / outputs).detach()) if self.is_enabled() else 1.0)
+        return scaled
 
     def step(self, optimizer, *args, **kwargs):
         self.calls.append("step")
@@ -920,14 +922,21 @@ def test_step_case_under_amp_runs_under_autocast_and_fp16_scales_its_loss(dtype,
     seen = []
     model.rsg.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, torch.is_autocast_enabled("cpu"))))
     case = bc.step_case("resnet32+rsg", setting, "generation", pool, model=(model, optimiser))
-    case.fn()
-    assert case.dtype == dtype
-    assert seen == [(bc.DTYPES[dtype] if dtype != "fp32" else torch.float32, dtype != "fp32")]
     (scaler,) = _RecordingScaler.made
     assert scaler.is_enabled() == (dtype == "fp16")
     if dtype == "fp16":
+        # the case settled the scale before any timing: the first steps overflowed at 2**16 and were skipped
+        assert 3 <= len(scaler.calls) <= 3 * bc.SCALER_SETTLE_STEPS and scaler.get_scale() < 2.0 ** 16
+    else:
+        assert scaler.calls == [] and seen == []
+    seen.clear(), scaler.calls.clear(), scaler.factors.clear()
+    scale = scaler.get_scale()
+    case.fn()
+    assert case.dtype == dtype
+    assert seen == [(bc.DTYPES[dtype] if dtype != "fp32" else torch.float32, dtype != "fp32")]
+    if dtype == "fp16":
         assert scaler.calls == ["scale", "step", "update"]
-        assert scaler.get_scale() > 1       # the loss was multiplied before the backward
+        assert scaler.factors == [scale]     # the loss was multiplied by the scale before the backward
 
 
 def test_half_pools_keep_the_images_in_fp32():

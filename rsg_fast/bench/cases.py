@@ -59,6 +59,8 @@ COMPILED_VARIANTS = tuple(v for v in ALL_VARIANTS if v.endswith("-compiled"))
 GROUP_OF = {**{v: "module" for v in MODULE_VARIANTS}, **{v: "step" for v in STEP_VARIANTS}}
 # The loss weights of the published CIFAR scripts: L_cls + 0.1 * cesc + 0.01 * mv.
 LAMBDA_CESC, LAMBDA_MV = 0.1, 0.01
+# fp16 step cases: at most this many steps before timing for the GradScaler to stop overflowing
+SCALER_SETTLE_STEPS = 16
 # The dtype names of bench rows (``Case.dtype``, --dtypes, --amp).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # --amp (and benchmarks/' RSG_BENCH_AMP) names -> the dtype of the module and step rows
@@ -284,6 +286,13 @@ def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed:
         scaler.step(opt)
         scaler.update()
 
+    # fp16: the scaler starts high and halves its scale at each step whose gradients overflow, skipping
+    # the update; steps until it holds, so the timed ones (and the memory probe's) update the weights
+    for _ in range(SCALER_SETTLE_STEPS if scaler.is_enabled() else 0):
+        scale = scaler.get_scale()
+        fn()
+        if scaler.get_scale() >= scale:
+            break
     return Case("step", variant, phase, fn, None, reset=lambda: opt.zero_grad(set_to_none=True),
                 dtype=dtype_name(pool.dtype))
 
