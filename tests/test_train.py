@@ -562,6 +562,20 @@ def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, t
     capsys.readouterr()
 
 
+def test_amp_fp16_on_the_cpu_is_said_to_be_slow(tmp_path, capsys):
+    """fp16 convolutions on a CPU run about 10x slower than fp32: accepted (tests use it), with a warning."""
+    from rsg_fast.train.cli import _slow_settings
+
+    def notes(*flags):
+        return _slow_settings(resolve_config(build_parser().parse_args(TINY + ["--out", str(tmp_path), *flags]), 1))
+
+    (slow,) = notes("--amp", "fp16")
+    assert slow.startswith("--amp fp16 on the CPU: CPUs have no fp16 convolutions") and "--amp bf16" in slow
+    assert notes("--amp", "bf16") == [] and notes() == []
+    assert main(TINY + ["--amp", "fp16", "--epochs", "2", "--synthetic-max", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "warning: --amp fp16 on the CPU" in capsys.readouterr().err          # said before the data's error
+
+
 def test_amp_bf16_on_a_gpu_without_bf16_is_refused(tmp_path, monkeypatch):
     """A pre-Ampere GPU has no bf16 arithmetic: --amp bf16 there is a usage error that offers fp16,
     before any data is read (checked with a stand-in for the GPU's answer)."""

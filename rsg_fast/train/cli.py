@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if resume is not None and not os.path.isfile(resume):
             raise ValueError(f"--resume: checkpoint not found: {os.path.abspath(resume)!r}")
         if proc.is_main:
-            for line in _settings_that_do_nothing(config, args.stop_after_epoch):
+            for line in _settings_that_do_nothing(config, args.stop_after_epoch) + _slow_settings(config):
                 print(f"{PROG}: warning: {line}", file=sys.stderr)
     except UsageError as err:
         return usage_error_exit(err)
@@ -155,6 +155,14 @@ def _schedule_changes(theirs: dict, ours: dict) -> str:
     """``key old -> new`` for each of SCHEDULE_KEYS that differs between two configurations."""
     return ", ".join(f"{k} {theirs[k]} -> {ours[k]}" for k in SCHEDULE_KEYS
                      if k in theirs and theirs[k] != ours.get(k))
+
+
+def _slow_settings(config) -> list[str]:
+    """Accepted settings much slower than the default on this run's device (said, not refused)."""
+    if config.amp == "fp16" and torch.device(config.device).type == "cpu":
+        return ["--amp fp16 on the CPU: CPUs have no fp16 convolutions, so this run is several times slower "
+                "than in fp32 (fp16 is for GPUs; --amp bf16 is the CPU's half precision)"]
+    return []
 
 
 def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
