@@ -102,6 +102,36 @@ def test_float64_module_under_autocast_computes_in_float64(autocast_dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_autocast_losses_past_fp16s_range_stay_exact(backend):
+    """rsg-fast train --amp fp16: sums far past fp16's largest value (65504), as at any real map size,
+    are accumulated and returned in fp32 from fp16 maps, on both backends: CESC's distances (a sample's
+    sum of |x - c|^2 here about 2e5) and the MV terms' squared norms (C = 256 values of about 500 per
+    row or location). Finite, and within fp16 input rounding of a float64 ReferenceRSG given the same
+    fp16 maps, parameter gradients too, in both MV-loss groupings."""
+    for mv_loss in ("original", "paper"):
+        torch.manual_seed(0)
+        ref = ReferenceRSG(3, [256, 3, 5], 4, 6, [0, 1], 1.0, 3, mv_loss=mv_loss).double()
+        fast = RSG(3, [256, 3, 5], 4, 6, [0, 1], 1.0, 3, mv_loss=mv_loss, backend=backend)
+        fast.load_state_dict(ref.state_dict())
+        x = (torch.randn(8, 256, 3, 5) * 16).half()
+        y = torch.tensor([0, 0, 1, 0, 2, 3, 3, 2])
+        for epoch in (0, 9):
+            with torch.autocast("cpu", dtype=torch.float16):
+                got = fast(x, [0, 1], y, epoch)
+            expect = ref(x.double(), [0, 1], y, epoch)
+            assert got[1].dtype == got[2].dtype == torch.float32 and got[1] > 2 * 65504, (epoch, got[1])
+            for a, b in zip(got[1:3], expect[1:3]):
+                close(a, b, rtol=2e-3)
+            for model, out in ((fast, got), (ref, expect)):
+                model.zero_grad()
+                (out[1] + out[2]).backward()
+            for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+                if q.grad is not None:
+                    assert p.grad is not None and torch.isfinite(p.grad).all(), (mv_loss, epoch, name)
+                    close(p.grad, q.grad, rtol=2e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("offset", [1e3, 1e4])
 def test_large_common_offset_keeps_the_cesc_loss_and_centre_gradients_exact(backend, offset):
     """fp32 maps at offset +- 0.01 with centres on the data: loss_cesc and the centre gradients
