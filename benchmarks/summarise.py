@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from rsg_fast.bench.report import SCHEMA, measured_text
+from rsg_fast.bench.report import SCHEMA, measured_text, row_dtype
 
 
 def _f(value, spec, suffix=""):
@@ -34,7 +34,7 @@ def rows(docs):
                 continue
             counts = f" {_f(r.get('launches'), 'd')} | {_f(r.get('host_syncs'), 'd')} |" if counted else ""
             # a row timed under autocast (--amp) says so beside its phase
-            phase = r["phase"] if r.get("dtype", "fp32") == "fp32" else f"{r['phase']} ({r['dtype']} autocast)"
+            phase = r["phase"] if row_dtype(r) == "fp32" else f"{r['phase']} ({r['dtype']} autocast)"
             yield (f"| {r['setting']} | {r['variant']} | {phase} | {r['median_ms']:.1f} "
                    f"({r['p25_ms']:.1f}..{r['p75_ms']:.1f}) | {_f(r.get('speedup_vs_reference'), '.1f', 'x')} | "
                    f"{_f(r.get('overhead_vs_no_rsg_pct'), '+.1f', ' %')} | {_f(r.get('peak_mem_mb'), '.1f')} |{counts} "

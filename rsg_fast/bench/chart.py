@@ -16,7 +16,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from rsg_fast.bench.report import row_case
+from rsg_fast.bench.report import row_case, row_dtype
 
 PHASE_COLOURS = {"contrastive": "#4c72b0", "generation": "#dd8452", "-": "#55a868"}
 OP_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
@@ -182,7 +182,7 @@ def _panel_lines(names: list[str], timed: list[dict]) -> list[tuple[str, str, st
     rows (--amp), titled with the dtype where the setting has rows under autocast."""
     lines = []
     for name in names:
-        dtypes = list(dict.fromkeys(r.get("dtype", "fp32") for r in timed
+        dtypes = list(dict.fromkeys(row_dtype(r) for r in timed
                                     if r["setting"] == name and r.get("group") != "op")) or ["fp32"]
         for dtype in dtypes:
             title = name if dtypes == ["fp32"] else f"{name}, {dtype}{' autocast' if dtype != 'fp32' else ''}"
@@ -225,7 +225,7 @@ def draw_chart(result: dict):
     labels = []
     for i, (name, dtype, title) in enumerate(lines):
         rows = [r for r in timed if r["setting"] == name]
-        whole = [r for r in rows if r.get("group") != "op" and r.get("dtype", "fp32") == dtype]
+        whole = [r for r in rows if r.get("group") != "op" and row_dtype(r) == dtype]
         first = i == 0 or lines[i - 1][0] != name
         panels = []
         if has_whole:

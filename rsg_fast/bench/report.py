@@ -39,13 +39,18 @@ def measured_text(target: dict) -> str:
     return _fmt(target["measured"], ".0f" if target["unit"].startswith(" ") else ".2f", target["unit"])
 
 
+def row_dtype(r: dict) -> str:
+    """A row's dtype; a module or step row of a file written before ``--amp`` has none: fp32."""
+    return r.get("dtype", "fp32")
+
+
 def row_case(r: dict) -> str:
     """Which of its variant's rows ``r`` is, for the lists of rows not timed: a module or step row's
     phase (under autocast its dtype first: "bf16 contrastive", or "bf16" without a phase), an op
     row's dtype and mode."""
     if r.get("group") == "op":
         return f"{r['dtype']} {r['mode']}"
-    dtype = r.get("dtype", "fp32")
+    dtype = row_dtype(r)
     return r["phase"] if dtype == "fp32" else f"{dtype} {r['phase']}".removesuffix(" -")
 
 
@@ -68,7 +73,7 @@ def _table(head: list[str], lines: list[list[str]], skipped: list[tuple[str, str
 
 def _module_lines(rows: list[dict], cuda: bool) -> list[str]:
     # a dtype column only where some row ran under autocast (--amp): an fp32 run's table stays as it was
-    amp = any(r.get("dtype", "fp32") != "fp32" for r in rows)
+    amp = any(row_dtype(r) != "fp32" for r in rows)
     head = ["variant", "phase", *(["dtype"] if amp else []), "median ms", "spread ms", "vs ref", "vs no-RSG",
             "peak MB"] + (["GB/s", "% copy", "launches", "syncs"] if cuda else [])
     lines, skipped = [], []
@@ -76,7 +81,7 @@ def _module_lines(rows: list[dict], cuda: bool) -> list[str]:
         if r.get("median_ms") is None:
             skipped.append((r["variant"], row_case(r), r["status"]))
             continue
-        line = [r["variant"], r["phase"], *([r.get("dtype", "fp32")] if amp else []), f"{r['median_ms']:.2f}",
+        line = [r["variant"], r["phase"], *([row_dtype(r)] if amp else []), f"{r['median_ms']:.2f}",
                 f"{r['p25_ms']:.2f}..{r['p75_ms']:.2f}", _fmt(r.get("speedup_vs_reference"), ".1f", "x"),
                 _fmt(r.get("overhead_vs_no_rsg_pct"), "+.1f", "%"), _fmt(r.get("peak_mem_mb"), ".1f")]
         if cuda:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from rsg_fast.bench.report import row_dtype
+
 
 @dataclass(frozen=True)
 class Target:
@@ -65,7 +67,7 @@ def _entry(target: Target, row: dict, measured: float | None, **extra) -> dict:
              "phase": row.get("phase"), "measured": measured, "unit": t.unit, "status": status, "goal": t.goal}
     if row.get("group") == "op":
         entry.update(dtype=row.get("dtype"), mode=row.get("mode"))
-    elif row.get("dtype", "fp32") != "fp32":     # a module or step row under autocast names its dtype
+    elif row_dtype(row) != "fp32":     # a module or step row under autocast names its dtype
         entry["dtype"] = row["dtype"]
     return entry | extra
 
@@ -79,7 +81,7 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
     device, timed = result["device"], [r for r in result["rows"] if r.get("median_ms") is not None]
     cpu, cuda = device["type"] == "cpu", device["type"] == "cuda"
     # the targets' module and step rows are fp32 (a row written before --amp has no dtype: fp32)
-    rows = [r for r in timed if r.get("group") == "op" or r.get("dtype", "fp32") == "fp32"]
+    rows = [r for r in timed if r.get("group") == "op" or row_dtype(r) == "fp32"]
     by_key = {(r["setting"], r["variant"], r["phase"]): r for r in rows if r.get("group") != "op"}
     settings = {s["name"]: s for s in result["settings"]}
     # an op replayed from a CUDA graph is the kernels' own time; its eager row adds the host's launches
@@ -142,7 +144,7 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
 
 
 def _row_key(r: dict) -> tuple:
-    return (r["setting"], r["variant"], r["phase"], r.get("dtype", "fp32"), r.get("mode", "eager"))
+    return (r["setting"], r["variant"], r["phase"], row_dtype(r), r.get("mode", "eager"))
 
 
 def _against_baseline(rows: list[dict], baseline: dict) -> list[dict]:
