@@ -56,12 +56,13 @@ def build_eval_parser() -> Parser:
     return p
 
 
-def _relative_note(path: str) -> str:
-    """Checkpoints of rsg-fast 0.1 saved data paths as typed: a relative one is read from the working folder."""
-    if os.path.isabs(path):
-        return ""
-    return (f" as {path!r}, relative to the folder that run was started in, as versions before 0.2 saved it; "
-            "run evaluate from there")
+def _saved_path_missing(what: str, flag: str, path: str) -> FileNotFoundError:
+    """The error for a data path saved in the checkpoint that is not here (a path not typed here: say
+    where it came from). rsg-fast 0.1 saved paths as typed: a relative one is read from this folder."""
+    relative = "" if os.path.isabs(path) else (f" as {path!r}, relative to the folder that run was started in, "
+                                               "as versions before 0.2 saved it; run evaluate from there")
+    return FileNotFoundError(f"the run's {what} {os.path.abspath(path)!r} (its {flag}, saved in the "
+                             f"checkpoint{relative}) is not found; give {flag}")
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -91,14 +92,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         # empty --test-list is no list, as in train; CIFAR and synthetic-lt read none (train saves one given).
         use_saved = runs_data and dataset in LIST_DATASETS and args.test_list is None
         saved_list = cfg.get("test_list") if use_saved else None
-        if saved_list and not os.path.isfile(saved_list):   # a path not typed here: say where it came from
-            raise FileNotFoundError(f"the run's test list {os.path.abspath(saved_list)!r} (its --test-list, saved in "
-                                    f"the checkpoint{_relative_note(saved_list)}) is not found; give --test-list")
+        if saved_list and not os.path.isfile(saved_list):
+            raise _saved_path_missing("test list", "--test-list", saved_list)
         reads_root = runs_data and dataset != "synthetic-lt" and args.data_root is None
         saved_root = cfg.get("data_root") if reads_root else None
         if saved_root and not os.path.isabs(saved_root) and not os.path.isdir(saved_root):
-            raise FileNotFoundError(f"the run's data root {os.path.abspath(saved_root)!r} (its --data-root, saved in "
-                                    f"the checkpoint{_relative_note(saved_root)}) is not found; give --data-root")
+            raise _saved_path_missing("data root", "--data-root", saved_root)
         options = dict(root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
                        imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET), seed=cfg["seed"],
                        test_list=args.test_list or saved_list,
