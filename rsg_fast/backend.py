@@ -14,7 +14,6 @@ Rules (``resolve_backend``), in order:
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -25,15 +24,23 @@ ENV_VAR = "RSG_FAST_BACKEND"
 __all__ = ["BACKEND_CHOICES", "ENV_VAR", "check_backend", "resolve_backend", "triton_available", "triton_interpret"]
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_IMPORTS: list[bool] = []     # the answer, once known
+
+
+# A constant to torch.compile: dynamo calls it while tracing instead of tracing into it (it would warn
+# about a functools cache, and trace the imports, on every compile of RSG on CUDA)
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """Whether ``triton`` and ``triton.language`` import (cached: checked once per process)."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising something else
-        return False
-    return True
+    """Whether ``triton`` and ``triton.language`` import (checked once per process)."""
+    if not _TRITON_IMPORTS:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+        except Exception:  # ImportError, or a broken install raising something else
+            _TRITON_IMPORTS.append(False)
+        else:
+            _TRITON_IMPORTS.append(True)
+    return _TRITON_IMPORTS[0]
 
 
 def triton_interpret() -> bool:

@@ -61,7 +61,9 @@ def report():
                               timeout=900)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
         with open(path) as f:
-            return json.load(f)
+            cases = json.load(f)
+        cases["stderr"] = proc.stderr
+        return cases
 
 
 def _case(report, name):
@@ -130,6 +132,12 @@ def test_the_training_graph_traces_on_the_triton_path(report, phase, forward, ba
     assert forward <= set(case["forward_kernels"]), case
     assert set(case["backward_kernels"]) == backward, case
     assert not set(case["forward_kernels"]) & set(case["backward_kernels"]), case
+
+
+def test_compiling_for_cuda_warns_of_nothing(report):
+    """No warning from dynamo or inductor while compiling RSG for CUDA (a user would see it on every
+    compile; the Triton path's backend resolution once drew dynamo's functools-cache warning)."""
+    assert re.findall(r"^.*Warning: .*$", report["stderr"], re.M) == []
 
 
 def test_the_wrapper_reader_finds_a_blocking_copy_and_syncs_in_real_wrappers(report):
