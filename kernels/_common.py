@@ -25,6 +25,10 @@ import triton.language as tl
 
 from rsg_fast.ops._common import acc_dtype  # noqa: F401  one rule for both backends
 
+from . import _interpreter_compat
+
+_interpreter_compat.install()    # the CPU interpreter of Triton <= 3.6 under NumPy >= 2.5
+
 _POISON = False
 
 
