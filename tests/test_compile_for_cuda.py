@@ -13,7 +13,10 @@ the same way on its own. What the wrapper must show:
   in the contrastive phase and none at all given ``host_target``;
 - no host-to-device copy and no CPU buffer (a non_blocking=False copy from the host syncs the
   stream), except the pair indices and labels that ``host_target`` sends, asynchronously;
-- with the constructor's head classes and with others (the head table is built on the device).
+- with the constructor's head classes and with others (the head table is built on the device);
+- under ``mode="reduce-overhead"``, every kernel inside the partitions CUDA graphs replay, nothing
+  launched on the device between them: one graph in the contrastive phase, two in the generation
+  phase (split at its sync), one given ``host_target``.
 Positive controls (a table sent from the CPU, ``.item()``, ``torch.nonzero``) compiled by the same
 inductor show that the wrapper reader sees copies and syncs in the form this torch writes them.
 
@@ -106,6 +109,25 @@ def test_compiled_forward_with_host_target_never_syncs(report):
     assert all(c["to_device"] and c["non_blocking"] for c in case["copies"]), case["copies"]
 
 
+@pytest.mark.parametrize("name, kernels, partitions, syncs", [
+    ("contrastive-cudagraphs", CONTRASTIVE_KERNELS, 1, 0),
+    ("contrastive-host-target-cudagraphs", CONTRASTIVE_KERNELS - {"_batch_plan_kernel"}, 1, 0),
+    ("generation-cudagraphs", GENERATION_KERNELS, 2, 1),
+    ("generation-host-target-cudagraphs", GENERATION_KERNELS - {"_batch_plan_kernel", "_pair_indices_kernel"}, 1, 0),
+])
+def test_reduce_overhead_puts_all_device_work_in_cuda_graphs(report, name, kernels, partitions, syncs):
+    """``torch.compile(mode="reduce-overhead")``: every kernel is in a partition that a CUDA graph
+    replays, and the host code around them launches nothing on the device. The contrastive phase
+    is one graph; the generation phase is two, split at its one sync (the number of new samples),
+    or one given ``host_target`` (its pairing runs on the CPU, outside, with the copies)."""
+    case = _case(report, name)
+    assert case["partitions"] == partitions, case
+    assert kernels <= set(case["partition_kernels"]), (name, sorted(kernels - set(case["partition_kernels"])))
+    assert case["user_kernels"] == [] and case["launches"] == len(case["cpu_ops"]), (name, case["launched"])
+    assert case["device_syncs"] == syncs, case
+    assert all(c["to_device"] and c["non_blocking"] for c in case["copies"]), case["copies"]
+
+
 @pytest.mark.parametrize("op", sorted(BACKWARD_KERNELS))
 def test_compiled_backward_op_runs_its_triton_kernels(report, op):
     case = _case(report, op)
@@ -151,6 +173,9 @@ def test_the_wrapper_reader_finds_a_blocking_copy_and_syncs_in_real_wrappers(rep
 
 def test_the_wrapper_reader_on_the_forms_inductor_writes():
     text = "\n".join([
+        "def partition_0(args):",
+        "        _center_assign_fwd_kernel_1.run(arg0_1, stream=raw_stream0)",
+        "def partition_1(args):",
         "    def call(self, args):",
         "        buf0 = empty_strided_cpu((5, ), (1, ), torch.bool)",
         "        buf1 = reinterpret_tensor(buf0, (1, ), (1, ), 3)  # alias",
@@ -167,12 +192,16 @@ def test_the_wrapper_reader_on_the_forms_inductor_writes():
         "        _mv_terms_fwd_kernel_4.run(buf39, buf33, stream=raw_stream0)",
         "        triton_poi_fused_cat_4.run(arg0_1, stream=raw_stream0)",
         "        buf44 = extern_kernels.addmm(arg8_1, buf43, arg7_1)",
+        "        buf45 = torch.ops.aten.sort.stable(buf0, stable=True, dim=0, descending=False)",
     ])
     got = _read_wrapper(text)
     assert got["device_syncs"] == 4 and got["cpu_buffers"] == 1
     assert [(c["to_device"], c["non_blocking"]) for c in got["copies"]] == [(True, False), (False, True)]
-    assert got["user_kernels"] == ["_mv_terms_fwd_kernel"] and got["launches"] == 4
-    assert got["launched"] == ["aten.nonzero.default", "_mv_terms_fwd_kernel_4", "triton_poi_fused_cat_4", "addmm"]
+    assert got["user_kernels"] == ["_mv_terms_fwd_kernel"] and got["launches"] == 5
+    assert got["launched"] == ["aten.nonzero.default", "_mv_terms_fwd_kernel_4", "triton_poi_fused_cat_4", "addmm",
+                               "aten.sort.stable"]
+    assert got["cpu_ops"] == ["aten.sort.stable"]             # on buf0, a host buffer
+    assert got["partitions"] == 2 and got["partition_kernels"] == ["_center_assign_fwd_kernel"]
 
 
 def _read_wrapper(code: str) -> dict:
@@ -181,6 +210,9 @@ def _read_wrapper(code: str) -> dict:
     device buffer or not, non_blocking or not), CPU buffers, kernel and library launches."""
     found = re.search(r"^\s*def call\(", code, re.M)
     assert found, "no call() in the wrapper: its format changed; update _read_wrapper"
+    # under CUDA graphs (mode="reduce-overhead") the device work is in partition functions defined
+    # before call(), which calls them; what call() itself runs stays outside every graph
+    partitions = code[:found.start()]
     lines = [line.split("  #")[0].rstrip() for line in code[found.start():].splitlines()]
     device = {}                                            # buffer -> "cpu" | "cuda"
     for line in lines:
@@ -206,7 +238,13 @@ def _read_wrapper(code: str) -> dict:
             "user_kernels": sorted(set(re.findall(r"\b(_\w+_kernel)_\d+\.run\(", body))),
             "launched": ["".join(names) for names in re.findall(
                 r"\b(\w+)\.run\(|\bextern_kernels\.(\w+)\(|\btorch\.ops\.(\w+\.\w+\.\w+)\(", body)],
-            "launches": len(re.findall(r"\.run\(|\bextern_kernels\.\w+\(|\btorch\.ops\.\w+\.\w+\.\w+\(", body))}
+            "launches": len(re.findall(r"\.run\(|\bextern_kernels\.\w+\(|\btorch\.ops\.\w+\.\w+\.\w+\(", body)),
+            # library ops on a host buffer (host_target's pairing): CPU work, not device launches
+            "cpu_ops": ["".join(names) for names, arg in (((m.group(1) or "", m.group(2) or ""), m.group(3)) for m in
+                        re.finditer(r"\bextern_kernels\.(\w+)\(|\btorch\.ops\.(\w+\.\w+\.\w+)\((\w+)", body))
+                        if device.get(arg) == "cpu"],
+            "partitions": len(re.findall(r"^def partition_\d+\(", partitions, re.M)),
+            "partition_kernels": sorted(set(re.findall(r"\b(_\w+_kernel)_\d+\.run\(", partitions)))}
 
 
 # ----------------------------------------------------------------------------- the subprocess
@@ -301,9 +339,9 @@ def _unless_captured(exc: BaseException, captured: bool) -> str | None:
     return "".join(traceback.format_exception(chain[-1]))[-6000:]
 
 
-def _compile_and_capture(fn, *args, _dynamic=None, **kwargs) -> dict:
-    """Compile ``fn`` with inductor (fullgraph; ``dynamic=_dynamic``) on fake inputs; the wrapper of its
-    last graph, read."""
+def _compile_and_capture(fn, *args, _dynamic=None, _mode=None, **kwargs) -> dict:
+    """Compile ``fn`` with inductor (fullgraph; ``dynamic=_dynamic``, ``mode=_mode``) on fake inputs; the
+    wrapper of its last graph, read."""
     import torch
     import torch._dynamo
 
@@ -311,7 +349,7 @@ def _compile_and_capture(fn, *args, _dynamic=None, **kwargs) -> dict:
     _WRAPPERS.clear()
     error = None
     try:
-        torch.compile(fn, backend="inductor", fullgraph=True, dynamic=_dynamic)(*args, **kwargs)
+        torch.compile(fn, backend="inductor", fullgraph=True, dynamic=_dynamic, mode=_mode)(*args, **kwargs)
         error = "the compiled call returned: the wrapper was never captured"
     except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
         error = _unless_captured(exc, captured=len(_WRAPPERS) > 0)
@@ -375,6 +413,11 @@ def _main(report_path):
         # dynamic=True (README: one graph per phase): kernels generic in the batch size
         cases["generation-dynamic"] = _compile_and_capture(rsg, x, heads, y, gen, _dynamic=True)
         cases["contrastive-dynamic"] = _compile_and_capture(rsg, x, heads, y, 1, _dynamic=True)
+        # mode="reduce-overhead": inductor puts the device work in partitions that CUDA graphs replay
+        for phase, epoch in (("contrastive", 1), ("generation", gen)):
+            cases[f"{phase}-cudagraphs"] = _compile_and_capture(rsg, x, heads, y, epoch, _mode="reduce-overhead")
+            cases[f"{phase}-host-target-cudagraphs"] = _compile_and_capture(rsg, x, heads, y, epoch, host_target=host_y,
+                                                                            _mode="reduce-overhead")
         for name, args in bwd.items():
             op = getattr(torch.ops.rsg_fast, name)
             cases[name] = _compile_and_capture(lambda *a, op=op: op(*a), *args)
