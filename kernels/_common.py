@@ -23,11 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
+from rsg_fast.backend import triton_interpret
 from rsg_fast.ops._common import acc_dtype  # noqa: F401  one rule for both backends
 
 from . import _interpreter_compat
 
-_interpreter_compat.install()    # the CPU interpreter of Triton <= 3.6 under NumPy >= 2.5
+if triton_interpret():      # the kernels below run in the interpreter: mend triton <= 3.6's under NumPy >= 2.4
+    _interpreter_compat.install()
 
 _POISON = False
 

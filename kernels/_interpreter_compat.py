@@ -7,8 +7,9 @@ an error ("only 0-dimensional arrays can be converted to Python scalars"; a Depr
 the backward of every fused op, through the CSR kernel. Triton 3.8 converts ``array.squeeze()``.
 
 ``install()`` checks the interpreter's own conversion on a one-element array and, only where that
-fails or warns, makes it convert the array's single element. Nothing changes on a GPU (the
-interpreter is not used) or with a Triton that converts correctly.
+fails or warns, makes it convert the array's single element. The kernels call it only when they
+are defined under ``TRITON_INTERPRET=1`` (on a GPU the interpreter is not even imported), and it
+leaves a Triton that converts correctly as it is.
 """
 from __future__ import annotations
 
