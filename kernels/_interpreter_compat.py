@@ -1,7 +1,7 @@
-"""Keep the Triton interpreter (``TRITON_INTERPRET=1``, the CPU path of the kernels) working with NumPy 2.5.
+"""Keep the Triton interpreter (``TRITON_INTERPRET=1``, the CPU path of the kernels) working with NumPy >= 2.4.
 
 The interpreter holds a kernel's runtime scalar arguments as one-element NumPy arrays, and up to
-Triton 3.6 (torch 2.9 to 2.11) turns one into a Python int with ``int(array)``. NumPy 2.5 made that
+Triton 3.6 (torch 2.9 to 2.11) turns one into a Python int with ``int(array)``. NumPy 2.4 made that
 an error ("only 0-dimensional arrays can be converted to Python scalars"; a DeprecationWarning since
 1.25), so every kernel whose loop bound is a runtime value (``range(0, n, CHUNK)``) fails there:
 the backward of every fused op, through the CSR kernel. Triton 3.8 converts ``array.squeeze()``.
@@ -21,15 +21,15 @@ import numpy as np
 
 
 def _as_int(self) -> int:
-    return int(self.handle.data.reshape(-1)[0])
+    return int(self.handle.data.item())     # like int(array) was: an error unless one element
 
 
 def _index_is_broken(patch_lang_tensor, scope_class) -> bool:
     """Whether the interpreter's ``tensor.__index__`` fails (or warns) on a one-element array."""
     probe = type("Probe", (), {})
-    scope = scope_class() if scope_class else None
+    scope = scope_class() if scope_class is not None else None
     try:
-        patch_lang_tensor(probe, scope) if scope else patch_lang_tensor(probe)
+        patch_lang_tensor(probe, scope) if scope is not None else patch_lang_tensor(probe)
         value = probe.__new__(probe)
         value.handle = types.SimpleNamespace(data=np.array([3], dtype=np.int32))
         with warnings.catch_warnings():
@@ -38,7 +38,7 @@ def _index_is_broken(patch_lang_tensor, scope_class) -> bool:
     except (TypeError, DeprecationWarning):
         return True
     finally:
-        if scope:
+        if scope is not None:
             scope.restore()
 
 

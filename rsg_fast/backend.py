@@ -24,7 +24,7 @@ ENV_VAR = "RSG_FAST_BACKEND"
 __all__ = ["BACKEND_CHOICES", "ENV_VAR", "check_backend", "resolve_backend", "triton_available", "triton_interpret"]
 
 
-_TRITON_IMPORTS: list[bool] = []     # the answer, once known
+_TRITON_AVAILABLE: list[bool] = []     # the answer, once known
 
 
 # A constant to torch.compile: dynamo calls it while tracing instead of tracing into it (it would warn
@@ -32,15 +32,15 @@ _TRITON_IMPORTS: list[bool] = []     # the answer, once known
 @torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Whether ``triton`` and ``triton.language`` import (checked once per process)."""
-    if not _TRITON_IMPORTS:
+    if not _TRITON_AVAILABLE:
         try:
             import triton  # noqa: F401
             import triton.language  # noqa: F401
         except Exception:  # ImportError, or a broken install raising something else
-            _TRITON_IMPORTS.append(False)
+            _TRITON_AVAILABLE.append(False)
         else:
-            _TRITON_IMPORTS.append(True)
-    return _TRITON_IMPORTS[0]
+            _TRITON_AVAILABLE.append(True)
+    return _TRITON_AVAILABLE[0]
 
 
 def triton_interpret() -> bool:

@@ -16,7 +16,7 @@ the same way on its own. What the wrapper must show:
 - with the constructor's head classes and with others (the head table is built on the device);
 - under ``mode="reduce-overhead"``, every kernel inside the partitions CUDA graphs replay, nothing
   launched on the device between them: one graph in the contrastive phase, two in the generation
-  phase (split at its sync), one given ``host_target``.
+  phase (split at its sync), one given ``host_target`` (three with torch 2.11).
 Positive controls (a table sent from the CPU, ``.item()``, ``torch.nonzero``) compiled by the same
 inductor show that the wrapper reader sees copies and syncs in the form this torch writes them.
 
@@ -110,10 +110,12 @@ def test_compiled_forward_with_host_target_never_syncs(report):
 
 
 @pytest.mark.parametrize("name, kernels, partitions, syncs", [
-    ("contrastive-cudagraphs", CONTRASTIVE_KERNELS, 1, 0),
-    ("contrastive-host-target-cudagraphs", CONTRASTIVE_KERNELS - {"_batch_plan_kernel"}, 1, 0),
-    ("generation-cudagraphs", GENERATION_KERNELS, 2, 1),
-    ("generation-host-target-cudagraphs", GENERATION_KERNELS - {"_batch_plan_kernel", "_pair_indices_kernel"}, 1, 0),
+    ("contrastive-cudagraphs", CONTRASTIVE_KERNELS, {1}, 0),
+    ("contrastive-host-target-cudagraphs", CONTRASTIVE_KERNELS - {"_batch_plan_kernel"}, {1}, 0),
+    ("generation-cudagraphs", GENERATION_KERNELS, {2}, 1),
+    # torch 2.14 runs the host pairing before the one graph; 2.11 between three (seen on 2026-12-07)
+    ("generation-host-target-cudagraphs", GENERATION_KERNELS - {"_batch_plan_kernel", "_pair_indices_kernel"},
+     {1, 3}, 0),
 ])
 def test_reduce_overhead_puts_all_device_work_in_cuda_graphs(report, name, kernels, partitions, syncs):
     """``torch.compile(mode="reduce-overhead")``: every kernel is in a partition that a CUDA graph
@@ -121,7 +123,7 @@ def test_reduce_overhead_puts_all_device_work_in_cuda_graphs(report, name, kerne
     is one graph; the generation phase is two, split at its one sync (the number of new samples),
     or one given ``host_target`` (its pairing runs on the CPU, outside, with the copies)."""
     case = _case(report, name)
-    assert case["partitions"] == partitions, case
+    assert case["partitions"] in partitions, case
     assert kernels <= set(case["partition_kernels"]), (name, sorted(kernels - set(case["partition_kernels"])))
     assert case["user_kernels"] == [] and case["launches"] == len(case["cpu_ops"]), (name, case["launched"])
     assert case["device_syncs"] == syncs, case
@@ -159,7 +161,9 @@ def test_the_training_graph_traces_on_the_triton_path(report, phase, forward, ba
 def test_compiling_for_cuda_warns_of_nothing(report):
     """No warning from dynamo or inductor while compiling RSG for CUDA (a user would see it on every
     compile; the Triton path's backend resolution once drew dynamo's functools-cache warning)."""
-    assert re.findall(r"^.*Warning: .*$", report["stderr"], re.M) == []
+    warned = re.findall(r"^.*Warning: .*$", report["stderr"], re.M)
+    # torch 2.11's inductor warns that TF32 is off for fp32 matmuls (2.14 logs it): torch's advice, not ours
+    assert [w for w in warned if "TensorFloat32 tensor cores" not in w] == []
 
 
 def test_the_wrapper_reader_finds_a_blocking_copy_and_syncs_in_real_wrappers(report):

@@ -1,50 +1,65 @@
 """kernels/_interpreter_compat.py: the Triton interpreter's int conversion of runtime scalars.
 
 Triton <= 3.6's interpreter converts a scalar kernel argument (a one-element NumPy array) with
-``int(array)``: a DeprecationWarning up to NumPy 2.4, a TypeError from 2.5, which failed the
-backward of every fused op on the CPU (torch 2.11, triton 3.6, numpy 2.5.5; 2026-12-07). Whatever
-Triton and NumPy this runs with, these tests give the interpreter that old conversion and check the
-fix, in a probe and in a real kernel launch under the interpreter.
+``int(array)``: a DeprecationWarning before NumPy 2.4, a TypeError since, which failed the backward
+of every fused op on the CPU (torch 2.11, triton 3.6, numpy 2.5.5; 2026-12-07). Whatever Triton
+and NumPy this runs with, these tests give the interpreter that old conversion and check the fix, in
+a probe and in a real kernel launch under the interpreter. Triton 3.6+ patches the interpreter's
+tensor through a scope that restores it after each launch; 3.5 sets the attributes for good.
 """
 from __future__ import annotations
 
 import operator
+import os
 import types
 import warnings
 
 import numpy as np
 import pytest
 import torch
-import triton.runtime.interpreter as interpreter
 
-from rsg_fast.kernels import _interpreter_compat as compat
-from rsg_fast.kernels import csr
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="checks the Triton interpreter (TRITON_INTERPRET=1)")
+
+interpreter = pytest.importorskip("triton.runtime.interpreter")
+
+from rsg_fast.kernels import _interpreter_compat as compat  # noqa: E402
+from rsg_fast.kernels import csr  # noqa: E402
+
+SCOPED = hasattr(interpreter, "_LangPatchScope")      # triton >= 3.6
 
 
-def _with_old_conversion(patch_lang_tensor):
-    """The installed interpreter's tensor patch with Triton 3.6's conversion, which NumPy 2.5 breaks."""
-    def old_patch_lang_tensor(tensor, scope):
-        patch_lang_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
-    return old_patch_lang_tensor
+def _with_index(patch_lang_tensor, index):
+    """``patch_lang_tensor`` (the installed layout) with ``index`` as the tensor's ``__index__``."""
+    if SCOPED:
+        def patched(tensor, scope):
+            patch_lang_tensor(tensor, scope)
+            scope.set_attr(tensor, "__index__", index)
+    else:
+        def patched(tensor):
+            patch_lang_tensor(tensor)
+            tensor.__index__ = index
+    return patched
 
 
 def _index_of(patch_lang_tensor, data):
     """``operator.index`` of an interpreter tensor holding ``data``, as a kernel's ``range(n)`` takes it."""
     probe = type("Probe", (), {})
-    scope = interpreter._LangPatchScope()
-    patch_lang_tensor(probe, scope)
+    scope = interpreter._LangPatchScope() if SCOPED else None
+    patch_lang_tensor(probe, scope) if SCOPED else patch_lang_tensor(probe)
     try:
         value = probe.__new__(probe)
         value.handle = types.SimpleNamespace(data=data)
-        return probe.__index__(value)
+        return operator.index(value)
     finally:
-        scope.restore()
+        if SCOPED:
+            scope.restore()
 
 
 @pytest.fixture
 def old_interpreter(monkeypatch):
-    old = _with_old_conversion(interpreter._patch_lang_tensor)
+    """The installed interpreter with Triton 3.6's conversion."""
+    old = _with_index(interpreter._patch_lang_tensor, lambda self: int(self.handle.data))
     monkeypatch.setattr(interpreter, "_patch_lang_tensor", old)
     return old
 
@@ -63,6 +78,8 @@ def test_the_installed_interpreter_converts_a_one_element_array():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         assert _index_of(interpreter._patch_lang_tensor, np.array([7], dtype=np.int32)) == 7
+    with pytest.raises((TypeError, ValueError)):       # like int(array): one element only
+        _index_of(interpreter._patch_lang_tensor, np.array([7, 8], dtype=np.int32))
 
 
 def test_the_old_conversion_fails_a_kernel_launch_and_install_fixes_it(old_interpreter):
@@ -75,6 +92,7 @@ def test_the_old_conversion_fails_a_kernel_launch_and_install_fixes_it(old_inter
     assert compat.install() is True and interpreter._patch_lang_tensor is fixed     # not wrapped twice
 
 
+@pytest.mark.skipif(not SCOPED, reason="triton 3.5's interpreter restores nothing after a launch")
 def test_the_fix_is_undone_with_the_rest_of_the_launchs_patches(old_interpreter):
     compat.install()
     probe, scope = type("Probe", (), {}), interpreter._LangPatchScope()
@@ -85,12 +103,7 @@ def test_the_fix_is_undone_with_the_rest_of_the_launchs_patches(old_interpreter)
 
 
 def test_a_correct_conversion_is_left_alone(monkeypatch):
-    real = interpreter._patch_lang_tensor
-
-    def squeezing(tensor, scope):       # Triton 3.8's
-        real(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
+    squeezing = _with_index(interpreter._patch_lang_tensor, lambda self: int(self.handle.data.squeeze()))  # 3.8's
     monkeypatch.setattr(interpreter, "_patch_lang_tensor", squeezing)
     assert compat.install() is False
     assert interpreter._patch_lang_tensor is squeezing
@@ -102,7 +115,7 @@ def test_triton_3_5s_layout_without_a_scope_is_fixed_too(monkeypatch):
         tensor.__index__ = lambda self: int(self.handle.data)
 
     monkeypatch.setattr(interpreter, "_patch_lang_tensor", old_3_5)
-    monkeypatch.delattr(interpreter, "_LangPatchScope")
+    monkeypatch.delattr(interpreter, "_LangPatchScope", raising=False)
     assert compat.install() is True
     probe = type("Probe", (), {})
     interpreter._patch_lang_tensor(probe)
