@@ -44,8 +44,8 @@ def triton_available() -> bool:
 
 
 def triton_interpret() -> bool:
-    """Whether the Triton interpreter is on (``TRITON_INTERPRET`` set to a true value)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    """Whether the Triton interpreter is on (``TRITON_INTERPRET`` set to a value Triton reads as true)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "y", "on")
 
 
 def _env_override() -> str | None:

@@ -125,3 +125,12 @@ def test_ops_follow_env(no_env):
         no_env.setenv(B.ENV_VAR, "triton")
         ops.displacement(x, index, row, table)
         assert calls  # the Triton launcher ran
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "y", "on", "On", "0", "false", "no", "off", ""])
+def test_triton_interpret_reads_the_variable_as_triton_does(monkeypatch, value):
+    """The kernels run interpreted exactly when Triton's own reading of TRITON_INTERPRET says so."""
+    from triton._C.libtriton import getenv_bool
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert B.triton_interpret() is getenv_bool("TRITON_INTERPRET", False)
