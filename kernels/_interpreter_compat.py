@@ -55,15 +55,15 @@ def install() -> bool:
     # attributes for good
     params = list(inspect.signature(original).parameters)
     scope_class = getattr(interpreter, "_LangPatchScope", None)
-    if params not in (["tensor", "scope"], ["tensor"]) or (len(params) == 2) != (scope_class is not None):
+    if params != (["tensor", "scope"] if scope_class is not None else ["tensor"]):
         return False
     try:
-        if not _index_is_broken(original, scope_class if len(params) == 2 else None):
+        if not _index_is_broken(original, scope_class):
             return False
     except Exception:  # noqa: BLE001  a layout this probe does not understand: leave it alone
         return False
 
-    if len(params) == 2:
+    if scope_class is not None:
         def patch_lang_tensor(tensor, scope):
             original(tensor, scope)
             scope.set_attr(tensor, "__index__", _as_int)   # restored with the rest when the launch ends

@@ -244,8 +244,7 @@ def _read_wrapper(code: str) -> dict:
                 r"\b(\w+)\.run\(|\bextern_kernels\.(\w+)\(|\btorch\.ops\.(\w+\.\w+\.\w+)\(", body)],
             "launches": len(re.findall(r"\.run\(|\bextern_kernels\.\w+\(|\btorch\.ops\.\w+\.\w+\.\w+\(", body)),
             # library ops on a host buffer (host_target's pairing): CPU work, not device launches
-            "cpu_ops": ["".join(names) for names, arg in (((m.group(1) or "", m.group(2) or ""), m.group(3)) for m in
-                        re.finditer(r"\bextern_kernels\.(\w+)\(|\btorch\.ops\.(\w+\.\w+\.\w+)\((\w+)", body))
+            "cpu_ops": [name for name, arg in re.findall(r"\btorch\.ops\.(\w+\.\w+\.\w+)\((\w+)", body)
                         if device.get(arg) == "cpu"],
             "partitions": len(re.findall(r"^def partition_\d+\(", partitions, re.M)),
             "partition_kernels": sorted(set(re.findall(r"\b(_\w+_kernel)_\d+\.run\(", partitions)))}

@@ -80,6 +80,11 @@ class Planned:
     def key(self):
         return (self.variant, self.phase, self.dtype, self.mode)
 
+    @property
+    def label(self) -> str:
+        """"variant phase dtype" for the progress line (no phase for the plain ResNet-32 steps)."""
+        return f"{self.variant} {self.phase} {self.dtype}".replace(" - ", " ")
+
     def row(self) -> dict:
         return {"setting": self.setting.name, "group": self.group, "variant": self.variant, "phase": self.phase,
                 "dtype": self.dtype, "mode": self.mode, "status": f"skipped: {self.why}" if self.why else "ok"}
@@ -171,7 +176,7 @@ class _SettingRun:
     def build(self, planned: list[Planned]) -> list[bc.Case]:
         cases = []
         for p in planned:
-            self.bar.say(f"{self.setting.name}: building {p.variant} {p.phase} {p.dtype}".replace(" - ", " "))
+            self.bar.say(f"{self.setting.name}: building {p.label}")
             try:
                 case = _case(p, self.pool(p.dtype), self.plan, self.built)
                 cases.append(case)
@@ -261,7 +266,7 @@ class _SettingRun:
             row = self.rows[p.key]
             if row["status"] != "ok":
                 continue
-            self.bar.say(f"{self.setting.name}: launches {p.variant} {p.phase} {p.dtype}".replace(" - ", " "))
+            self.bar.say(f"{self.setting.name}: launches {p.label}")
             try:
                 case = _case(p, self.pool(p.dtype), self.plan, self.built)
                 row.update(launch_probe.cuda_launches(case, self.plan.device))
