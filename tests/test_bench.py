@@ -913,12 +913,14 @@ class _RecordingScaler(torch.amp.GradScaler):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_step_case_under_amp_runs_under_autocast_and_fp16_scales_its_loss(dtype, monkeypatch):
     """As ``rsg-fast train --amp``: the forward and loss under autocast (RSG gets maps in its dtype),
-    and for fp16 a GradScaler that scales the loss and steps the optimiser; bf16 needs none."""
+    and for fp16 a GradScaler that scales the loss and steps the trainer's fused SGD (which reads the
+    overflow flag on the device); bf16 needs none."""
     monkeypatch.setattr(_RecordingScaler, "made", [])
     monkeypatch.setattr(torch.amp, "GradScaler", _RecordingScaler)
     setting = bc.SETTINGS["tiny"]
     pool = bc.InputPool(setting, "cpu", rotations=2, dtype=bc.DTYPES[dtype])
-    model, optimiser = bc.build_step_model("resnet32+rsg", setting, "cpu")
+    model, optimiser = bc.build("step", "resnet32+rsg", setting, "cpu", dtype=dtype)   # as the runner builds it
+    assert all(group["fused"] == (True if dtype == "fp16" else None) for group in optimiser.param_groups)
     seen = []
     model.rsg.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, torch.is_autocast_enabled("cpu"))))
     case = bc.step_case("resnet32+rsg", setting, "generation", pool, model=(model, optimiser))

@@ -549,6 +549,8 @@ def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, t
     steps = sum(json.loads((tmp_path / "whole" / "config.json").read_text())["cls_num_list"]) // 64   # per epoch
     assert a["scaler"]["scale"] > 0 and a["scaler"]["_growth_tracker"] in range(1, 3 * steps + 1)
     assert a["scaler"] == b["scaler"]
+    # the fused SGD step (rsg_fast.optim), which reads the overflow flag on the device
+    assert all(group["fused"] is True for group in a["optimizer"]["param_groups"] + b["optimizer"]["param_groups"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     build_model("resnet8", 10).load_state_dict(torch.load(os.path.join(whole, ckpt.BEST))["model"], strict=True)
     # an fp32 run (no scaler state) continued in fp16
@@ -558,7 +560,9 @@ def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, t
     assert main(TINY + ["--epochs", "7", "--loss-type", "CE", "--train-rule", "None", "--amp", "fp16", "--out", out,
                         "--resume"]) == 0
     one_epoch = sum(json.loads(open(os.path.join(out, "config.json")).read())["cls_num_list"]) // 64
-    assert torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["scaler"]["_growth_tracker"] == one_epoch
+    continued = torch.load(os.path.join(out, ckpt.LAST), weights_only=True)
+    assert continued["scaler"]["_growth_tracker"] == one_epoch
+    assert all(group["fused"] is True for group in continued["optimizer"]["param_groups"])   # not the fp32 run's
     capsys.readouterr()
 
 

@@ -38,6 +38,7 @@ from rsg_fast.bench.inputs import InputPool, default_rotations
 from rsg_fast.bench.settings import (
     PHASES, PUBLIC_SHAPES, SETTINGS, Setting, label_counts, pair_count, phase_epoch,
 )
+from rsg_fast import optim
 from rsg_fast.cli_args import lacks_bf16
 from rsg_fast.compiling import compile_with_rsg
 
@@ -225,11 +226,12 @@ def module_case(variant: str, setting: Setting, phase: str, pool: InputPool, see
 
 # ----------------------------------------------------------------------------- training-step cases
 
-def build_step_model(variant: str, setting: Setting, device, seed: int = 0, compile_backend: str = "inductor"):
+def build_step_model(variant: str, setting: Setting, device, seed: int = 0, compile_backend: str = "inductor",
+                     dtype: str = "fp32"):
     """(model, optimiser) of a step variant: CIFAR ResNet-32 for ``setting.num_classes``, plain, with
     ``ReferenceRSG`` or with ``RSG`` after stage 2 (the same RSG parameters in both), compiled for the
     ``-compiled`` variants (the optimiser step stays eager). SGD with momentum 0.9 and weight decay
-    2e-4, as in the paper."""
+    2e-4, as in the paper; for ``dtype`` fp16 (loss scaling) the trainer's fused SGD (``rsg_fast.optim``)."""
     from rsg_fast import ReferenceRSG
     from rsg_fast.models import resnet32
 
@@ -253,7 +255,7 @@ def build_step_model(variant: str, setting: Setting, device, seed: int = 0, comp
             reference.load_state_dict(fast.state_dict())
             model.rsg = reference
     model = model.to(device).train()
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    optimiser = optim.sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, loss_scaling=dtype == "fp16")
     return (compile_with_rsg(model, compile_backend) if variant.endswith("-compiled") else model), optimiser
 
 
@@ -263,9 +265,9 @@ def step_case(variant: str, setting: Setting, phase: str, pool: InputPool, seed:
     (a (model, optimiser) pair from ``build_step_model``) may be shared by the two phases. With a
     bf16 or fp16 pool the forward and the loss run under autocast in that dtype (the images stay
     fp32, as a data loader gives them), as in ``rsg-fast train --amp``: fp16 scales the loss with a
-    ``torch.amp.GradScaler``, which then unscales the gradients and skips a step that overflowed."""
+    ``torch.amp.GradScaler``, whose overflow check the fused SGD step reads on the device."""
     model, opt = model if model is not None else build_step_model(variant, setting, pool.device, seed,
-                                                                   compile_backend)
+                                                                   compile_backend, dtype_name(pool.dtype))
     epoch = phase_epoch(setting, phase) if phase in PHASES else None
     plain = variant.removesuffix("-compiled") == "resnet32"
     host = variant in HOST_TARGET_VARIANTS
@@ -307,8 +309,10 @@ def make_case(group: str, variant: str, phase: str, setting: Setting, pool: Inpu
     raise ValueError(f"group must be 'module' or 'step', got {group!r}")
 
 
-def build(group: str, variant: str, setting: Setting, device, *, seed: int = 0, compile_backend: str = "inductor"):
-    """What ``make_case`` may reuse across phases: the module, or the (model, optimiser) pair."""
+def build(group: str, variant: str, setting: Setting, device, *, seed: int = 0, compile_backend: str = "inductor",
+          dtype: str = "fp32"):
+    """What ``make_case`` may reuse across phases for ``dtype`` (a ``DTYPES`` name): the module, or the
+    (model, optimiser) pair."""
     if group == "module":
         return build_module(variant, setting, device, seed, compile_backend)
-    return build_step_model(variant, setting, device, seed, compile_backend)
+    return build_step_model(variant, setting, device, seed, compile_backend, dtype)

@@ -143,7 +143,8 @@ def probe(spec: dict) -> list[dict]:
                 pools[dtype] = bc.InputPool(setting, "cpu", rotations=1, seed=spec["seed"], dtype=bc.DTYPES[dtype])
             if (item["variant"], dtype) not in built:   # as the bench's own run: one per variant and dtype
                 built[item["variant"], dtype] = bc.build(item["group"], item["variant"], setting, "cpu",
-                                                         seed=spec["seed"], compile_backend=spec["compile_backend"])
+                                                         seed=spec["seed"], compile_backend=spec["compile_backend"],
+                                                         dtype=dtype)
             case = bc.make_case(item["group"], item["variant"], item["phase"], setting, pools[dtype],
                                 seed=spec["seed"], built=built[item["variant"], dtype])
             for _ in range(int(spec["warmup"])):

@@ -150,7 +150,7 @@ def _case(p: Planned, pool, plan: Plan, built: dict) -> bc.Case:
     # rows start from the same fresh parameters
     if (p.variant, p.dtype) not in built:
         built[p.variant, p.dtype] = bc.build(p.group, p.variant, p.setting, plan.device, seed=plan.seed,
-                                             compile_backend=plan.compile_backend)
+                                             compile_backend=plan.compile_backend, dtype=p.dtype)
     return bc.make_case(p.group, p.variant, p.phase, p.setting, pool, seed=plan.seed,
                         built=built[p.variant, p.dtype])
 

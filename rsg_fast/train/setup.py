@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from rsg_fast import checkpoint as ckpt
+from rsg_fast import optim
 from rsg_fast.data import LTData, build_datasets
 from rsg_fast.models import build_model
 from rsg_fast.train.config import RESUME_KEYS, TrainConfig, synthetic_options
@@ -67,10 +68,11 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
     if proc.world > 1:
         # Same initial weights everywhere (DDP broadcasts them anyway), different augmentation per process.
         torch.manual_seed(config.seed + 1_000 * proc.rank)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    loss_scaling = config.amp == "fp16"
+    optimizer = optim.sgd(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, loss_scaling=loss_scaling)
+    scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling)
     setup = TrainSetup(config, data, device, model, optimizer, scaler)
     if resume is not None:
         _resume(setup, resume)
@@ -117,7 +119,7 @@ def _resume(setup: TrainSetup, path: str) -> None:
             raise ValueError(f"checkpoint {path!r} was trained with {key}={theirs!r}, this run has "
                              f"{key}={ours!r}{hint}")
     ckpt.load_state_strict(setup.model, state["model"], path)
-    setup.optimizer.load_state_dict(state["optimizer"])
+    optim.load_state(setup.optimizer, state["optimizer"])
     if setup.scaler.is_enabled() and state.get("scaler"):   # absent or empty: the run was not fp16 until now
         setup.scaler.load_state_dict(state["scaler"])
     setup.start_epoch = int(state["epoch"]) + 1
