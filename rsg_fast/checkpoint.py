@@ -84,13 +84,13 @@ def load_checkpoint(path: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"cannot read checkpoint {path!r} with torch.load(weights_only=True), so it is not an "
-                         f"rsg-fast checkpoint (those hold only tensors and plain data): {_load_error(err)}") from err
+                         f"rsg-fast checkpoint (those hold only tensors and plain data): {load_error_line(err)}") from err
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(obj).__name__}, expected a dict")
     return obj
 
 
-def _load_error(err: Exception) -> str:
+def load_error_line(err: Exception) -> str:
     """The line of torch.load's error that says what failed: its weights_only message is a page of advice
     (weights_only=False, safe globals) that a user of these commands cannot act on."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

@@ -49,6 +49,8 @@ class CifarResNet(RSGModelMixin, nn.Module):
     its feature-map shape is inferred from ``input_size``. use_norm: cosine classifier (for LDAM).
     """
 
+    classifier_name = "linear"      # the last layer, whose shape follows the class count
+
     def __init__(self, depth: int = 32, num_classes: int = 10, *, use_norm: bool = False,
                  rsg: dict[str, Any] | None = None, rsg_stage: int = 2, head_classes: Sequence[int] = (),
                  input_size: int = 32):

@@ -33,6 +33,8 @@ class TorchvisionRSG(RSGModelMixin, nn.Module):
     last stage before the final down-sampling, as with stage 2 of the CIFAR ResNets). The RSG feature
     shape is inferred for ``input_size`` x ``input_size`` inputs (RSG needs that exact map size)."""
 
+    classifier_name = "fc"          # the last layer, whose shape follows the class count
+
     def __init__(self, arch: str = "resnet50", num_classes: int = 1000, *, use_norm: bool = False,
                  rsg: dict[str, Any] | None = None, rsg_stage: int = 3, head_classes: Sequence[int] = (),
                  input_size: int = 224):

@@ -63,6 +63,11 @@ def build_parser() -> Parser:
                    help="RSG after this stage, 1 to 3 (default: 2 for the CIFAR ResNets, 3 for torchvision's)")
     m.add_argument("--use-norm", default=None, choices=("yes", "no"),
                    help="cosine classifier (default: yes with --loss-type LDAM, no otherwise)")
+    m.add_argument("--init-weights", default=None, metavar="FILE",
+                   help="start a new run from these weights: a state dict saved with torch.save (e.g. torchvision's "
+                        "ImageNet weights for --arch resnet152, to fine-tune as the paper does on Places-LT) or an "
+                        "rsg-fast checkpoint; every tensor before the classifier must fit, the classifier is taken "
+                        "when its shape fits, RSG starts fresh (default: a random initialisation)")
 
     r = p.add_argument_group("RSG")
     r.add_argument("--n-center", type=positive_int("--n-center"), default=15, help="K, centres per class")

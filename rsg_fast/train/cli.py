@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{os.path.join(resume, ckpt.LAST)}), or --resume alone with --out {resume}")
         if resume is not None and not os.path.isfile(resume):
             raise ValueError(f"--resume: checkpoint not found: {os.path.abspath(resume)!r}")
+        if config.init_weights is not None and resume is None and not os.path.isfile(config.init_weights):
+            raise ValueError(f"--init-weights: file not found: {config.init_weights!r}")
         if proc.is_main:
             for line in _settings_that_do_nothing(config, args.stop_after_epoch) + _slow_settings(config):
                 print(f"{PROG}: warning: {line}", file=sys.stderr)
@@ -135,6 +137,8 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
     config = cfg.to_dict()
     folder.write_config(config)
     print("configuration:\n" + json.dumps(config, indent=2), flush=True)
+    if setup.init_note:
+        print(setup.init_note, flush=True)
     if setup.resumed is not None:
         print(f"resuming at epoch {setup.start_epoch + 1}/{cfg.epochs} ({best})", flush=True)
         changed = _schedule_changes(setup.resumed["config"], config)

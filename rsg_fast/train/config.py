@@ -56,6 +56,7 @@ class TrainConfig:
     mv_loss: str
     rsg_backend: str
     use_norm: bool
+    init_weights: str | None      # --init-weights: the file a new run started from (absolute path)
     # loss and optimisation
     loss_type: str
     train_rule: str
@@ -156,6 +157,7 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
         epoch_thresh=given(args.epoch_thresh, switch - 1), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
         use_norm=args.loss_type == "LDAM" if args.use_norm is None else args.use_norm == "yes",
+        init_weights=absolute(args.init_weights),
         loss_type=args.loss_type, train_rule=args.train_rule, drw_epoch=given(args.drw_epoch, switch),
         cb_beta=args.cb_beta, focal_gamma=args.focal_gamma, ldam_max_m=args.ldam_max_m, ldam_s=args.ldam_s,
         lambda_cesc=args.lambda_cesc, lambda_mv=args.lambda_mv, epochs=epochs, batch_size=args.batch_size,

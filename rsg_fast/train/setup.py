@@ -2,6 +2,7 @@
 optimiser and the resumed state. ``build_setup`` returns them as one ``TrainSetup``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from rsg_fast.data import LTData, build_datasets
 from rsg_fast.models import build_model
 from rsg_fast.train.config import RESUME_KEYS, TrainConfig, synthetic_options
 from rsg_fast.train.distributed import Process, process_device
+from rsg_fast.train.init_weights import load_init_weights
 
 
 @dataclass
@@ -30,6 +32,7 @@ class TrainSetup:
     best_acc: float = -1.0           # best test top-1 so far, and its epoch (-1: none yet)
     best_epoch: int = -1
     resumed: dict | None = None      # the checkpoint resumed from (RNG states, its own config)
+    init_note: str | None = None     # what --init-weights loaded (a new run's)
 
 
 def resume_path(out: str, resume: str | None) -> str | None:
@@ -65,6 +68,10 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
                         input_size=config.input_size).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # a resumed run's weights are its checkpoint's (it started from the file, if any: _resume checks)
+    init_note = None
+    if config.init_weights and resume is None:
+        init_note = load_init_weights(model, config.init_weights, config.arch)
     if proc.world > 1:
         # Same initial weights everywhere (DDP broadcasts them anyway), different augmentation per process.
         torch.manual_seed(config.seed + 1_000 * proc.rank)
@@ -73,7 +80,7 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
     optimizer = optim.sgd(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, loss_scaling=loss_scaling)
     scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling)
-    setup = TrainSetup(config, data, device, model, optimizer, scaler)
+    setup = TrainSetup(config, data, device, model, optimizer, scaler, init_note=init_note)
     if resume is not None:
         _resume(setup, resume)
     return setup
@@ -118,6 +125,13 @@ def _resume(setup: TrainSetup, path: str) -> None:
             hint = f" (give --mv-loss {theirs} to continue it)" if key == "mv_loss" else ""
             raise ValueError(f"checkpoint {path!r} was trained with {key}={theirs!r}, this run has "
                              f"{key}={ours!r}{hint}")
+    started_from = state["config"].get("init_weights")
+    if setup.config.init_weights is None:   # resumed without the flag: config.json keeps the run's record
+        setup.config = dataclasses.replace(setup.config, init_weights=started_from)
+    elif setup.config.init_weights != started_from:
+        raise ValueError(f"--init-weights {setup.config.init_weights}: the run in checkpoint {path!r} started from "
+                         f"{started_from or 'its own random initialisation'}; --init-weights is for a new run (give "
+                         "the run's own, or none, with --resume)")
     ckpt.load_state_strict(setup.model, state["model"], path)
     optim.load_state(setup.optimizer, state["optimizer"])
     if setup.scaler.is_enabled() and state.get("scaler"):   # absent or empty: the run was not fp16 until now
