@@ -49,15 +49,15 @@ def load_init_weights(model: nn.Module, path: str, arch: str) -> str:
         raise ValueError(f"{FLAG} {path}: tensors of other shapes: {_some(shapes)}")
 
     take_head = their_head == head and all(theirs[k].shape == ours[k].shape for k in head)
-    loaded = {k: theirs[k] if k not in head or take_head else v for k, v in ours.items()}
-    model.load_state_dict(loaded | {k: v for k, v in model.state_dict().items() if k.startswith(RSG_PREFIX)},
-                          strict=True)
+    loaded = [k for k in ours if k not in head or take_head]
+    state = model.state_dict()
+    state.update((k, theirs[k]) for k in loaded)
+    model.load_state_dict(state, strict=True)
     kept = [] if take_head else [f"the classifier ({model.classifier_name}: {_head_shape(theirs, their_head)} in the "
                                  f"file, {_head_shape(ours, head)} here)"]
     if getattr(model, "rsg", None) is not None:
         kept.append("RSG")
-    done = f"initialised from {path}: {len(loaded) - (0 if take_head else len(head))} tensors"
-    return done + (f"; fresh: {' and '.join(kept)}" if kept else "")
+    return f"initialised from {path}: {len(loaded)} tensors" + (f"; fresh: {' and '.join(kept)}" if kept else "")
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
