@@ -64,7 +64,8 @@ def _pair_indices_kernel(is_head_ptr, order_ptr, head_out_ptr, tail_out_ptr, N, 
     head = (tl.load(is_head_ptr + offs, mask=nmask, other=0) != 0) & nmask
     # int32 ranks (N <= MAX_BATCH): half the registers of int64 at the largest batch
     heads_upto = tl.cumsum(head.to(tl.int32), axis=0)           # heads at or before each position
-    nh32 = tl.max(heads_upto, axis=0)     # the count at the last lane (a sum spilled on triton 3.6)
+    # the head count, summed in int64: an int32 sum spills on triton 3.6, the ranks' max on 3.5
+    nh32 = tl.sum(head.to(tl.int64), axis=0).to(tl.int32)
     # a head's slot is its rank among heads; a tail's is nh + its rank among tails (offs - heads_upto)
     slot = tl.where(head, heads_upto - 1, nh32 + offs - heads_upto)
     tl.store(order_ptr + slot, offs.to(tl.int64), mask=nmask)

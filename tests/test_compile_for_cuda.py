@@ -56,6 +56,11 @@ BACKWARD_LAUNCHES = {"center_assign_backward": 3, "displacement_backward": 5, "m
 
 @pytest.fixture(scope="module")
 def report():
+    import torch
+
+    if not torch.cuda.is_available() and not hasattr(torch._C, "_ensureCUDADeviceGuardSet"):   # torch < 2.10
+        pytest.skip("torch < 2.10 runs a fake CUDA tensor's copy_ through the real device guard, which needs a "
+                    "CUDA driver ('CUDA driver version is insufficient for CUDA runtime version')")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "report.json")
@@ -71,6 +76,12 @@ def report():
 
 def _case(report, name):
     case = report[name]
+    import torch
+
+    if (torch.torch_version.TorchVersion(torch.__version__) < "2.11"
+            and "doesn't match mode" in (case["error"] or "")):
+        pytest.skip("torch < 2.11's detect_fake_mode rejects fake inputs of a mode other than dynamo's "
+                    "('fake mode ... from tracing context 0 doesn't match mode ... from fake tensor input 0')")
     assert case["error"] is None, f"{name}: {case['error']}\n{case.get('wrapper', '')[-3000:]}"
     return case
 
