@@ -45,10 +45,16 @@ def load_state(optimizer: torch.optim.SGD, state: dict) -> None:
 
 
 def _zero_momentum(optimizer: torch.optim.SGD) -> None:
-    """A zero momentum buffer for each parameter of a fused group that has none (see the module's doc)."""
+    """For each parameter of a fused group: a zero momentum buffer where it has none (see the module's
+    doc), and a loaded one laid out as the parameter is. A checkpoint keeps its buffers' strides, and a
+    run may resume with ``--channels-last`` switched: the fused kernel walks the three tensors in step
+    (on the CPU it would pair the wrong elements; on CUDA it refuses), the plain step does not care."""
     for group in optimizer.param_groups:
         if group["fused"] and group["momentum"] != 0:
             for p in group["params"]:
                 state = optimizer.state[p]
-                if state.get("momentum_buffer") is None:
+                buffer = state.get("momentum_buffer")
+                if buffer is None:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif buffer.stride() != p.stride():
+                    state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(buffer)
