@@ -48,16 +48,24 @@ def test_backbone_from_the_file_classifier_and_rsg_fresh(imagenet_like):
                     "weight (1000, 512) in the file, weight (512, 10) here) and RSG")
 
 
-@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "module."])
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "state_dict-beside-model-info", "module.", "legacy"])
 def test_a_classifier_that_fits_is_taken_in_any_usual_wrapping(imagenet_like, tmp_path, wrap):
+    """``legacy``: saved before PyTorch 0.4.1 (torchvision's ResNet files), without BatchNorm's
+    num_batches_tracked, which then keep the network's own value (as torch's strict load does)."""
     _, theirs = imagenet_like
-    saved = {"plain": theirs, "model": {"model": theirs, "epoch": 3}, "state_dict": {"state_dict": theirs},
-             "module.": {"module." + k: v for k, v in theirs.items()}}[wrap]
+    legacy = {k: v for k, v in theirs.items() if not k.endswith("num_batches_tracked")}
+    saved = {"plain": theirs, "model": {"model": theirs, "epoch": 3, "optimizer": {"state": {}}},
+             "state_dict": {"state_dict": theirs}, "state_dict-beside-model-info": {"model": {"arch": "r18"},
+                                                                                    "state_dict": theirs},
+             "module.": {"module." + k: v for k, v in theirs.items()}, "legacy": legacy}[wrap]
     path = str(tmp_path / "w.pt")
     torch.save(saved, path)
     model = build_model("resnet18", 1000)
-    assert load_init_weights(model, path, "resnet18") == f"initialised from {path}: {len(theirs)} tensors"
-    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = legacy if wrap == "legacy" else theirs
+    assert len(legacy) < len(theirs)
+    assert load_init_weights(model, path, "resnet18") == f"initialised from {path}: {len(expected)} tensors"
+    assert all(torch.equal(v, expected[k] if k in expected else own[k]) for k, v in model.state_dict().items())
 
 
 def _rejects(model, path, arch, match):
@@ -108,8 +116,9 @@ def test_train_starts_from_the_file_and_a_resume_keeps_its_record(tmp_path, caps
     weights = [k for k in best if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(weights) > 20 and all(torch.equal(last["model"][k], best[k]) for k in weights)
     assert last["config"]["init_weights"] == os.path.abspath(os.path.join(first, ckpt.BEST))
+    assert main(flags + ["--stop-after-epoch", "2", "--resume"]) == 0          # the same flags
     without = [a for a in flags if a not in ("--init-weights", os.path.join(first, ckpt.BEST))]
-    assert main(without + ["--resume"]) == 0
+    assert main(without + ["--epochs", "3", "--resume"]) == 0                     # without the flag
     config = json.loads(open(os.path.join(second, "config.json")).read())
     assert config["init_weights"] == os.path.abspath(os.path.join(first, ckpt.BEST))
     capsys.readouterr()

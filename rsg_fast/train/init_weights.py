@@ -37,19 +37,21 @@ def load_init_weights(model: nn.Module, path: str, arch: str) -> str:
     if bad:
         raise ValueError(f"{FLAG} {path}: not tensors: {_some(bad)}")
 
-    missing = sorted(k for k in ours if k not in head and k not in theirs)
+    # BatchNorm's step counter (absent from files saved before PyTorch 0.4.1, e.g. torchvision's ResNet
+    # weights) keeps this network's value, as load_state_dict(strict=True) does
+    missing = sorted(k for k in ours if k not in head and k not in theirs and not k.endswith(".num_batches_tracked"))
     extra = sorted(k for k in theirs if k not in ours and k not in their_head)
     if missing or extra:
         parts = [f"{what} {_some(keys)}" for what, keys in (("lacks", missing),
                                                               ("has keys this network has not:", extra)) if keys]
         raise ValueError(f"{FLAG} {path}: the file does not fit --arch {arch}: it {'; it '.join(parts)}")
     shapes = [f"{k} {tuple(theirs[k].shape)} (this network: {tuple(ours[k].shape)})" for k in sorted(ours)
-              if k not in head and theirs[k].shape != ours[k].shape]
+              if k not in head and k in theirs and theirs[k].shape != ours[k].shape]
     if shapes:
         raise ValueError(f"{FLAG} {path}: tensors of other shapes: {_some(shapes)}")
 
     take_head = their_head == head and all(theirs[k].shape == ours[k].shape for k in head)
-    loaded = [k for k in ours if k not in head or take_head]
+    loaded = [k for k in ours if k in theirs and (k not in head or take_head)]
     state = model.state_dict()
     state.update((k, theirs[k]) for k in loaded)
     model.load_state_dict(state, strict=True)
@@ -68,10 +70,10 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as err:
         raise ValueError(f"{FLAG} {path}: cannot read it with torch.load(weights_only=True): {load_error_line(err)}") \
             from err
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
+    if isinstance(obj, dict):   # a checkpoint: the first of its usual entries that holds tensors
+        wrapped = [obj[key] for key in ("model", "state_dict") if isinstance(obj.get(key), dict)]
+        tensors = [w for w in wrapped if w and all(isinstance(v, torch.Tensor) for v in w.values())]
+        obj = (tensors or wrapped or [obj])[0]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
         raise ValueError(f"{FLAG} {path}: expected a state dict (a dict of tensors by name, or one under 'model' or "
                          f"'state_dict'), got {type(obj).__name__}")
