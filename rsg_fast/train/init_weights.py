@@ -5,10 +5,11 @@ The file is a state dict saved with ``torch.save`` (torchvision's weight files a
 holding one under ``"model"`` (an rsg-fast checkpoint) or ``"state_dict"``, with or without the
 ``module.`` prefix that DataParallel and DistributedDataParallel add. It is read with
 ``weights_only=True``. Every tensor of the network before its classifier must be in it with the
-same shape; the classifier is taken from it only when its keys and shapes match this network's
-(another class count, or the cosine classifier of ``--use-norm``, keep a fresh one); RSG's
-parameters always start fresh (its centres and transformation belong to a run's classes and
-stage). Nothing is copied until all of this holds, so a rejected file leaves the network untouched.
+same shape (BatchNorm's step counters may be absent); the classifier is taken from it only when its
+keys and shapes match this network's (another class count, or the cosine classifier of
+``--use-norm``, keep a fresh one); RSG's parameters always start fresh (its centres and
+transformation belong to a run's classes and stage). Nothing is copied until all of this holds, so a
+rejected file leaves the network untouched.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def load_init_weights(model: nn.Module, path: str, arch: str) -> str:
 
     # BatchNorm's step counter (absent from files saved before PyTorch 0.4.1, e.g. torchvision's ResNet
     # weights) keeps this network's value, as load_state_dict(strict=True) does
-    missing = sorted(k for k in ours if k not in head and k not in theirs and not k.endswith(".num_batches_tracked"))
+    missing = sorted(k for k in ours
+                     if k not in head and k not in theirs and not k.endswith(".num_batches_tracked"))
     extra = sorted(k for k in theirs if k not in ours and k not in their_head)
     if missing or extra:
         parts = [f"{what} {_some(keys)}" for what, keys in (("lacks", missing),
