@@ -148,6 +148,21 @@ def test_steps_runs_only_the_steps_named_with_the_whole_budget(tmp_path_factory)
     assert list(run["tmp"].iterdir()) == []
 
 
+def test_a_failed_pip_install_falls_back_to_the_source_tree(tmp_path_factory):
+    """The lent machine's pip may fail to install the package (say a setuptools older than the 77 that
+    pyproject.toml's licence fields need, as --no-build-isolation uses the machine's own): the script
+    then runs from the source tree (PYTHONPATH and a kernels symlink) and removes the symlink after.
+    Here pip fails because its constraints file does not exist."""
+    run = _dry_run(tmp_path_factory, "--steps", "check", PIP_CONSTRAINT=str(tmp_path_factory.mktemp("no") / "c.txt"))
+    assert run["proc"].returncode == 0, run["proc"].stdout[-4000:] + run["proc"].stderr[-2000:]
+    steps = {s["name"]: s["status"] for s in json.loads((run["out"] / "gpu-check.json").read_text())["steps"]}
+    assert steps["install"] == "passed: pythonpath-fallback" and steps["check"] == "passed", steps
+    log = (run["out"] / "gpu-check.log").read_text()
+    assert "c.txt" in log and f"rsg_fast from {run['src']}/rsg_fast/__init__.py" in log    # pip's error, then this copy
+    assert not (run["src"] / "rsg_fast" / "kernels").exists() and list(run["tmp"].iterdir()) == []
+    assert not run["site_changed"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "module,bench"], "unknown step 'bench'"),
     (["--steps", ","], "no step named"),
