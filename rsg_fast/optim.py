@@ -6,7 +6,8 @@ the overflow flag on the host first (``.item()``: one device-to-host synchronisa
 stops the CPU from queueing the next step ahead of the GPU). ``SGD(fused=True)`` takes the flag (and
 the scale) into its kernel instead and skips the update on the device.
 
-Torch's fused SGD (2.9 to 2.14 at least) has two hazards, which ``_zero_momentum`` removes:
+Torch's fused SGD (2.9 to 2.14 at least) has two hazards, which ``_fit_momentum_buffers`` removes
+(it also lays loaded buffers out as their parameters, which the fused kernel needs):
 - on its first step it fills the absent momentum buffers with ``torch.empty_like`` and then, when
   that step overflowed (usual for fp16's first steps at the initial scale 2**16), returns without
   writing them, so the next step adds uninitialised memory to the weights;
@@ -29,7 +30,7 @@ def sgd(params: Iterable[torch.nn.Parameter], *, lr: float, momentum: float, wei
     """SGD with momentum and weight decay; ``loss_scaling`` (fp16 with a GradScaler): the fused kernel."""
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 fused=True if loss_scaling else None)
-    _zero_momentum(optimizer)
+    _fit_momentum_buffers(optimizer)
     return optimizer
 
 
@@ -41,10 +42,10 @@ def load_state(optimizer: torch.optim.SGD, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group, (fused, foreach) in zip(optimizer.param_groups, kernels):
         group["fused"], group["foreach"] = fused, foreach
-    _zero_momentum(optimizer)
+    _fit_momentum_buffers(optimizer)
 
 
-def _zero_momentum(optimizer: torch.optim.SGD) -> None:
+def _fit_momentum_buffers(optimizer: torch.optim.SGD) -> None:
     """For each parameter of a fused group: a zero momentum buffer where it has none (see the module's
     doc), and a loaded one laid out as the parameter is. A checkpoint keeps its buffers' strides, and a
     run may resume with ``--channels-last`` switched: the fused kernel walks the three tensors in step

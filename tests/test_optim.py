@@ -70,7 +70,7 @@ def _close(plain, fused):
 @pytest.mark.parametrize("overflow_at", [(), (0,), (0, 1, 4), (3,)],
                          ids=["none", "first", "first-two-and-later", "later"])
 def test_fused_steps_equal_the_plain_ones_overflows_included(overflow_at, late_from):
-    """Without ``_zero_momentum`` this fails for overflows at the first step whenever the memory
+    """Without ``_fit_momentum_buffers`` this fails for overflows at the first step whenever the memory
     empty_like gives is not zero (torch 2.9 to 2.14 fill the buffers with it there and skip writing
     them: 1e26 off on 2.14.1) and, whatever overflows, when a parameter's first gradient comes later
     (a TypeError)."""

@@ -29,7 +29,8 @@ def load_init_weights(model: nn.Module, path: str, arch: str) -> str:
     loaded and what kept its fresh initialisation. ``ValueError`` / ``FileNotFoundError`` naming the
     flag, the file and the keys that do not fit."""
     theirs = _read_state_dict(path)
-    ours = {k: v for k, v in model.state_dict().items() if not k.startswith(RSG_PREFIX)}
+    state = model.state_dict()
+    ours = {k: v for k, v in state.items() if not k.startswith(RSG_PREFIX)}
     prefix = model.classifier_name + "."
     head = {k for k in ours if k.startswith(prefix)}
     their_head = {k for k in theirs if k.startswith(prefix)}
@@ -54,7 +55,6 @@ def load_init_weights(model: nn.Module, path: str, arch: str) -> str:
 
     take_head = their_head == head and all(theirs[k].shape == ours[k].shape for k in head)
     loaded = [k for k in ours if k in theirs and (k not in head or take_head)]
-    state = model.state_dict()
     state.update((k, theirs[k]) for k in loaded)
     model.load_state_dict(state, strict=True)
     kept = [] if take_head else [f"the classifier ({model.classifier_name}: {_head_shape(theirs, their_head)} in the "
