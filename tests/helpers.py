@@ -6,6 +6,7 @@ input values: ``rsg_fast.testing`` (its docstring has the table; ``rsg-fast chec
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -103,3 +104,32 @@ def compile_setting():
     with torch._dynamo.config.patch(capture_scalar_outputs=True), inductor_config.patch(layout_optimization=False):
         yield
     torch._dynamo.reset()
+
+
+def fake_cifar10(root: str, monkeypatch, per_class_train: int = 100, per_class_test: int = 5) -> list[int]:
+    """A tiny random CIFAR-10 in torchvision's on-disk format (pickled batches) under ``root``, never
+    downloaded; torchvision's md5 checks, which such files cannot pass, are patched out for the test.
+    Returns the training labels in file order."""
+    import pickle
+
+    import numpy as np
+    import torchvision.datasets as tvd
+    import torchvision.datasets.cifar as tvcifar
+
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    rng = np.random.RandomState(0)
+    labels = rng.permutation(np.repeat(np.arange(10), per_class_train)).tolist()
+    data = rng.randint(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)
+    chunks = np.array_split(np.arange(len(labels)), 5)
+    for b, idx in enumerate(chunks, 1):
+        with open(os.path.join(folder, f"data_batch_{b}"), "wb") as f:
+            pickle.dump({"data": data[idx], "labels": [labels[i] for i in idx]}, f)
+    test_labels = np.repeat(np.arange(10), per_class_test).tolist()
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        pickle.dump({"data": rng.randint(0, 256, (len(test_labels), 3072), dtype=np.uint8), "labels": test_labels}, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tvcifar, "check_integrity", lambda *a, **k: True)
+    return labels

@@ -10,6 +10,7 @@ import copy
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -1027,3 +1028,17 @@ def test_results_summary_names_the_dtype_of_amp_rows(tmp_path):
     out = subprocess.run([sys.executable, script, str(tmp_path / "cpu.json")], capture_output=True, text=True,
                          check=True).stdout
     assert "| rsg-torch | generation | 20.0 " in out and "| rsg-torch | generation (bf16 autocast) | 12.0 " in out
+
+
+def test_the_pytest_benchmark_files_run():
+    """Every file in benchmarks/ runs once (timing disabled) at the tiny setting on the CPU, so a
+    renamed case or fixture cannot leave a file that only fails when someone benchmarks."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RSG_BENCH_SHAPES": "tiny", "RSG_BENCH_DEVICE": "cpu", "RSG_BENCH_ROUNDS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                           "-o", "addopts=", "-rA", str(root / "benchmarks")], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for loader in ("dataloader-main-process", "device-batches"):
+        assert f"PASSED benchmarks/test_input_batches.py::test_cifar_training_batch[{loader}]" in proc.stdout
+    assert "PASSED benchmarks/test_module.py::" in proc.stdout and "failed" not in proc.stdout.splitlines()[-1]

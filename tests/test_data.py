@@ -1,6 +1,5 @@
 """Long-tailed data: the published per-class counts, both subset rules, list files, synthetic-lt, errors."""
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from rsg_fast.data import (
     LIST_DATASETS, ListFileDataset, SyntheticLT, build_datasets, build_test_dataset, class_counts, img_num_per_cls,
     select_indices,
 )
+from helpers import fake_cifar10
 
 
 def formula(n_max, C, imb_type, rho):
@@ -71,34 +71,9 @@ def test_count_errors_name_the_argument():
         select_indices([0, 1], [1, 2])
 
 
-def _write_fake_cifar10(root, per_class_train=100, per_class_test=5):
-    """A tiny CIFAR-10 in torchvision's on-disk format (pickled batches); never downloaded."""
-    folder = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(folder)
-    rng = np.random.RandomState(0)
-    labels = rng.permutation(np.repeat(np.arange(10), per_class_train)).tolist()
-    data = rng.randint(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)
-    chunks = np.array_split(np.arange(len(labels)), 5)
-    for b, idx in enumerate(chunks, 1):
-        with open(os.path.join(folder, f"data_batch_{b}"), "wb") as f:
-            pickle.dump({"data": data[idx], "labels": [labels[i] for i in idx]}, f)
-    test_labels = np.repeat(np.arange(10), per_class_test).tolist()
-    with open(os.path.join(folder, "test_batch"), "wb") as f:
-        pickle.dump({"data": rng.randint(0, 256, (len(test_labels), 3072), dtype=np.uint8), "labels": test_labels}, f)
-    with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    return labels
-
-
 @pytest.mark.parametrize("imb_type,rho", [("exp", 100), ("step", 50)])
 def test_imbalanced_cifar_from_torchvision_format(tmp_path, monkeypatch, imb_type, rho):
-    import torchvision.datasets as tvd
-    import torchvision.datasets.cifar as tvcifar
-
-    labels = _write_fake_cifar10(str(tmp_path))
-    # Our fake files cannot match torchvision's md5 sums; everything else is torchvision's own loader.
-    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(tvcifar, "check_integrity", lambda *a, **k: True)
+    labels = fake_cifar10(str(tmp_path), monkeypatch)
     d = build_datasets("cifar10", root=str(tmp_path), imb_type=imb_type, imb_factor=1 / rho)
     assert d.cls_num_list == formula(100, 10, imb_type, rho)
     assert class_counts(d.train.targets, 10) == d.cls_num_list

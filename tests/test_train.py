@@ -809,3 +809,58 @@ def test_epoch_thresh_help_states_the_default_it_resolves():
         cfg = resolve_config(build_parser().parse_args(["--epochs", str(epochs)]))
         assert cfg.epoch_thresh == cfg.drw_epoch - 1 == round(epochs * 160 / 200) - 1
     assert "DRW/DRS epoch - 1" in what and "159/200" not in what, what
+
+
+def test_device_batches_train_exactly_as_a_dataloader_on_synthetic_lt(tmp_path):
+    """synthetic-lt draws nothing per batch, so --loader device (its default) and a DataLoader over the
+    same sampler give the same run, bit for bit: every loss part, accuracy and weight."""
+    args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--channels-last"]
+    runs = {loader: str(tmp_path / loader) for loader in ("device", "workers")}
+    for loader, out in runs.items():
+        assert main(args + ["--loader", loader, "--out", out]) == 0
+    configs = [json.load(open(os.path.join(out, "config.json"))) for out in runs.values()]
+    assert [c["loader"] for c in configs] == ["device", "workers"]
+    device, workers = (_records(out) for out in runs.values())
+    assert device == workers and device[2]["n_generated"] > 0
+    a, b = (torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["model"] for out in runs.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cifar_run_on_device_batches_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """CIFAR's default --loader device: the crops and flips come from (seed, epoch, rank), so a run
+    stopped and resumed trains as the uninterrupted one."""
+    from helpers import fake_cifar10
+
+    fake_cifar10(str(tmp_path / "cifar"), monkeypatch, per_class_train=20, per_class_test=2)
+    args = ["--dataset", "cifar10", "--data-root", str(tmp_path / "cifar"), "--imb-factor", "0.2", "--device",
+            "cpu", "--no-progress", "--arch", "resnet8", "--batch-size", "32", "--contrastive-dim", "8",
+            "--n-center", "2", "--epochs", "3"]
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    assert main(args + ["--out", whole]) == 0
+    assert json.load(open(os.path.join(whole, "config.json")))["loader"] == "device"
+    assert main(args + ["--out", split, "--stop-after-epoch", "2"]) == 0
+    assert main(args + ["--out", split, "--resume"]) == 0
+    assert _records(split) == _records(whole) and _records(whole)[2]["n_generated"] > 0
+    a, b = (torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["model"] for out in (whole, split))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    # the list-file data sets are read image by image: device batches cannot serve them
+    assert main(LIST_RUN + ["--data-root", str(tmp_path), "--loader", "device", "--out", str(tmp_path / "x")]) == 2
+    assert ("error: --loader device: places-lt is read from image files, image by image; it needs --loader "
+            "workers") in capsys.readouterr().err
+
+
+def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path):
+    from rsg_fast.train.cli import _settings_that_do_nothing
+
+    def config(*flags):
+        return resolve_config(build_parser().parse_args(["--out", str(tmp_path / "x"), *flags]), 1)
+
+    assert (config().loader, config().workers) == ("device", 0)
+    assert (config("--dataset", "cifar100").loader, config("--dataset", "cifar100").workers) == ("device", 0)
+    assert (config("--dataset", "imagenet-lt").loader, config("--dataset", "imagenet-lt").workers) == ("workers", 4)
+    assert (config("--loader", "workers", "--dataset", "cifar10").workers) == 4
+    assert _settings_that_do_nothing(config("--loader", "workers", "--workers", "8"), None) == []
+    assert _settings_that_do_nothing(config("--workers", "0"), None) == []
+    (note,) = _settings_that_do_nothing(config("--dataset", "cifar10", "--workers", "8"), None)
+    assert note.startswith("--workers 8 is for --loader workers and does nothing with --loader device")

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from rsg_fast.data.cifar import ArrayImageDataset, imbalance_subset, imbalanced_cifar
+from rsg_fast.data.cifar import ArrayImageDataset, CifarAugment, imbalance_subset, imbalanced_cifar
+from rsg_fast.data.device_batches import DeviceBatches, device_batches_supported
 from rsg_fast.data.imbalance import (
     DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, img_num_per_cls, select_indices,
 )
@@ -15,10 +16,12 @@ from rsg_fast.data.listfile import LIST_DATASETS, ListFileDataset, list_datasets
 from rsg_fast.data.synthetic import SyntheticLT
 
 DATASETS = ("synthetic-lt", "cifar10", "cifar100", *LIST_DATASETS)
+IN_MEMORY_DATASETS = ("synthetic-lt", "cifar10", "cifar100")   # DeviceBatches can serve these
 
 __all__ = [
-    "DATASETS", "DEFAULT_SUBSET", "IMB_TYPES", "SUBSET_RULES", "LIST_DATASETS", "LTData",
-    "ArrayImageDataset", "ListFileDataset", "SyntheticLT", "build_datasets", "build_test_dataset", "class_counts",
+    "DATASETS", "DEFAULT_SUBSET", "IN_MEMORY_DATASETS", "IMB_TYPES", "SUBSET_RULES", "LIST_DATASETS", "LTData",
+    "ArrayImageDataset", "CifarAugment", "DeviceBatches", "ListFileDataset", "SyntheticLT", "build_datasets",
+    "build_test_dataset", "class_counts", "device_batches_supported",
     "imbalance_subset", "imbalanced_cifar", "img_num_per_cls", "list_datasets", "list_test_dataset", "read_list_file",
     "select_indices",
 ]

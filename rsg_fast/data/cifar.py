@@ -1,7 +1,9 @@
 """Imbalanced CIFAR-10/100 on top of torchvision's CIFAR (local files unless ``download=True``)."""
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,14 +16,67 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 _FOLDERS = {10: "cifar-10-batches-py", 100: "cifar-100-python"}
 
 
-def cifar_transforms(train: bool):
-    """The basic augmentation of He et al. used by the paper: pad 4, random 32x32 crop, flip."""
-    import torchvision.transforms as T
+@dataclass(frozen=True)
+class CifarAugment:
+    """The paper's CIFAR input pipeline (the basic augmentation of He et al.) in two forms that give the
+    same values bit for bit: torchvision's per-image transform (``per_image``, for DataLoader workers), and
+    batched tensor ops that run where the images are (``draw`` then ``apply``, for ``DeviceBatches``).
 
-    norm = [T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
-    if train:
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm])
-    return T.Compose(norm)
+    Training: zero-pad ``pad`` pixels, a random crop of the image's size, a horizontal flip with
+    probability 1/2; then every pixel ``(u8 / 255 - mean) / std``. Test (``train=False``): the scaling and
+    normalisation only."""
+
+    train: bool
+    pad: int = 4
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
+
+    def per_image(self):
+        import torchvision.transforms as T
+
+        norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        if self.train:
+            return T.Compose([T.RandomCrop(32, padding=self.pad), T.RandomHorizontalFlip(), *norm])
+        return T.Compose(norm)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """(n, 3) int64 CPU tensor of each image's crop offsets (row, column, in the padded image, each
+        uniform in 0 .. 2 pad, as RandomCrop's) and flip (0 or 1); None for the test pipeline."""
+        if not self.train:
+            return None
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator)
+        flips = (torch.rand(n, generator=generator) < 0.5).long()   # RandomHorizontalFlip: rand < p
+        return torch.cat([offsets, flips[:, None]], dim=1)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor | None,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images and ``draw``'s (B, 3) params on the same device -> (B, 3, H, W)
+        float32 in ``memory_format``. One gather does the padding, crop and flip: O(B H W) bytes."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(self.mean):
+            raise ValueError(f"images must be (B, H, W, {len(self.mean)}) uint8, got {tuple(images.shape)} "
+                             f"{images.dtype}")
+        b, h, w, _ = images.shape
+        if params is not None:
+            p = self.pad
+            padded = torch.nn.functional.pad(images, (0, 0, p, p, p, p))   # zeros, as RandomCrop's fill
+            rows = params[:, 0:1] + torch.arange(h, device=images.device)                  # (B, H)
+            cols = torch.arange(w, device=images.device).expand(b, w)
+            cols = params[:, 1:2] + torch.where(params[:, 2:3] == 1, w - 1 - cols, cols)    # (B, W)
+            images = padded[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        # ToTensor then Normalize, the same operations in the same order: the same float32 values
+        scale, mean, std = _normalize_constants(self.mean, self.std, images.device)
+        x = images.permute(0, 3, 1, 2).contiguous(memory_format=memory_format).to(torch.float32).div(scale)
+        return x.sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=None)
+def _normalize_constants(mean: tuple, std: tuple, device: torch.device):
+    """255 and the (3, 1, 1) mean and std as float32 tensors on ``device``, made once: a tensor made
+    from Python numbers per batch would be a blocking copy (a GPU sync), and CUDA divides by a Python
+    scalar as a multiplication by its reciprocal, which rounds differently from the CPU's division."""
+    def const(v):
+        return torch.tensor(v, dtype=torch.float32, device=device)
+    return const(255.0), const(mean).view(-1, 1, 1), const(std).view(-1, 1, 1)
 
 
 def _load_cifar(num_classes: int, root: str, train: bool, download: bool):
@@ -40,12 +95,15 @@ def _load_cifar(num_classes: int, root: str, train: bool, download: bool):
 
 
 class ArrayImageDataset(Dataset):
-    """uint8 HWC images + int labels, with an optional torchvision transform (PIL in, tensor out)."""
+    """uint8 HWC images + int labels, with an optional torchvision transform (PIL in, tensor out).
+    ``batch_transform``, when given, is the same transform as batched tensor ops (a ``CifarAugment``):
+    ``DeviceBatches`` then makes the batches where the model runs."""
 
-    def __init__(self, data: np.ndarray, targets, transform=None):
+    def __init__(self, data: np.ndarray, targets, transform=None, batch_transform: CifarAugment | None = None):
         self.data = data
         self.targets = [int(t) for t in targets]
         self.transform = transform
+        self.batch_transform = batch_transform
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -76,6 +134,7 @@ def imbalanced_cifar(num_classes: int, root: str, *, imb_type: str = "exp", imb_
     base_test = _load_cifar(num_classes, root, False, download)
     data, targets, counts = imbalance_subset(np.asarray(base_train.data), list(base_train.targets), num_classes,
                                              imb_type, imb_factor, subset, seed)
-    train = ArrayImageDataset(data, targets, cifar_transforms(train=augment))
-    test = ArrayImageDataset(np.asarray(base_test.data), base_test.targets, cifar_transforms(train=False))
+    train_pipeline, test_pipeline = CifarAugment(train=augment), CifarAugment(train=False)
+    train = ArrayImageDataset(data, targets, train_pipeline.per_image(), train_pipeline)
+    test = ArrayImageDataset(np.asarray(base_test.data), base_test.targets, test_pipeline.per_image(), test_pipeline)
     return train, test, counts

@@ -43,8 +43,12 @@ def build_parser() -> Parser:
     d.add_argument("--num-classes", type=positive_int("--num-classes"), default=None,
                    help="class count of a list-file dataset (default: 1000 ImageNet-LT, 365 Places-LT, "
                         "8142 iNaturalist 2018)")
+    d.add_argument("--loader", default=None, choices=("device", "workers"),
+                   help="device: the whole dataset on the training device, each batch augmented there in a few "
+                        "batched ops (CIFAR and synthetic-lt only); workers: a DataLoader, image by image in "
+                        "--workers processes (default: device where it applies, workers for the list-file data)")
     d.add_argument("--workers", type=nonneg_int("--workers"), default=None,
-                   help="data-loader processes (default: 0 for synthetic-lt, 4 otherwise)")
+                   help="data-loader processes of --loader workers (default: 0 for synthetic-lt, 4 otherwise)")
 
     s = p.add_argument_group("synthetic-lt (the offline demo data)")
     s.add_argument("--synthetic-classes", type=positive_int("--synthetic-classes"), default=10, help="classes")

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.backend import resolve_backend, triton_available, triton_interpret
 from rsg_fast.cli_args import UsageError, lacks_bf16, parse_args, usage_error_exit
-from rsg_fast.data import LIST_DATASETS
+from rsg_fast.data import IN_MEMORY_DATASETS, LIST_DATASETS
 from rsg_fast.train.arguments import PROG, build_parser
 from rsg_fast.train.config import TrainConfig, resolve_config
 from rsg_fast.train.distributed import Process
@@ -195,6 +195,10 @@ def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
     if lists and config.dataset not in LIST_DATASETS:
         notes.append(f"{' and '.join(lists)} {'are' if len(lists) > 1 else 'is'} for the list-file datasets and "
                      f"{'do' if len(lists) > 1 else 'does'} nothing with --dataset {config.dataset}")
+    if config.loader == "device" and config.workers:
+        notes.append(f"--workers {config.workers} is for --loader workers and does nothing with --loader device, "
+                     f"the default for {', '.join(IN_MEMORY_DATASETS)}: the batches are made on the training "
+                     "device; give --loader workers to use worker processes")
     if stop_after_epoch is not None and stop_after_epoch > config.epochs:
         notes.append(f"--stop-after-epoch {stop_after_epoch} is past --epochs {config.epochs}: the run stops at "
                      f"--epochs")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsg_fast.cli_args import resolve_device
-from rsg_fast.data import LTData
+from rsg_fast.data import IN_MEMORY_DATASETS, LTData
 from rsg_fast.metrics import shot_sizes
 from rsg_fast.models import default_rsg_stage
 
@@ -44,6 +44,7 @@ class TrainConfig:
     synthetic_max: int
     synthetic_test: int
     synthetic_size: int
+    loader: str                   # --loader: "device" (DeviceBatches) or "workers" (a DataLoader)
     workers: int
     # network and RSG
     arch: str
@@ -142,6 +143,11 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
     def given(value, default):
         return default if value is None else value
 
+    loader = given(args.loader, "device" if args.dataset in IN_MEMORY_DATASETS else "workers")
+    if loader == "device" and args.dataset not in IN_MEMORY_DATASETS:
+        raise ValueError(f"--loader device: {args.dataset} is read from image files, image by image; it needs "
+                         f"--loader workers (device batches serve {', '.join(IN_MEMORY_DATASETS)})")
+
     def absolute(path):   # saved so: evaluate run from another folder finds the same files
         return os.path.abspath(path) if path else path
 
@@ -151,7 +157,7 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         test_list=absolute(args.test_list),
         input_size=args.input_size, num_classes=args.num_classes, synthetic_classes=args.synthetic_classes,
         synthetic_max=args.synthetic_max, synthetic_test=args.synthetic_test, synthetic_size=args.synthetic_size,
-        workers=given(args.workers, 0 if args.dataset == "synthetic-lt" else 4),
+        loader=loader, workers=given(args.workers, 0 if args.dataset == "synthetic-lt" or loader == "device" else 4),
         arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
         contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
         transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),

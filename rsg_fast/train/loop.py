@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.compiling import compile_with_rsg
+from rsg_fast.data import DeviceBatches
 from rsg_fast.losses import TrainRule, build_loss, paper_lr
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.train.config import TrainConfig
@@ -77,13 +78,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         model = nn.parallel.DistributedDataParallel(model, device_ids=None, find_unused_parameters=cfg.rsg)
     step_model = compile_with_rsg(model) if cfg.compile else model   # same parameters; trains only
     sampler = EpochSampler(data.train.targets, cfg.seed, proc.rank, proc.world)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size // proc.world, sampler=sampler,
-                              num_workers=cfg.workers, pin_memory=pin, persistent_workers=False,
-                              drop_last=cfg.drop_last)
-    test_loader = DataLoader(data.test, batch_size=max(cfg.batch_size // proc.world, 1) * 2,
-                             sampler=ShardSampler(len(data.test), proc.rank, proc.world), num_workers=cfg.workers,
-                             pin_memory=pin)
+    train_loader, test_loader = _loaders(cfg, data, sampler, device, proc)
     rule = TrainRule(cfg.train_rule, data.cls_num_list, cfg.drw_epoch, cfg.cb_beta)
     criterion = build_loss(cfg.loss_type, data.cls_num_list, focal_gamma=cfg.focal_gamma,
                            ldam_max_m=cfg.ldam_max_m, ldam_s=cfg.ldam_s).to(device)
@@ -104,6 +99,8 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             w = rule.weights(epoch)
             criterion.weight = None if w is None else w.to(device)
             sampler.set_epoch(epoch, rule.balanced_sampling(epoch))
+            if isinstance(train_loader, DeviceBatches):
+                train_loader.set_epoch(epoch)   # the augmentation's draws: from (seed, epoch, rank)
             sums = _train_epoch(step_model, train_loader, criterion, setup.optimizer, setup.scaler, cfg, epoch,
                                 device, proc, bar)
 
@@ -143,6 +140,26 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         if stop < cfg.epochs:   # "done" alone would read as the end of the run
             print(f"stopped after {stop} of {cfg.epochs} epochs (--stop-after-epoch {stop}); to continue, give the "
                   "same flags with --resume and a later --stop-after-epoch, or none", flush=True)
+
+
+def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device, proc: Process):
+    """(train, test) batches: ``DeviceBatches`` (``--loader device``) or DataLoaders."""
+    batch = cfg.batch_size // proc.world
+    test_sampler = ShardSampler(len(data.test), proc.rank, proc.world)
+    if cfg.loader == "device":
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        train = DeviceBatches(data.train, sampler, batch, device=device, drop_last=cfg.drop_last,
+                              memory_format=memory_format, seed=cfg.seed, rank=proc.rank)
+        test = DeviceBatches(data.test, test_sampler, max(batch, 1) * 2, device=device, memory_format=memory_format)
+        return train, test
+    pin = device.type == "cuda"
+    # persistent_workers=False: workers seeded afresh each epoch from the restored RNG, so a resumed run
+    # draws the augmentation an uninterrupted one would
+    train = DataLoader(data.train, batch_size=batch, sampler=sampler, num_workers=cfg.workers, pin_memory=pin,
+                       persistent_workers=False, drop_last=cfg.drop_last)
+    test = DataLoader(data.test, batch_size=max(batch, 1) * 2, sampler=test_sampler, num_workers=cfg.workers,
+                      pin_memory=pin)
+    return train, test
 
 
 def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScaler, cfg: TrainConfig, epoch: int,

@@ -1,0 +1,157 @@
+"""``CifarAugment``'s batched form against torchvision's per-image transform, and ``DeviceBatches``
+against a DataLoader over the same sampler: the same values bit for bit, the same batches in the same
+order, random draws fixed by (seed, epoch, rank) alone."""
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, SequentialSampler
+
+from helpers import fake_cifar10, requires_cuda
+from rsg_fast.data import ArrayImageDataset, CifarAugment, DeviceBatches, SyntheticLT, build_datasets
+from rsg_fast.train.distributed import EpochSampler, ShardSampler
+
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def per_image(aug: CifarAugment, image: np.ndarray, params) -> torch.Tensor:
+    """torchvision's pipeline on one HWC uint8 image, its random choices given as ``params``."""
+    img = Image.fromarray(image)
+    if params is not None:
+        h, w = image.shape[:2]
+        img = TF.crop(TF.pad(img, aug.pad), int(params[0]), int(params[1]), h, w)
+        if params[2]:
+            img = TF.hflip(img)
+    return T.Compose([T.ToTensor(), T.Normalize(aug.mean, aug.std)])(img)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+@pytest.mark.parametrize("n,h,w", [(1, 32, 32), (37, 32, 32), (5, 7, 13)])
+def test_batched_augmentation_is_torchvisions_bit_for_bit(n, h, w, memory_format):
+    """Every image of the batch is torchvision's pad, crop, flip, ToTensor, Normalize with the drawn
+    offsets and flips, exactly (same operations, same float32 rounding), at odd sizes and N = 1."""
+    aug = CifarAugment(train=True)
+    images = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8)
+    params = aug.draw(n, torch.Generator().manual_seed(n + h))
+    assert params[:, 2].any() or n == 1                    # flips among the draws
+    got = aug.apply(images, params, memory_format)
+    assert got.shape == (n, 3, h, w) and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=memory_format)
+    for k in range(n):
+        assert torch.equal(got[k], per_image(aug, images[k].numpy(), params[k])), k
+    test_aug = CifarAugment(train=False)
+    assert test_aug.draw(n, torch.Generator()) is None
+    plain = test_aug.apply(images, None, memory_format)
+    assert all(torch.equal(plain[k], per_image(test_aug, images[k].numpy(), None)) for k in range(n))
+
+
+def test_the_draws_cover_every_crop_and_flip_evenly_and_repeat_per_seed():
+    aug = CifarAugment(train=True)
+    params = aug.draw(20000, torch.Generator().manual_seed(0))
+    assert params.dtype == torch.int64 and params.shape == (20000, 3)
+    for col in (0, 1):   # RandomCrop: every offset 0 .. 8 of the padded 40 x 40, about equally often
+        counts = torch.bincount(params[:, col], minlength=9)
+        assert len(counts) == 9 and counts.min() > 20000 / 9 * 0.9 and counts.max() < 20000 / 9 * 1.1
+    assert set(params[:, 2].tolist()) == {0, 1} and abs(params[:, 2].float().mean() - 0.5) < 0.02
+    assert torch.equal(params, aug.draw(20000, torch.Generator().manual_seed(0)))
+    assert not torch.equal(params, aug.draw(20000, torch.Generator().manual_seed(1)))
+
+
+def test_a_pipeline_refuses_images_that_are_not_hwc_uint8():
+    aug = CifarAugment(train=False)
+    with pytest.raises(ValueError, match=r"images must be \(B, H, W, 3\) uint8, got \(2, 3, 8, 8\)"):
+        aug.apply(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None)
+    with pytest.raises(ValueError, match="torch.float32"):
+        aug.apply(torch.zeros(2, 8, 8, 3), None)
+
+
+def _loader_batches(dataset, sampler, batch_size, drop_last):
+    return list(DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last))
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+@pytest.mark.parametrize("batch_size,drop_last", [(7, False), (7, True), (1000, False), (1, True)])
+def test_synthetic_batches_equal_a_dataloaders(batch_size, drop_last, memory_format):
+    """Nothing is random per batch in synthetic-lt: the same tensors as a DataLoader over the sampler."""
+    data = SyntheticLT(True, n_max=40, imb_factor=0.1, image_size=9)
+    sampler = EpochSampler(data.targets, seed=3)
+    sampler.set_epoch(2, balanced=False)
+    batches = DeviceBatches(data, sampler, batch_size, device=torch.device("cpu"), drop_last=drop_last,
+                            memory_format=memory_format)
+    got, expected = list(batches), _loader_batches(data, sampler, batch_size, drop_last)
+    assert len(got) == len(expected) == len(batches) > 0
+    for (x, y), (x_ref, y_ref) in zip(got, expected):
+        assert torch.equal(x, x_ref) and x.is_contiguous(memory_format=memory_format)
+        assert torch.equal(y, y_ref) and y.dtype == torch.int64 and y.device.type == "cpu"
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    fake_cifar10(str(tmp_path), monkeypatch, per_class_train=30, per_class_test=3)
+    return build_datasets("cifar10", root=str(tmp_path), imb_factor=0.1)
+
+
+def test_cifar_test_batches_equal_a_dataloaders(cifar):
+    test = cifar.test
+    sampler = ShardSampler(len(test), rank=1, world=3)   # a shard: not every index, not from 0
+    got = list(DeviceBatches(test, sampler, 4, device=torch.device("cpu")))
+    expected = _loader_batches(test, sampler, 4, False)
+    assert len(got) == len(expected) == 3 and got[-1][0].shape[0] == 2   # 10 of the 30
+    for (x, y), (x_ref, y_ref) in zip(got, expected):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+def test_cifar_training_batches_follow_the_sampler_and_torchvisions_transform(cifar):
+    """The sampler's order and labels; each image torchvision's transform of its own file image with
+    the offsets and flip DeviceBatches drew for it; the draws fixed by (seed, epoch, rank)."""
+    train = cifar.train
+    sampler = EpochSampler(train.targets, seed=5)
+    sampler.set_epoch(1, balanced=True)   # with replacement: an image may come twice, cropped differently
+    batches = DeviceBatches(train, sampler, 16, device=torch.device("cpu"), drop_last=True, seed=5)
+    batches.set_epoch(1)
+    order = list(sampler)
+    params = train.batch_transform.draw(len(batches) * 16, batches._generator())
+    got = list(batches)
+    assert len(got) == len(order) // 16
+    for b, (x, y) in enumerate(got):
+        for k in range(16):
+            i = order[b * 16 + k]
+            assert y[k] == train.targets[i]
+            assert torch.equal(x[k], per_image(train.batch_transform, train.data[i], params[b * 16 + k]))
+    again = list(batches)   # the same (seed, epoch, rank): the same batches, as a resumed run needs
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again))
+    for change in (dict(seed=6), dict(rank=1)):
+        other = DeviceBatches(train, sampler, 16, device=torch.device("cpu"), drop_last=True,
+                              **{"seed": 5, **change})
+        other.set_epoch(1)
+        assert not torch.equal(next(iter(other))[0], got[0][0]), change
+    batches.set_epoch(2)
+    assert not torch.equal(next(iter(batches))[0], got[0][0])
+
+
+def test_an_empty_shard_gives_no_batches_and_unsupported_data_is_refused(cifar):
+    empty = DeviceBatches(cifar.test, ShardSampler(0), 4, device=torch.device("cpu"))
+    assert len(empty) == 0 and list(empty) == []
+    plain = ArrayImageDataset(cifar.train.data, cifar.train.targets, cifar.train.transform)   # no batched form
+    with pytest.raises(ValueError, match="in-memory dataset with a batched transform.*got ArrayImageDataset"):
+        DeviceBatches(plain, SequentialSampler(plain), 4, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        DeviceBatches(cifar.test, SequentialSampler(cifar.test), 0, device=torch.device("cpu"))
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("memory_format", FORMATS)
+def test_cuda_batches_equal_the_cpus(cifar, memory_format):
+    """On the GPU (divisions by tensors, not by Python scalars, which CUDA turns into multiplications)
+    the same values as on the CPU, bit for bit; labels pinned on the host."""
+    train = cifar.train
+    sampler = EpochSampler(train.targets, seed=1)
+    on = {d: DeviceBatches(train, sampler, 32, device=torch.device(d), memory_format=memory_format, seed=1)
+          for d in ("cpu", "cuda")}
+    for (x, y), (xc, yc) in zip(on["cpu"], on["cuda"]):
+        assert xc.device.type == "cuda" and xc.is_contiguous(memory_format=memory_format)
+        assert yc.device.type == "cpu" and yc.is_pinned()
+        assert torch.equal(xc.cpu(), x) and torch.equal(yc, y)
