@@ -155,3 +155,15 @@ def test_cuda_batches_equal_the_cpus(cifar, memory_format):
         assert xc.device.type == "cuda" and xc.is_contiguous(memory_format=memory_format)
         assert yc.device.type == "cpu" and yc.is_pinned()
         assert torch.equal(xc.cpu(), x) and torch.equal(yc, y)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_batches_do_not_make_the_host_wait_for_the_gpu(cifar):
+    from helpers import host_waits_for_gpu
+
+    sampler = EpochSampler(cifar.train.targets, seed=0)
+    batches = DeviceBatches(cifar.train, sampler, 16, device=torch.device("cuda"))
+    list(batches)                        # the first epoch: pinned host blocks allocated, then cached
+    torch.cuda.synchronize()
+    assert not host_waits_for_gpu(lambda: [x.sum() for x, _ in batches])

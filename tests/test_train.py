@@ -774,6 +774,61 @@ def test_whole_run_progress_bar_and_one_tensorboard_note(tmp_path, capsys, monke
     assert f"{2 * steps_per_epoch + 2}/{2 * steps_per_epoch + 2}" in capsys.readouterr().err
 
 
+def test_the_progress_bar_shows_the_loss_without_waiting_for_it(monkeypatch):
+    """Every 10 steps the bar shows the last loss reading that has arrived and starts another; a
+    reading still on its way (a GPU copy) is neither waited for nor replaced. On the CPU a reading
+    arrives at once."""
+    from rsg_fast.train import loop
+
+    bar = loop.RunProgress(True, 40, 0, 1, 1)
+    for step in range(1, 13):
+        bar.step(torch.tensor(float(step)), step)
+    assert bar.bar.postfix == "loss=11.000"       # the CPU: the reading of step 11, shown at once
+    bar.close()
+
+    class Pending:   # a copy that arrives when the test says so
+        made: list = []
+
+        def __init__(self, loss, previous=None):
+            self.loss, self.arrived = float(loss), False
+            Pending.made.append(self)
+
+        def ready(self):
+            return self.arrived
+
+        def value(self):
+            assert self.arrived, "a reading shown before it arrived"
+            return self.loss
+
+    monkeypatch.setattr(loop, "_LossReading", Pending)
+    bar = loop.RunProgress(True, 40, 0, 1, 1)
+    for step in range(1, 32):
+        bar.step(torch.tensor(float(step)), step)
+        if step == 15:
+            Pending.made[0].arrived = True      # step 1's reading arrives between steps 11 and 21
+    assert [r.loss for r in Pending.made] == [1.0, 21.0]   # at step 11 the first was still on its way
+    assert bar.bar.postfix == "loss=1.000" and bar.bar.n == 31
+    bar.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_progress_bar_does_not_make_the_host_wait_for_the_gpu():
+    from helpers import host_waits_for_gpu
+    from rsg_fast.train import loop
+
+    bar = loop.RunProgress(True, 50, 0, 1, 1)
+    loss = torch.full((), 2.5, device="cuda")
+    bar.step(loss, 1)
+    torch.cuda.synchronize()             # the first reading's pinned buffer, allocated once, has arrived
+    assert not host_waits_for_gpu(lambda: [bar.step(loss * step, step) for step in range(11, 32)])
+    assert bar.bar.postfix == "loss=2.500"          # step 1's; step 11's was still on its way
+    torch.cuda.synchronize()
+    bar.step(loss, 41)
+    assert bar.bar.postfix == "loss=27.500"         # step 11's, once it arrived
+    bar.close()
+
+
 def test_a_batch_larger_than_the_training_set_with_drop_last_is_an_error(tmp_path, capsys):
     """drop_last (the published scripts' setting, the default) would leave no batch at all."""
     args = SHORT + ["--batch-size", "4096", "--epochs", "1"]
