@@ -864,6 +864,9 @@ def test_epoch_thresh_help_states_the_default_it_resolves():
         cfg = resolve_config(build_parser().parse_args(["--epochs", str(epochs)]))
         assert cfg.epoch_thresh == cfg.drw_epoch - 1 == round(epochs * 160 / 200) - 1
     assert "DRW/DRS epoch - 1" in what and "159/200" not in what, what
+    # a first milestone at 0 (DRW from the start): the threshold 0 that --epoch-thresh allows, not -1
+    cfg = resolve_config(build_parser().parse_args(["--epochs", "10", "--lr-milestones", "0", "5"]))
+    assert (cfg.drw_epoch, cfg.epoch_thresh) == (0, 0) and "at least 0" in what
 
 
 def test_device_batches_train_exactly_as_a_dataloader_on_synthetic_lt(tmp_path):

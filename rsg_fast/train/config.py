@@ -161,7 +161,7 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
         contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
         transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
-        epoch_thresh=given(args.epoch_thresh, switch - 1), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
+        epoch_thresh=given(args.epoch_thresh, max(switch - 1, 0)), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
         use_norm=args.loss_type == "LDAM" if args.use_norm is None else args.use_norm == "yes",
         init_weights=absolute(args.init_weights),
         loss_type=args.loss_type, train_rule=args.train_rule, drw_epoch=given(args.drw_epoch, switch),
