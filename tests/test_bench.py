@@ -1034,7 +1034,8 @@ def test_the_pytest_benchmark_files_run():
     """Every file in benchmarks/ runs once (timing disabled) at the tiny setting on the CPU, so a
     renamed case or fixture cannot leave a file that only fails when someone benchmarks."""
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "RSG_BENCH_SHAPES": "tiny", "RSG_BENCH_DEVICE": "cpu", "RSG_BENCH_ROUNDS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSG_BENCH_")}   # not the caller's settings
+    env.update(RSG_BENCH_SHAPES="tiny", RSG_BENCH_DEVICE="cpu", RSG_BENCH_ROUNDS="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
                            "-o", "addopts=", "-rA", str(root / "benchmarks")], capture_output=True, text=True, env=env,
                           cwd=root, timeout=300)

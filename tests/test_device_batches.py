@@ -32,7 +32,7 @@ def per_image(aug: CifarAugment, image: np.ndarray, params) -> torch.Tensor:
 def test_batched_augmentation_is_torchvisions_bit_for_bit(n, h, w, memory_format):
     """Every image of the batch is torchvision's pad, crop, flip, ToTensor, Normalize with the drawn
     offsets and flips, exactly (same operations, same float32 rounding), at odd sizes and N = 1."""
-    aug = CifarAugment(train=True)
+    aug = CifarAugment(train=True, size=(h, w))
     images = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8)
     params = aug.draw(n, torch.Generator().manual_seed(n + h))
     assert params[:, 2].any() or n == 1                    # flips among the draws
@@ -41,10 +41,28 @@ def test_batched_augmentation_is_torchvisions_bit_for_bit(n, h, w, memory_format
     assert got.is_contiguous(memory_format=memory_format)
     for k in range(n):
         assert torch.equal(got[k], per_image(aug, images[k].numpy(), params[k])), k
-    test_aug = CifarAugment(train=False)
+    test_aug = CifarAugment(train=False, size=(h, w))
     assert test_aug.draw(n, torch.Generator()) is None
     plain = test_aug.apply(images, None, memory_format)
     assert all(torch.equal(plain[k], per_image(test_aug, images[k].numpy(), None)) for k in range(n))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (7, 13)])
+def test_batched_augmentation_is_the_per_image_pipeline_it_replaces(size):
+    """``per_image()`` (the DataLoader path) and ``apply`` agree: torchvision's RandomCrop draws the row
+    then the column offset, RandomHorizontalFlip one uniform number, from the global RNG, so replaying
+    those draws gives ``apply`` the same params."""
+    aug = CifarAugment(train=True, size=size)
+    pipeline = aug.per_image()
+    images = torch.randint(0, 256, (12, *size, 3), dtype=torch.uint8)
+    for k in range(len(images)):
+        torch.manual_seed(k)
+        expected = pipeline(Image.fromarray(images[k].numpy()))
+        torch.manual_seed(k)
+        span = 2 * aug.pad + 1
+        i, j = (int(torch.randint(0, span, size=(1,))) for _ in range(2))
+        flip = int(torch.rand(1) < 0.5)
+        assert torch.equal(aug.apply(images[k:k + 1], torch.tensor([[i, j, flip]]))[0], expected), k
 
 
 def test_the_draws_cover_every_crop_and_flip_evenly_and_repeat_per_seed():
@@ -65,6 +83,8 @@ def test_a_pipeline_refuses_images_that_are_not_hwc_uint8():
         aug.apply(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None)
     with pytest.raises(ValueError, match="torch.float32"):
         aug.apply(torch.zeros(2, 8, 8, 3), None)
+    with pytest.raises(ValueError, match=r"images must be 32 x 32 \(this pipeline's size\), got 8 x 9"):
+        aug.apply(torch.zeros(2, 8, 9, 3, dtype=torch.uint8), None)
 
 
 def _loader_batches(dataset, sampler, batch_size, drop_last):
@@ -105,14 +125,13 @@ def test_cifar_test_batches_equal_a_dataloaders(cifar):
 
 def test_cifar_training_batches_follow_the_sampler_and_torchvisions_transform(cifar):
     """The sampler's order and labels; each image torchvision's transform of its own file image with
-    the offsets and flip DeviceBatches drew for it; the draws fixed by (seed, epoch, rank)."""
+    the offsets and flip DeviceBatches drew for it; the draws keyed by the sampler's (seed, epoch, rank)."""
     train = cifar.train
     sampler = EpochSampler(train.targets, seed=5)
     sampler.set_epoch(1, balanced=True)   # with replacement: an image may come twice, cropped differently
-    batches = DeviceBatches(train, sampler, 16, device=torch.device("cpu"), drop_last=True, seed=5)
-    batches.set_epoch(1)
+    batches = DeviceBatches(train, sampler, 16, device=torch.device("cpu"), drop_last=True)
     order = list(sampler)
-    params = train.batch_transform.draw(len(batches) * 16, batches._generator())
+    params = train.batch_transform.draw(len(batches) * 16, batches.generator())
     got = list(batches)
     assert len(got) == len(order) // 16
     for b, (x, y) in enumerate(got):
@@ -121,14 +140,16 @@ def test_cifar_training_batches_follow_the_sampler_and_torchvisions_transform(ci
             assert y[k] == train.targets[i]
             assert torch.equal(x[k], per_image(train.batch_transform, train.data[i], params[b * 16 + k]))
     again = list(batches)   # the same (seed, epoch, rank): the same batches, as a resumed run needs
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again))
-    for change in (dict(seed=6), dict(rank=1)):
-        other = DeviceBatches(train, sampler, 16, device=torch.device("cpu"), drop_last=True,
-                              **{"seed": 5, **change})
-        other.set_epoch(1)
-        assert not torch.equal(next(iter(other))[0], got[0][0]), change
-    batches.set_epoch(2)
-    assert not torch.equal(next(iter(batches))[0], got[0][0])
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, again))
+    def draws(of: DeviceBatches) -> torch.Tensor:
+        return train.batch_transform.draw(64, of.generator())
+
+    for seed, rank in ((6, 0), (5, 1)):      # another seed, another process: other draws
+        other = EpochSampler(train.targets, seed=seed, rank=rank, world=2)
+        other.set_epoch(1, balanced=True)
+        assert not torch.equal(draws(DeviceBatches(train, other, 16, device=torch.device("cpu"))), params[:64])
+    sampler.set_epoch(2, balanced=True)      # the next epoch: another order and other draws
+    assert not torch.equal(draws(batches), params[:64])
 
 
 def test_an_empty_shard_gives_no_batches_and_unsupported_data_is_refused(cifar):
@@ -149,7 +170,7 @@ def test_cuda_batches_equal_the_cpus(cifar, memory_format):
     the same values as on the CPU, bit for bit; labels pinned on the host."""
     train = cifar.train
     sampler = EpochSampler(train.targets, seed=1)
-    on = {d: DeviceBatches(train, sampler, 32, device=torch.device(d), memory_format=memory_format, seed=1)
+    on = {d: DeviceBatches(train, sampler, 32, device=torch.device(d), memory_format=memory_format)
           for d in ("cpu", "cuda")}
     for (x, y), (xc, yc) in zip(on["cpu"], on["cuda"]):
         assert xc.device.type == "cuda" and xc.is_contiguous(memory_format=memory_format)

@@ -810,6 +810,22 @@ def test_the_progress_bar_shows_the_loss_without_waiting_for_it(monkeypatch):
     assert bar.bar.postfix == "loss=1.000" and bar.bar.n == 31
     bar.close()
 
+    class ArrivesWhileAsked(Pending):   # there at the third question (asked once as it starts)
+        def ready(self):
+            self.asked = getattr(self, "asked", 0) + 1
+            self.arrived = self.asked > 2
+            return self.arrived
+
+    Pending.made = []
+    monkeypatch.setattr(loop, "_LossReading", ArrivesWhileAsked)
+    bar = loop.RunProgress(True, 40, 0, 1, 1)
+    shown = []
+    monkeypatch.setattr(bar, "_show", lambda reading: shown.append(reading.value()))
+    for step in range(1, 22):
+        bar.step(torch.tensor(float(step)), step)
+    assert shown == [1.0] and [r.loss for r in Pending.made] == [1.0, 21.0]   # none dropped unshown
+    bar.close()
+
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -908,9 +924,7 @@ def test_a_cifar_run_on_device_batches_resumes_bit_for_bit(tmp_path, monkeypatch
             "workers") in capsys.readouterr().err
 
 
-def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path):
-    from rsg_fast.train.cli import _settings_that_do_nothing
-
+def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys):
     def config(*flags):
         return resolve_config(build_parser().parse_args(["--out", str(tmp_path / "x"), *flags]), 1)
 
@@ -918,7 +932,38 @@ def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path):
     assert (config("--dataset", "cifar100").loader, config("--dataset", "cifar100").workers) == ("device", 0)
     assert (config("--dataset", "imagenet-lt").loader, config("--dataset", "imagenet-lt").workers) == ("workers", 4)
     assert (config("--loader", "workers", "--dataset", "cifar10").workers) == 4
-    assert _settings_that_do_nothing(config("--loader", "workers", "--workers", "8"), None) == []
-    assert _settings_that_do_nothing(config("--workers", "0"), None) == []
-    (note,) = _settings_that_do_nothing(config("--dataset", "cifar10", "--workers", "8"), None)
-    assert note.startswith("--workers 8 is for --loader workers and does nothing with --loader device")
+    args = TINY + ["--epochs", "1", "--synthetic-max", "40", "--imb-factor", "0.1"]
+    assert main(args + ["--workers", "2", "--out", str(tmp_path / "a")]) == 0
+    assert ("warning: --workers 2 is for --loader workers and does nothing with --loader device (the default for "
+            "--dataset synthetic-lt): the batches are made on the training device") in capsys.readouterr().err
+    assert main(args + ["--workers", "2", "--loader", "device", "--out", str(tmp_path / "b")]) == 0
+    assert "does nothing with --loader device: the batches" in capsys.readouterr().err
+    assert main(args + ["--workers", "0", "--out", str(tmp_path / "c")]) == 0
+    assert "--workers" not in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_its_loader_unless_told(tmp_path, capsys):
+    """--resume without --loader continues with the checkpoint's batches: a run from before --loader
+    (no such key: a DataLoader) or one started with --loader workers stays on the DataLoader, its
+    --workers too, rather than switching its augmentation's random stream to the new default."""
+    args = TINY + ["--epochs", "3", "--synthetic-max", "40", "--imb-factor", "0.1"]
+    out = str(tmp_path / "run")
+    assert main(args + ["--loader", "workers", "--workers", "0", "--out", out, "--stop-after-epoch", "1"]) == 0
+    assert main(args + ["--out", out, "--resume", "--stop-after-epoch", "2"]) == 0
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert (saved["loader"], saved["workers"]) == ("workers", 0)
+    assert "loader" not in capsys.readouterr().err
+    # a checkpoint written before --loader existed (no key: a DataLoader with its --workers), made to
+    # stand before epoch 2 again
+    path = os.path.join(out, ckpt.LAST)
+    state = torch.load(path, weights_only=True)
+    del state["config"]["loader"]
+    state["epoch"] = 0
+    torch.save(state, path)
+    assert main(args + ["--out", out, "--resume", "--stop-after-epoch", "2"]) == 0
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert (saved["loader"], saved["workers"]) == ("workers", 0)
+    # switched on purpose: said, as any other setting a resumed run changes
+    assert main(args + ["--out", out, "--resume", "--loader", "device"]) == 0
+    assert "loader workers -> device" in capsys.readouterr().err
+    assert json.load(open(os.path.join(out, "config.json")))["loader"] == "device"

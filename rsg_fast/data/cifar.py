@@ -22,12 +22,13 @@ class CifarAugment:
     same values bit for bit: torchvision's per-image transform (``per_image``, for DataLoader workers), and
     batched tensor ops that run where the images are (``draw`` then ``apply``, for ``DeviceBatches``).
 
-    Training: zero-pad ``pad`` pixels, a random crop of the image's size, a horizontal flip with
-    probability 1/2; then every pixel ``(u8 / 255 - mean) / std``. Test (``train=False``): the scaling and
-    normalisation only."""
+    Training: zero-pad ``pad`` pixels, a random crop of ``size`` (the images' (height, width)), a
+    horizontal flip with probability 1/2; then every pixel ``(u8 / 255 - mean) / std``. Test
+    (``train=False``): the scaling and normalisation only."""
 
     train: bool
     pad: int = 4
+    size: tuple[int, int] = (32, 32)
     mean: tuple[float, float, float] = CIFAR_MEAN
     std: tuple[float, float, float] = CIFAR_STD
 
@@ -36,7 +37,7 @@ class CifarAugment:
 
         norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
         if self.train:
-            return T.Compose([T.RandomCrop(32, padding=self.pad), T.RandomHorizontalFlip(), *norm])
+            return T.Compose([T.RandomCrop(self.size, padding=self.pad), T.RandomHorizontalFlip(), *norm])
         return T.Compose(norm)
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -50,11 +51,15 @@ class CifarAugment:
 
     def apply(self, images: torch.Tensor, params: torch.Tensor | None,
               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-        """(B, H, W, 3) uint8 images and ``draw``'s (B, 3) params on the same device -> (B, 3, H, W)
-        float32 in ``memory_format``. One gather does the padding, crop and flip: O(B H W) bytes."""
+        """(B, H, W, 3) uint8 images, (H, W) = ``size``, and ``draw``'s (B, 3) params on the same device
+        -> (B, 3, H, W) float32 in ``memory_format``. A zero-padded copy, then one gather crops and flips:
+        O(B H W) bytes."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(self.mean):
             raise ValueError(f"images must be (B, H, W, {len(self.mean)}) uint8, got {tuple(images.shape)} "
                              f"{images.dtype}")
+        if tuple(images.shape[1:3]) != tuple(self.size):
+            raise ValueError(f"images must be {self.size[0]} x {self.size[1]} (this pipeline's size), got "
+                             f"{images.shape[1]} x {images.shape[2]}")
         b, h, w, _ = images.shape
         if params is not None:
             p = self.pad

@@ -1,15 +1,15 @@
 """``DeviceBatches``: the batches of an in-memory dataset (CIFAR-LT, synthetic-lt) made where the model runs.
 
 A DataLoader makes a CIFAR batch image by image in Python (PIL pad, crop, flip, ToTensor, Normalize:
-170 us an image, 21 ms a batch of 128 with collation, on one core of a 2-core VM), in worker processes
+about 170 us an image, 20 ms a batch of 128 with collation, on one core of a 2-core VM), in worker processes
 that must keep up with the GPU, then copies it to the GPU. Here the dataset is copied to the device
 once (as uint8: 38 MB for CIFAR-10-LT at rho = 100, 150 MB for all 50 000 CIFAR images), and a batch
 is one index gather plus ``CifarAugment.apply``: a handful of kernels, no worker processes, no
 per-step copy of images.
 
 The order is the sampler's (the same batches as a DataLoader over that sampler); the augmentation's
-random numbers come from (seed, epoch, rank) alone, so they do not depend on the number of processes'
-workers, and a resumed run draws what an uninterrupted one would.
+random numbers come from the sampler's (seed, epoch, rank) alone, so they do not depend on a number of worker
+processes, and a resumed run draws what an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -34,20 +34,19 @@ class DeviceBatches:
     the host (pinned on CUDA: their copy to the device does not wait, and RSG plans its new samples
     from them without a sync).
 
-    ``set_epoch(epoch)`` picks the augmentation's random stream (seed, epoch, rank); call it with the
-    sampler's own ``set_epoch``."""
+    The augmentation's random draws are keyed by the sampler's ``seed``, ``epoch`` and ``rank`` (an
+    ``EpochSampler``'s; 0 for a sampler without them): its ``set_epoch`` moves both the order and the
+    draws, so the two cannot get out of step."""
 
     def __init__(self, dataset: Dataset, sampler: Sampler[int], batch_size: int, *, device: torch.device,
-                 drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
-                 seed: int = 0, rank: int = 0):
+                 drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format):
         if not device_batches_supported(dataset):
             raise ValueError(f"DeviceBatches needs an in-memory dataset with a batched transform (CIFAR-LT, "
                              f"synthetic-lt), got {type(dataset).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.device = torch.device(device)
-        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-        self.memory_format, self.seed, self.rank, self.epoch = memory_format, seed, rank, 0
+        self.sampler, self.batch_size, self.drop_last, self.memory_format = sampler, batch_size, drop_last, memory_format
         if isinstance(dataset, SyntheticLT):   # float (N, C, H, W), nothing random per batch
             images, self.transform = dataset.data, None
         else:                                  # uint8 (N, H, W, C), the layout the gather reads best
@@ -55,9 +54,6 @@ class DeviceBatches:
         self.images = images.to(self.device)
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
         self._pin = self.device.type == "cuda"
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -69,7 +65,7 @@ class DeviceBatches:
         order = order[:count]
         labels = self.targets[order]
         # all the epoch's random draws at once (None when nothing is random): one copy, then views
-        params = self.transform.draw(count, self._generator()) if self.transform is not None else None
+        params = self.transform.draw(count, self.generator()) if self.transform is not None else None
         if self._pin:
             order, labels = order.pin_memory(), labels.pin_memory()
             params = params.pin_memory() if params is not None else None
@@ -84,8 +80,10 @@ class DeviceBatches:
                 x = self.transform.apply(images, None if params_dev is None else params_dev[batch], self.memory_format)
             yield x, labels[batch]
 
-    def _generator(self) -> torch.Generator:
-        # SeedSequence mixes the three numbers into one well-spread seed (seed + epoch would make
-        # run s's epoch e + 1 repeat run s + 1's epoch e)
-        state = np.random.SeedSequence([self.seed, self.epoch, self.rank, 0xC1FA]).generate_state(1, np.uint64)
+    def generator(self) -> torch.Generator:
+        """The CPU generator of the sampler's current (seed, epoch, rank), which the next pass draws from."""
+        key = [getattr(self.sampler, name, 0) for name in ("seed", "epoch", "rank")]
+        # SeedSequence mixes the numbers into one well-spread seed (seed + epoch would make run s's
+        # epoch e + 1 repeat run s + 1's epoch e)
+        state = np.random.SeedSequence([*key, 0xC1FA]).generate_state(1, np.uint64)
         return torch.Generator().manual_seed(int(state[0]))

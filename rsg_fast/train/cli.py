@@ -21,7 +21,7 @@ import torch.distributed as dist
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.backend import resolve_backend, triton_available, triton_interpret
 from rsg_fast.cli_args import UsageError, lacks_bf16, parse_args, usage_error_exit
-from rsg_fast.data import IN_MEMORY_DATASETS, LIST_DATASETS
+from rsg_fast.data import LIST_DATASETS
 from rsg_fast.train.arguments import PROG, build_parser
 from rsg_fast.train.config import TrainConfig, resolve_config
 from rsg_fast.train.distributed import Process
@@ -60,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group("nccl" if torch.device(config.device).type == "cuda" else "gloo")
     try:
         try:
-            setup = build_setup(config, proc, resume)
+            not_given = frozenset(name for name in ("loader", "workers") if getattr(args, name) is None)
+            setup = build_setup(config, proc, resume, not_given=not_given)
         except (ValueError, FileNotFoundError) as err:
             print(f"{PROG}: error: {err}", file=sys.stderr)
             return 2
         stop = min(config.epochs, args.stop_after_epoch or config.epochs)
         try:
             if proc.is_main:
+                if setup.config.loader == "device" and args.workers:   # after _resume: it may pick the loader
+                    default = "" if args.loader else f" (the default for --dataset {config.dataset})"
+                    print(f"{PROG}: warning: --workers {args.workers} is for --loader workers and does nothing with "
+                          f"--loader device{default}: the batches are made on the training device; give --loader "
+                          "workers to use worker processes", file=sys.stderr, flush=True)
                 _report_start(setup, stop)
             if setup.start_epoch >= stop:  # nothing to train; process 0 said why
                 return 0
@@ -152,7 +158,7 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
 # milestones, DRW epoch, epoch_thresh and warm-up derived from it
 SCHEDULE_KEYS = ("epochs", "epoch_thresh", "lr", "lr_milestones", "lr_factors", "warmup_epochs", "drw_epoch",
                  "train_rule", "loss_type", "batch_size", "transfer_strength", "head_ratio", "lambda_cesc",
-                 "lambda_mv", "seed")
+                 "lambda_mv", "seed", "loader")
 
 
 def _schedule_changes(theirs: dict, ours: dict) -> str:
@@ -195,10 +201,6 @@ def _settings_that_do_nothing(config, stop_after_epoch) -> list[str]:
     if lists and config.dataset not in LIST_DATASETS:
         notes.append(f"{' and '.join(lists)} {'are' if len(lists) > 1 else 'is'} for the list-file datasets and "
                      f"{'do' if len(lists) > 1 else 'does'} nothing with --dataset {config.dataset}")
-    if config.loader == "device" and config.workers:
-        notes.append(f"--workers {config.workers} is for --loader workers and does nothing with --loader device, "
-                     f"the default for {', '.join(IN_MEMORY_DATASETS)}: the batches are made on the training "
-                     "device; give --loader workers to use worker processes")
     if stop_after_epoch is not None and stop_after_epoch > config.epochs:
         notes.append(f"--stop-after-epoch {stop_after_epoch} is past --epochs {config.epochs}: the run stops at "
                      f"--epochs")

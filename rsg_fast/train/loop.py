@@ -52,9 +52,10 @@ class RunProgress:
         if self.bar is None:
             return
         if step % 10 == 1:   # every 10 steps: show the reading that has arrived, start another
-            if self.reading is not None and self.reading.ready():
+            arrived = self.reading is not None and self.reading.ready()   # asked once: it may arrive meanwhile
+            if arrived:
                 self._show(self.reading)
-            if self.reading is None or self.reading.ready():
+            if self.reading is None or arrived:
                 self.reading = _LossReading(loss, self.reading)
                 if self.reading.ready():   # on the CPU, at once
                     self._show(self.reading)
@@ -135,8 +136,6 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             w = rule.weights(epoch)
             criterion.weight = None if w is None else w.to(device)
             sampler.set_epoch(epoch, rule.balanced_sampling(epoch))
-            if isinstance(train_loader, DeviceBatches):
-                train_loader.set_epoch(epoch)   # the augmentation's draws: from (seed, epoch, rank)
             sums = _train_epoch(step_model, train_loader, criterion, setup.optimizer, setup.scaler, cfg, epoch,
                                 device, proc, bar)
 
@@ -184,8 +183,9 @@ def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device
     test_sampler = ShardSampler(len(data.test), proc.rank, proc.world)
     if cfg.loader == "device":
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        # the augmentation's draws follow the sampler's (seed, epoch, rank), as the order does
         train = DeviceBatches(data.train, sampler, batch, device=device, drop_last=cfg.drop_last,
-                              memory_format=memory_format, seed=cfg.seed, rank=proc.rank)
+                              memory_format=memory_format)
         test = DeviceBatches(data.test, test_sampler, max(batch, 1) * 2, device=device, memory_format=memory_format)
         return train, test
     pin = device.type == "cuda"

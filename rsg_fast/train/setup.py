@@ -42,8 +42,11 @@ def resume_path(out: str, resume: str | None) -> str | None:
     return os.path.join(out, ckpt.LAST) if resume == "auto" else resume
 
 
-def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -> TrainSetup:
-    """``ValueError`` / ``FileNotFoundError`` with a message for the user when the input does not fit."""
+def build_setup(config: TrainConfig, proc: Process, resume: str | None = None, *,
+                not_given: frozenset[str] = frozenset()) -> TrainSetup:
+    """``ValueError`` / ``FileNotFoundError`` with a message for the user when the input does not fit.
+    ``not_given``: the settings among ``loader`` and ``workers`` that the command line left to their
+    defaults, which a resumed run takes from its checkpoint instead."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     data = _build_data(config, proc)
@@ -82,7 +85,7 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None) -
     scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling)
     setup = TrainSetup(config, data, device, model, optimizer, scaler, init_note=init_note)
     if resume is not None:
-        _resume(setup, resume)
+        _resume(setup, resume, not_given)
     return setup
 
 
@@ -113,7 +116,7 @@ def _build_data(config: TrainConfig, proc: Process) -> LTData:
     return data
 
 
-def _resume(setup: TrainSetup, path: str) -> None:
+def _resume(setup: TrainSetup, path: str, not_given: frozenset[str] = frozenset()) -> None:
     """Load a training checkpoint into ``setup``, refusing one trained with other network settings."""
     state = ckpt.load_checkpoint(path)
     if "optimizer" not in state or "config" not in state:
@@ -132,6 +135,12 @@ def _resume(setup: TrainSetup, path: str) -> None:
         raise ValueError(f"--init-weights {setup.config.init_weights}: the run in checkpoint {path!r} started from "
                          f"{started_from or 'its own random initialisation'}; --init-weights is for a new run (give "
                          "the run's own, or none, with --resume)")
+    theirs = state["config"]
+    # the batches the run was made with, unless --loader chooses (a DataLoader before --loader existed);
+    # a checkpoint's "device" needs no switch: that is the default wherever it can run
+    if "loader" in not_given and theirs.get("loader", "workers") == "workers" and setup.config.loader != "workers":
+        workers = theirs.get("workers", 4) if "workers" in not_given else setup.config.workers
+        setup.config = dataclasses.replace(setup.config, loader="workers", workers=workers)
     ckpt.load_state_strict(setup.model, state["model"], path)
     optim.load_state(setup.optimizer, state["optimizer"])
     if setup.scaler.is_enabled() and state.get("scaler"):   # absent or empty: the run was not fp16 until now
