@@ -152,6 +152,21 @@ def test_cifar_training_batches_follow_the_sampler_and_torchvisions_transform(ci
     assert not torch.equal(draws(batches), params[:64])
 
 
+def test_with_a_plain_random_sampler_each_pass_draws_anew_from_the_global_rng(cifar):
+    """A sampler without an epoch (torch's RandomSampler) would otherwise key every pass the same:
+    the same crop of each image in every epoch."""
+    train = cifar.train
+    batches = DeviceBatches(train, SequentialSampler(train), 64, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    first, second = next(iter(batches))[0], next(iter(batches))[0]
+    assert not torch.equal(first, second)               # the same images, other crops
+    torch.manual_seed(0)
+    assert torch.equal(next(iter(batches))[0], first)   # seeded as a DataLoader: torch.manual_seed
+    state = torch.get_rng_state()                       # nothing random: the global RNG untouched
+    list(DeviceBatches(cifar.test, SequentialSampler(cifar.test), 64, device=torch.device("cpu")))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_an_empty_shard_gives_no_batches_and_unsupported_data_is_refused(cifar):
     empty = DeviceBatches(cifar.test, ShardSampler(0), 4, device=torch.device("cpu"))
     assert len(empty) == 0 and list(empty) == []

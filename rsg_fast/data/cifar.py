@@ -40,6 +40,11 @@ class CifarAugment:
             return T.Compose([T.RandomCrop(self.size, padding=self.pad), T.RandomHorizontalFlip(), *norm])
         return T.Compose(norm)
 
+    @property
+    def random(self) -> bool:
+        """Whether ``draw`` draws anything (the training pipeline)."""
+        return self.train
+
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """(n, 3) int64 CPU tensor of each image's crop offsets (row, column, in the padded image, each
         uniform in 0 .. 2 pad, as RandomCrop's) and flip (0 or 1); None for the test pipeline."""

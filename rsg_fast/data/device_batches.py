@@ -34,9 +34,10 @@ class DeviceBatches:
     the host (pinned on CUDA: their copy to the device does not wait, and RSG plans its new samples
     from them without a sync).
 
-    The augmentation's random draws are keyed by the sampler's ``seed``, ``epoch`` and ``rank`` (an
-    ``EpochSampler``'s; 0 for a sampler without them): its ``set_epoch`` moves both the order and the
-    draws, so the two cannot get out of step."""
+    The augmentation's random draws: with a sampler that has an ``epoch`` (``EpochSampler``), keyed by
+    its ``seed``, ``epoch`` and ``rank`` (0 where it lacks one), so its ``set_epoch`` moves both the
+    order and the draws and a resumed run draws the same; with any other sampler (``RandomSampler``),
+    a new stream each pass, seeded from torch's global RNG as a DataLoader seeds its workers."""
 
     def __init__(self, dataset: Dataset, sampler: Sampler[int], batch_size: int, *, device: torch.device,
                  drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format):
@@ -46,7 +47,8 @@ class DeviceBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.device = torch.device(device)
-        self.sampler, self.batch_size, self.drop_last, self.memory_format = sampler, batch_size, drop_last, memory_format
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.memory_format = memory_format
         if isinstance(dataset, SyntheticLT):   # float (N, C, H, W), nothing random per batch
             images, self.transform = dataset.data, None
         else:                                  # uint8 (N, H, W, C), the layout the gather reads best
@@ -65,7 +67,8 @@ class DeviceBatches:
         order = order[:count]
         labels = self.targets[order]
         # all the epoch's random draws at once (None when nothing is random): one copy, then views
-        params = self.transform.draw(count, self.generator()) if self.transform is not None else None
+        random = self.transform is not None and self.transform.random
+        params = self.transform.draw(count, self.generator()) if random else None
         if self._pin:
             order, labels = order.pin_memory(), labels.pin_memory()
             params = params.pin_memory() if params is not None else None
@@ -81,7 +84,10 @@ class DeviceBatches:
             yield x, labels[batch]
 
     def generator(self) -> torch.Generator:
-        """The CPU generator of the sampler's current (seed, epoch, rank), which the next pass draws from."""
+        """The CPU generator a pass draws from: the sampler's current (seed, epoch, rank)'s, or one seeded
+        from torch's global RNG (which this call advances) for a sampler without an epoch."""
+        if not hasattr(self.sampler, "epoch"):   # else the same crops every pass
+            return torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
         key = [getattr(self.sampler, name, 0) for name in ("seed", "epoch", "rank")]
         # SeedSequence mixes the numbers into one well-spread seed (seed + epoch would make run s's
         # epoch e + 1 repeat run s + 1's epoch e)
