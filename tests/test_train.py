@@ -924,14 +924,25 @@ def test_a_cifar_run_on_device_batches_resumes_bit_for_bit(tmp_path, monkeypatch
             "workers") in capsys.readouterr().err
 
 
-def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys):
+def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys, monkeypatch):
     def config(*flags):
         return resolve_config(build_parser().parse_args(["--out", str(tmp_path / "x"), *flags]), 1)
 
+    # DataLoader workers: the CPUs per training process on this machine, one left to each process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert (config().loader, config().workers) == ("device", 0)
     assert (config("--dataset", "cifar100").loader, config("--dataset", "cifar100").workers) == ("device", 0)
-    assert (config("--dataset", "imagenet-lt").loader, config("--dataset", "imagenet-lt").workers) == ("workers", 4)
-    assert (config("--loader", "workers", "--dataset", "cifar10").workers) == 4
+    assert (config("--dataset", "imagenet-lt").loader, config("--dataset", "imagenet-lt").workers) == ("workers", 11)
+    assert (config("--loader", "workers", "--dataset", "cifar10").workers) == 11
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")            # torchrun, 4 processes on this machine
+    assert config("--dataset", "imagenet-lt").workers == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert config("--dataset", "imagenet-lt").workers == 1  # at least one
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert config("--dataset", "imagenet-lt").workers == 16  # at most 16
+    assert config("--dataset", "imagenet-lt", "--workers", "3").workers == 3
     args = TINY + ["--epochs", "1", "--synthetic-max", "40", "--imb-factor", "0.1"]
     assert main(args + ["--workers", "2", "--out", str(tmp_path / "a")]) == 0
     assert ("warning: --workers 2 is for --loader workers and does nothing with --loader device (the default for "

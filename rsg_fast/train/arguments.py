@@ -48,7 +48,8 @@ def build_parser() -> Parser:
                         "batched ops (CIFAR and synthetic-lt only); workers: a DataLoader, image by image in "
                         "--workers processes (default: device where it applies, workers for the list-file data)")
     d.add_argument("--workers", type=nonneg_int("--workers"), default=None,
-                   help="data-loader processes of --loader workers (default: 0 for synthetic-lt, 4 otherwise)")
+                   help="data-loader processes of --loader workers (default: 0 for synthetic-lt; otherwise the "
+                        "CPUs per training process on this machine, less one, 1 to 16)")
 
     s = p.add_argument_group("synthetic-lt (the offline demo data)")
     s.add_argument("--synthetic-classes", type=positive_int("--synthetic-classes"), default=10, help="classes")

@@ -157,7 +157,8 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         test_list=absolute(args.test_list),
         input_size=args.input_size, num_classes=args.num_classes, synthetic_classes=args.synthetic_classes,
         synthetic_max=args.synthetic_max, synthetic_test=args.synthetic_test, synthetic_size=args.synthetic_size,
-        loader=loader, workers=given(args.workers, 0 if args.dataset == "synthetic-lt" or loader == "device" else 4),
+        loader=loader,
+        workers=given(args.workers, 0 if args.dataset == "synthetic-lt" or loader == "device" else default_workers()),
         arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
         contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
         transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
@@ -172,6 +173,16 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         lr_factors=list(args.lr_factors), out=args.out, seed=args.seed,
         device=str(resolve_device(args.device, "--device")), rsg=not args.no_rsg, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile)
+
+
+def default_workers() -> int:
+    """DataLoader processes of ``--loader workers``: the CPUs this process may use, shared by the
+    training processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``), one left to each of them for
+    launching the GPU's work; 1 to 16. (A fixed 4 starved a GPU on a large machine and oversubscribed a
+    2-core one, where DataLoader warns.)"""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cpus // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(16, per_process - 1))
 
 
 def head_classes(cls_num_list: list[int], ratio: float, family: str) -> list[int]:
