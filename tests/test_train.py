@@ -917,6 +917,11 @@ def test_a_cifar_run_on_device_batches_resumes_bit_for_bit(tmp_path, monkeypatch
     assert _records(split) == _records(whole) and _records(whole)[2]["n_generated"] > 0
     a, b = (torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["model"] for out in (whole, split))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # rsg-fast evaluate reads the test images through torchvision's per-image transform: the same inputs
+    # as the run's device batches, so the same accuracies (a wrong normalisation would move some)
+    result = str(tmp_path / "eval.json")
+    assert evaluate_main([os.path.join(whole, ckpt.LAST), "--device", "cpu", "--json", result]) == 0
+    assert json.load(open(result))["per_class_acc"] == _records(whole)[-1]["per_class_acc"]
     capsys.readouterr()
     # the list-file data sets are read image by image: device batches cannot serve them
     assert main(LIST_RUN + ["--data-root", str(tmp_path), "--loader", "device", "--out", str(tmp_path / "x")]) == 2
