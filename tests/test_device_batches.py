@@ -152,9 +152,9 @@ def test_cifar_training_batches_follow_the_sampler_and_torchvisions_transform(ci
     assert not torch.equal(draws(batches), params[:64])
 
 
-def test_with_a_plain_random_sampler_each_pass_draws_anew_from_the_global_rng(cifar):
-    """A sampler without an epoch (torch's RandomSampler) would otherwise key every pass the same:
-    the same crop of each image in every epoch."""
+def test_a_sampler_without_an_epoch_draws_anew_each_pass_from_the_global_rng(cifar):
+    """A sampler without an epoch (torch's RandomSampler, SequentialSampler) would otherwise key every
+    pass the same: the same crop of each image in every epoch."""
     train = cifar.train
     batches = DeviceBatches(train, SequentialSampler(train), 64, device=torch.device("cpu"))
     torch.manual_seed(0)
@@ -165,6 +165,47 @@ def test_with_a_plain_random_sampler_each_pass_draws_anew_from_the_global_rng(ci
     state = torch.get_rng_state()                       # nothing random: the global RNG untouched
     list(DeviceBatches(cifar.test, SequentialSampler(cifar.test), 64, device=torch.device("cpu")))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_random_sampler_gives_a_dataloaders_order_and_other_samplers_are_keyed(cifar):
+    """RandomSampler: the DataLoader's order under the same torch.manual_seed (both draw the pass's
+    seed before the sampler draws). DistributedSampler: keyed by its seed, epoch and rank, as
+    EpochSampler. A sampler with an epoch but no seed: a seed drawn from torch's RNG at construction."""
+    from torch.utils.data import DistributedSampler, RandomSampler
+
+    train = cifar.train
+    torch.manual_seed(3)
+    got = [y for _, y in DeviceBatches(train, RandomSampler(train), 16, device=torch.device("cpu"))]
+    torch.manual_seed(3)
+    expected = [y for _, y in DataLoader(train, batch_size=16, sampler=RandomSampler(train))]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected)) and len(got) == len(expected)
+
+    def first_batch(sampler):
+        return next(iter(DeviceBatches(train, sampler, 16, device=torch.device("cpu"))))[0]
+
+    sampler = DistributedSampler(train, num_replicas=2, rank=1, shuffle=False, seed=4)
+    torch.manual_seed(0)
+    a = first_batch(sampler)
+    torch.manual_seed(1)
+    assert torch.equal(first_batch(sampler), a)                 # the global RNG plays no part
+    sampler.set_epoch(1)
+    assert not torch.equal(first_batch(sampler), a)
+    sampler.set_epoch(0)
+
+    def key(sampler):
+        return DeviceBatches(train, sampler, 16, device=torch.device("cpu")).generator().initial_seed()
+
+    assert key(sampler) != key(DistributedSampler(train, num_replicas=2, rank=0, shuffle=False, seed=4))  # rank
+    assert key(sampler) != key(DistributedSampler(train, num_replicas=2, rank=1, shuffle=False, seed=5))  # seed
+
+    class EpochOnly(SequentialSampler):
+        epoch = 0
+
+    torch.manual_seed(0)
+    a = DeviceBatches(train, EpochOnly(train), 16, device=torch.device("cpu"))
+    assert torch.equal(next(iter(a))[0], next(iter(a))[0])       # keyed: the same epoch, the same draws
+    torch.manual_seed(1)
+    assert not torch.equal(first_batch(EpochOnly(train)), next(iter(a))[0])   # another run's seed
 
 
 def test_an_empty_shard_gives_no_batches_and_unsupported_data_is_refused(cifar):

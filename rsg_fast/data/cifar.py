@@ -106,8 +106,10 @@ def _load_cifar(num_classes: int, root: str, train: bool, download: bool):
 
 class ArrayImageDataset(Dataset):
     """uint8 HWC images + int labels, with an optional torchvision transform (PIL in, tensor out).
-    ``batch_transform``, when given, is the same transform as batched tensor ops (a ``CifarAugment``):
-    ``DeviceBatches`` then makes the batches where the model runs."""
+    ``batch_transform``, when given, is the same transform as batched tensor ops: ``DeviceBatches`` then
+    makes the batches where the model runs. It is a ``CifarAugment`` or anything with its interface:
+    ``random`` (whether ``draw`` draws), ``draw(n, generator)`` (the CPU params of n images, or None)
+    and ``apply(images, params, memory_format)`` ((B, H, W, C) uint8 -> (B, C, H, W) float)."""
 
     def __init__(self, data: np.ndarray, targets, transform=None, batch_transform: CifarAugment | None = None):
         self.data = data

@@ -7,9 +7,10 @@ once (as uint8: 38 MB for CIFAR-10-LT at rho = 100, 150 MB for all 50 000 CIFAR 
 is one index gather plus ``CifarAugment.apply``: a handful of kernels, no worker processes, no
 per-step copy of images.
 
-The order is the sampler's (the same batches as a DataLoader over that sampler); the augmentation's
-random numbers come from the sampler's (seed, epoch, rank) alone, so they do not depend on a number of worker
-processes, and a resumed run draws what an uninterrupted one would.
+The order is the sampler's: the same batches as a DataLoader over that sampler (for a sampler that
+draws from torch's global RNG, such as RandomSampler, the same order under the same
+``torch.manual_seed`` when the pipeline is random; a DataLoader draws its workers' seed first, as the
+random pipeline does). The augmentation's random numbers: see ``DeviceBatches``.
 """
 from __future__ import annotations
 
@@ -34,10 +35,15 @@ class DeviceBatches:
     the host (pinned on CUDA: their copy to the device does not wait, and RSG plans its new samples
     from them without a sync).
 
-    The augmentation's random draws: with a sampler that has an ``epoch`` (``EpochSampler``), keyed by
-    its ``seed``, ``epoch`` and ``rank`` (0 where it lacks one), so its ``set_epoch`` moves both the
-    order and the draws and a resumed run draws the same; with any other sampler (``RandomSampler``),
-    a new stream each pass, seeded from torch's global RNG as a DataLoader seeds its workers."""
+    The augmentation's random draws:
+
+    - a sampler with an ``epoch`` (``rsg_fast.train.distributed.EpochSampler``, torch's
+      ``DistributedSampler``): keyed by its ``seed``, ``epoch`` and ``rank``, so its ``set_epoch``,
+      which you call every epoch, moves both the order and the draws, a resumed run draws what an
+      uninterrupted one would, and the draws do not depend on a number of worker processes. A missing
+      ``rank`` counts as 0; a missing ``seed`` is drawn once, here, from torch's global RNG.
+    - any other sampler (``RandomSampler``, ``SequentialSampler``): a new stream each pass, seeded from
+      torch's global RNG as a DataLoader seeds its workers."""
 
     def __init__(self, dataset: Dataset, sampler: Sampler[int], batch_size: int, *, device: torch.device,
                  drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format):
@@ -56,19 +62,24 @@ class DeviceBatches:
         self.images = images.to(self.device)
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
         self._pin = self.device.type == "cuda"
+        keyed = hasattr(sampler, "epoch")
+        self._seed = getattr(sampler, "seed", None) if keyed else None
+        if keyed and self._seed is None:   # else two runs' draws would agree whatever their torch seed
+            self._seed = _global_rng_seed()
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        random = self.transform is not None and self.transform.random
+        generator = self.generator() if random else None   # before the sampler's draws, as a DataLoader
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
         count = len(self) * self.batch_size if self.drop_last else len(order)
         order = order[:count]
         labels = self.targets[order]
         # all the epoch's random draws at once (None when nothing is random): one copy, then views
-        random = self.transform is not None and self.transform.random
-        params = self.transform.draw(count, self.generator()) if random else None
+        params = self.transform.draw(count, generator) if random else None
         if self._pin:
             order, labels = order.pin_memory(), labels.pin_memory()
             params = params.pin_memory() if params is not None else None
@@ -84,12 +95,17 @@ class DeviceBatches:
             yield x, labels[batch]
 
     def generator(self) -> torch.Generator:
-        """The CPU generator a pass draws from: the sampler's current (seed, epoch, rank)'s, or one seeded
-        from torch's global RNG (which this call advances) for a sampler without an epoch."""
-        if not hasattr(self.sampler, "epoch"):   # else the same crops every pass
-            return torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
-        key = [getattr(self.sampler, name, 0) for name in ("seed", "epoch", "rank")]
+        """The CPU generator a pass draws from: that of the sampler's current (seed, epoch, rank), or one
+        seeded from torch's global RNG (which this call advances) for a sampler without an epoch."""
+        if self._seed is None:   # no epoch to key by: else the same crops every pass
+            return torch.Generator().manual_seed(_global_rng_seed())
+        key = [self._seed, self.sampler.epoch, getattr(self.sampler, "rank", 0)]
         # SeedSequence mixes the numbers into one well-spread seed (seed + epoch would make run s's
         # epoch e + 1 repeat run s + 1's epoch e)
-        state = np.random.SeedSequence([*key, 0xC1FA]).generate_state(1, np.uint64)
+        state = np.random.SeedSequence([int(k) % 2**64 for k in key] + [0xC1FA]).generate_state(1, np.uint64)
         return torch.Generator().manual_seed(int(state[0]))
+
+
+def _global_rng_seed() -> int:
+    """A seed drawn from torch's global RNG: a non-negative int64, as a DataLoader draws its base seed."""
+    return int(torch.empty((), dtype=torch.int64).random_())

@@ -158,7 +158,7 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
 # milestones, DRW epoch, epoch_thresh and warm-up derived from it
 SCHEDULE_KEYS = ("epochs", "epoch_thresh", "lr", "lr_milestones", "lr_factors", "warmup_epochs", "drw_epoch",
                  "train_rule", "loss_type", "batch_size", "transfer_strength", "head_ratio", "lambda_cesc",
-                 "lambda_mv", "seed", "loader")
+                 "lambda_mv", "seed", "loader", "workers")
 
 
 def _schedule_changes(theirs: dict, ours: dict) -> str:

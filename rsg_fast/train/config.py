@@ -158,7 +158,8 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         input_size=args.input_size, num_classes=args.num_classes, synthetic_classes=args.synthetic_classes,
         synthetic_max=args.synthetic_max, synthetic_test=args.synthetic_test, synthetic_size=args.synthetic_size,
         loader=loader,
-        workers=given(args.workers, 0 if args.dataset == "synthetic-lt" or loader == "device" else default_workers()),
+        workers=given(args.workers,
+                      0 if args.dataset == "synthetic-lt" or loader == "device" else default_workers(world)),
         arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
         contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
         transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
@@ -175,14 +176,36 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         channels_last=args.channels_last, compile=args.compile)
 
 
-def default_workers() -> int:
-    """DataLoader processes of ``--loader workers``: the CPUs this process may use, shared by the
-    training processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``), one left to each of them for
-    launching the GPU's work; 1 to 16. (A fixed 4 starved a GPU on a large machine and oversubscribed a
-    2-core one, where DataLoader warns.)"""
+def default_workers(world: int = 1) -> int:
+    """DataLoader processes of ``--loader workers``: the CPUs this process may use (its affinity, capped
+    by a cgroup CPU quota), shared by the training processes on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``; else ``world``), one left to each of them for launching the GPU's work;
+    1 to 16. (A fixed 4 is likely too few to feed a GPU on a large machine, and oversubscribed a 2-core
+    one, where DataLoader warns.) A launcher that pins each process to CPUs of its own is counted
+    twice: give ``--workers`` there."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = cpus // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    return max(1, min(16, per_process - 1))
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(int(quota), 1))
+    try:
+        local = int(os.environ["LOCAL_WORLD_SIZE"])
+    except (KeyError, ValueError):
+        local = world
+    return max(1, min(16, cpus // max(local, 1) - 1))
+
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"   # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def cgroup_cpu_quota() -> float | None:
+    """The CPUs a cgroup v2 quota allows this process (a container's ``--cpus``), or None when there is
+    none or it cannot be read (cgroup v1 is not read)."""
+    try:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 def head_classes(cls_num_list: list[int], ratio: float, family: str) -> list[int]:

@@ -138,9 +138,13 @@ def _resume(setup: TrainSetup, path: str, not_given: frozenset[str] = frozenset(
     theirs = state["config"]
     # the batches the run was made with, unless --loader chooses (a DataLoader before --loader existed);
     # a checkpoint's "device" needs no switch: that is the default wherever it can run
-    if "loader" in not_given and theirs.get("loader", "workers") == "workers" and setup.config.loader != "workers":
-        workers = theirs.get("workers", 4) if "workers" in not_given else setup.config.workers
-        setup.config = dataclasses.replace(setup.config, loader="workers", workers=workers)
+    made_by_workers = theirs.get("loader", "workers") == "workers"
+    if "loader" in not_given and made_by_workers:
+        setup.config = dataclasses.replace(setup.config, loader="workers")
+    # ... and a DataLoader's worker count, unless --workers chooses: each worker draws its own crops, so
+    # the count is part of the augmentation's random stream (and its default depends on the machine)
+    if "workers" in not_given and made_by_workers and setup.config.loader == "workers" and "workers" in theirs:
+        setup.config = dataclasses.replace(setup.config, workers=theirs["workers"])
     ckpt.load_state_strict(setup.model, state["model"], path)
     optim.load_state(setup.optimizer, state["optimizer"])
     if setup.scaler.is_enabled() and state.get("scaler"):   # absent or empty: the run was not fp16 until now
