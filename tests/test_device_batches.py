@@ -6,6 +6,8 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader, SequentialSampler
 
@@ -244,3 +246,21 @@ def test_cuda_batches_do_not_make_the_host_wait_for_the_gpu(cifar):
     list(batches)                        # the first epoch: pinned host blocks allocated, then cached
     torch.cuda.synchronize()
     assert not host_waits_for_gpu(lambda: [x.sum() for x, _ in batches])
+
+
+@settings(deadline=None, max_examples=40, print_blob=True)
+@given(n_max=st.integers(1, 30), size=st.integers(8, 11), batch=st.integers(1, 40), drop_last=st.booleans(),
+       world=st.integers(1, 3), data=st.data())
+def test_device_batches_are_a_dataloaders_for_any_split(n_max, size, batch, drop_last, world, data):
+    """Property: for synthetic-lt (nothing random per batch) DeviceBatches gives a DataLoader's
+    batches, tensor for tensor, whatever the set size (down to 10 images), batch size (past the set's),
+    drop_last, process count and rank, balanced or shuffled epoch."""
+    rank = data.draw(st.integers(0, world - 1))
+    dataset = SyntheticLT(True, n_max=n_max, imb_factor=1.0, image_size=size)
+    sampler = EpochSampler(dataset.targets, seed=data.draw(st.integers(0, 99)), rank=rank, world=world)
+    sampler.set_epoch(data.draw(st.integers(0, 5)), balanced=data.draw(st.booleans()))
+    got = list(DeviceBatches(dataset, sampler, batch, device=torch.device("cpu"), drop_last=drop_last))
+    expected = _loader_batches(dataset, sampler, batch, drop_last)
+    assert len(got) == len(expected)
+    for (x, y), (x_ref, y_ref) in zip(got, expected):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
