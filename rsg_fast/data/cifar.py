@@ -69,14 +69,22 @@ class CifarAugment:
         if params is not None:
             p = self.pad
             padded = torch.nn.functional.pad(images, (0, 0, p, p, p, p))   # zeros, as RandomCrop's fill
-            rows = params[:, 0:1] + torch.arange(h, device=images.device)                  # (B, H)
-            cols = torch.arange(w, device=images.device).expand(b, w)
-            cols = params[:, 1:2] + torch.where(params[:, 2:3] == 1, w - 1 - cols, cols)    # (B, W)
-            images = padded[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+            batch, row, col, col_flipped = _index_ranges(b, h, w, images.device)
+            rows = params[:, 0:1] + row                                                       # (B, H)
+            cols = params[:, 1:2] + torch.where(params[:, 2:3] == 1, col_flipped, col)        # (B, W)
+            images = padded[batch, rows[:, :, None], cols[:, None, :]]
         # ToTensor then Normalize, the same operations in the same order: the same float32 values
         scale, mean, std = _normalize_constants(self.mean, self.std, images.device)
         x = images.permute(0, 3, 1, 2).contiguous(memory_format=memory_format).to(torch.float32).div(scale)
         return x.sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def _index_ranges(b: int, h: int, w: int, device: torch.device):
+    """The batch's (B, 1, 1) image index, the (H,) row range and the (W,) column range forwards and
+    flipped, on ``device``: made once per batch shape instead of four small kernels every batch."""
+    col = torch.arange(w, device=device)
+    return torch.arange(b, device=device)[:, None, None], torch.arange(h, device=device), col, w - 1 - col
 
 
 @functools.lru_cache(maxsize=None)

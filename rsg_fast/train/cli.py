@@ -68,11 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = min(config.epochs, args.stop_after_epoch or config.epochs)
         try:
             if proc.is_main:
-                if setup.config.loader == "device" and args.workers:   # after _resume: it may pick the loader
-                    default = "" if args.loader else f" (the default for --dataset {config.dataset})"
-                    print(f"{PROG}: warning: --workers {args.workers} is for --loader workers and does nothing with "
-                          f"--loader device{default}: the batches are made on the training device; give --loader "
-                          "workers to use worker processes", file=sys.stderr, flush=True)
+                if note := _unused_workers(setup.config, args):   # after _resume: it may pick the loader
+                    print(f"{PROG}: warning: {note}", file=sys.stderr, flush=True)
                 _report_start(setup, stop)
             if setup.start_epoch >= stop:  # nothing to train; process 0 said why
                 return 0
@@ -165,6 +162,15 @@ def _schedule_changes(theirs: dict, ours: dict) -> str:
     """``key old -> new`` for each of SCHEDULE_KEYS that differs between two configurations."""
     return ", ".join(f"{k} {theirs[k]} -> {ours[k]}" for k in SCHEDULE_KEYS
                      if k in theirs and theirs[k] != ours.get(k))
+
+
+def _unused_workers(config: TrainConfig, args) -> str | None:
+    """The note for a ``--workers`` given to a run whose batches no worker process makes."""
+    if config.loader != "device" or not args.workers:
+        return None
+    default = "" if args.loader else f" (the default for --dataset {config.dataset})"
+    return (f"--workers {args.workers} is for --loader workers and does nothing with --loader device{default}: the "
+            "batches are made on the training device; give --loader workers to use worker processes")
 
 
 def _slow_settings(config) -> list[str]:

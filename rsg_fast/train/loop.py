@@ -180,20 +180,21 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
 def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device, proc: Process):
     """(train, test) batches: ``DeviceBatches`` (``--loader device``) or DataLoaders."""
     batch = cfg.batch_size // proc.world
+    test_batch = max(batch, 1) * 2   # no gradients kept: twice the batch fits
     test_sampler = ShardSampler(len(data.test), proc.rank, proc.world)
     if cfg.loader == "device":
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # the augmentation's draws follow the sampler's (seed, epoch, rank), as the order does
         train = DeviceBatches(data.train, sampler, batch, device=device, drop_last=cfg.drop_last,
                               memory_format=memory_format)
-        test = DeviceBatches(data.test, test_sampler, max(batch, 1) * 2, device=device, memory_format=memory_format)
+        test = DeviceBatches(data.test, test_sampler, test_batch, device=device, memory_format=memory_format)
         return train, test
     pin = device.type == "cuda"
     # persistent_workers=False: workers seeded afresh each epoch from the restored RNG, so a resumed run
     # draws the augmentation an uninterrupted one would
     train = DataLoader(data.train, batch_size=batch, sampler=sampler, num_workers=cfg.workers, pin_memory=pin,
                        persistent_workers=False, drop_last=cfg.drop_last)
-    test = DataLoader(data.test, batch_size=max(batch, 1) * 2, sampler=test_sampler, num_workers=cfg.workers,
+    test = DataLoader(data.test, batch_size=test_batch, sampler=test_sampler, num_workers=cfg.workers,
                       pin_memory=pin)
     return train, test
 
