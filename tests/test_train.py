@@ -195,6 +195,28 @@ LIST_RUN = ["--dataset", "places-lt", "--num-classes", "4", "--input-size", "16"
             "--workers", "0", "--device", "cpu", "--no-progress"]
 
 
+def test_a_list_run_normalising_on_the_device_trains_as_per_image_normalisation(tmp_path, monkeypatch):
+    """List-file images cross to the device as uint8 and are normalised there: the run's every metric
+    is the one of images normalised per image in the workers (the DataLoader as before), with workers."""
+    import rsg_fast.train.setup as setup_module
+
+    root = tmp_path / "places"
+    _tiny_list_dataset(root)
+    # a worker process (the last --workers counts); two epochs: both of RSG's phases
+    flags = LIST_RUN + ["--workers", "1", "--data-root", str(root), "--epochs", "2", "--epoch-thresh", "0"]
+
+    def records(out):
+        return [{k: v for k, v in r.items() if k != "epoch_time_s"}
+                for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))]
+
+    assert main(flags + ["--out", str(tmp_path / "on-device")]) == 0
+    build = setup_module.build_datasets
+    monkeypatch.setattr(setup_module, "build_datasets", lambda *a, **kw: build(*a, **{**kw, "normalize_on_device": False}))
+    assert main(flags + ["--out", str(tmp_path / "per-image")]) == 0
+    assert records(tmp_path / "on-device") == records(tmp_path / "per-image")
+    assert records(tmp_path / "on-device")[1]["n_generated"] > 0
+
+
 def test_evaluate_defaults_to_the_runs_own_test_list(tmp_path, capsys):
     """A run trained with --test-list is evaluated on that list, not on the usual name under --data-root
     (it was: another list, silently, or a missing-file error)."""

@@ -8,22 +8,27 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from rsg_fast.data.cifar import ArrayImageDataset, CifarAugment, imbalance_subset, imbalanced_cifar
-from rsg_fast.data.device_batches import DeviceBatches, device_batches_supported
+from rsg_fast.data.device_batches import DeviceBatches, LoaderOnDevice, device_batches_supported
 from rsg_fast.data.imbalance import (
     DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, img_num_per_cls, select_indices,
 )
-from rsg_fast.data.listfile import LIST_DATASETS, ListFileDataset, list_datasets, list_test_dataset, read_list_file
+from rsg_fast.data.listfile import (
+    IMAGENET_NORMALIZE, LIST_DATASETS, ListFileDataset, imagenet_transforms, list_datasets, list_test_dataset,
+    read_list_file,
+)
+from rsg_fast.data.normalize import ImageNormalize, normalize_uint8_batch, to_hwc_uint8
 from rsg_fast.data.synthetic import SyntheticLT
 
 DATASETS = ("synthetic-lt", "cifar10", "cifar100", *LIST_DATASETS)
 IN_MEMORY_DATASETS = ("synthetic-lt", "cifar10", "cifar100")   # DeviceBatches can serve these
 
 __all__ = [
-    "DATASETS", "DEFAULT_SUBSET", "IN_MEMORY_DATASETS", "IMB_TYPES", "SUBSET_RULES", "LIST_DATASETS", "LTData",
-    "ArrayImageDataset", "CifarAugment", "DeviceBatches", "ListFileDataset", "SyntheticLT", "build_datasets",
-    "build_test_dataset", "class_counts", "device_batches_supported",
-    "imbalance_subset", "imbalanced_cifar", "img_num_per_cls", "list_datasets", "list_test_dataset", "read_list_file",
-    "select_indices",
+    "DATASETS", "DEFAULT_SUBSET", "IMAGENET_NORMALIZE", "IN_MEMORY_DATASETS", "IMB_TYPES", "SUBSET_RULES",
+    "LIST_DATASETS", "LTData", "ArrayImageDataset", "CifarAugment", "DeviceBatches", "ImageNormalize",
+    "ListFileDataset", "LoaderOnDevice", "SyntheticLT", "build_datasets", "build_test_dataset", "class_counts",
+    "device_batches_supported", "imagenet_transforms", "imbalance_subset", "imbalanced_cifar", "img_num_per_cls",
+    "list_datasets", "list_test_dataset", "normalize_uint8_batch", "read_list_file", "select_indices",
+    "to_hwc_uint8",
 ]
 
 
@@ -41,9 +46,11 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
                    imb_factor: float = 0.01, subset: str = DEFAULT_SUBSET, seed: int = 0,
                    train_list: str | None = None, test_list: str | None = None, input_size: int = 224,
                    augment: bool = True, synthetic: dict[str, Any] | None = None,
-                   num_classes: int | None = None) -> LTData:
+                   num_classes: int | None = None, normalize_on_device: bool = False) -> LTData:
     """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts.
-    ``num_classes`` overrides the class count of the list-file datasets (e.g. for a subset of a list)."""
+    ``num_classes`` overrides the class count of the list-file datasets (e.g. for a subset of a list);
+    ``normalize_on_device`` makes their images uint8, finished per batch on the device (``list_datasets``;
+    CIFAR's counterpart is ``DeviceBatches``)."""
     if name == "synthetic-lt":
         kw = dict(synthetic or {})
         train = SyntheticLT(True, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
@@ -57,7 +64,8 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
                                                subset=subset, seed=seed, download=download, augment=augment)
         return LTData(train, test, num_classes, counts, 32, "cifar")
     if name in LIST_DATASETS:   # the root may be None: lists given, of absolute paths alone
-        train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment, num_classes)
+        train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment, num_classes,
+                                                 normalize_on_device=normalize_on_device)
         return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size, "general")
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
 
@@ -65,12 +73,13 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
 def build_test_dataset(name: str, *, root: str | None = None, imb_type: str = "exp", imb_factor: float = 0.01,
                        subset: str = DEFAULT_SUBSET, seed: int = 0, test_list: str | None = None,
                        input_size: int = 224, synthetic: dict[str, Any] | None = None,
-                       num_classes: int | None = None) -> tuple[Dataset, int]:
+                       num_classes: int | None = None, normalize_on_device: bool = False) -> tuple[Dataset, int]:
     """(test split, class count) of dataset ``name``, to evaluate a trained model. A list-file dataset
     reads its test list alone (neither the training list nor its images need be there); CIFAR's one
     download holds both splits and synthetic-lt is generated, so those are built as ``build_datasets``."""
     if name in LIST_DATASETS:
-        return list_test_dataset(name, root, test_list, input_size, num_classes)
+        return list_test_dataset(name, root, test_list, input_size, num_classes,
+                                 normalize_on_device=normalize_on_device)
     data = build_datasets(name, root=root, imb_type=imb_type, imb_factor=imb_factor, subset=subset, seed=seed,
                           test_list=test_list, input_size=input_size, synthetic=synthetic, num_classes=num_classes)
     return data.test, data.num_classes

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rsg_fast.data.imbalance import DEFAULT_SUBSET, img_num_per_cls, select_indices
+from rsg_fast.data.normalize import normalize_uint8_batch
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -73,10 +74,7 @@ class CifarAugment:
             rows = params[:, 0:1] + row                                                       # (B, H)
             cols = params[:, 1:2] + torch.where(params[:, 2:3] == 1, col_flipped, col)        # (B, W)
             images = padded[batch, rows[:, :, None], cols[:, None, :]]
-        # ToTensor then Normalize, the same operations in the same order: the same float32 values
-        scale, mean, std = _normalize_constants(self.mean, self.std, images.device)
-        x = images.permute(0, 3, 1, 2).contiguous(memory_format=memory_format).to(torch.float32).div(scale)
-        return x.sub_(mean).div_(std)
+        return normalize_uint8_batch(images, self.mean, self.std, memory_format)
 
 
 @functools.lru_cache(maxsize=16)
@@ -85,16 +83,6 @@ def _index_ranges(b: int, h: int, w: int, device: torch.device):
     flipped, on ``device``: made once per batch shape instead of four small kernels every batch."""
     col = torch.arange(w, device=device)
     return torch.arange(b, device=device)[:, None, None], torch.arange(h, device=device), col, w - 1 - col
-
-
-@functools.lru_cache(maxsize=None)
-def _normalize_constants(mean: tuple, std: tuple, device: torch.device):
-    """255 and the (3, 1, 1) mean and std as float32 tensors on ``device``, made once: a tensor made
-    from Python numbers per batch would be a blocking copy (a GPU sync), and CUDA divides by a Python
-    scalar as a multiplication by its reciprocal, which rounds differently from the CPU's division."""
-    def const(v):
-        return torch.tensor(v, dtype=torch.float32, device=device)
-    return const(255.0), const(mean).view(-1, 1, 1), const(std).view(-1, 1, 1)
 
 
 def _load_cifar(num_classes: int, root: str, train: bool, download: bool):

@@ -5,8 +5,11 @@ import os
 
 from torch.utils.data import Dataset
 
+from rsg_fast.data.normalize import ImageNormalize, to_hwc_uint8
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_NORMALIZE = ImageNormalize(IMAGENET_MEAN, IMAGENET_STD)
 
 # name -> (number of classes, default train list, default test list), the files of the usual releases
 # (Liu et al. OLTR for ImageNet-LT / Places-LT, Kang et al. for iNaturalist 2018).
@@ -40,11 +43,13 @@ def read_list_file(list_file: str, num_classes: int | None = None) -> tuple[list
     return paths, labels
 
 
-def imagenet_transforms(train: bool, size: int = 224):
-    """Random-resized crop + flip (+ colour jitter, as in Kang et al.) for training; resize + centre crop for test."""
+def imagenet_transforms(train: bool, size: int = 224, *, uint8: bool = False):
+    """Random-resized crop + flip (+ colour jitter, as in Kang et al.) for training; resize + centre crop for
+    test; then ToTensor + Normalize, or with ``uint8`` the (H, W, 3) uint8 pixels ToTensor would read
+    (``IMAGENET_NORMALIZE`` finishes a batch of them with the same values)."""
     import torchvision.transforms as T
 
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    norm = [to_hwc_uint8] if uint8 else [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if train:
         return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
                           T.ColorJitter(0.4, 0.4, 0.4, 0), *norm])
@@ -53,9 +58,12 @@ def imagenet_transforms(train: bool, size: int = 224):
 
 class ListFileDataset(Dataset):
     """Images under ``root`` listed in ``list_file`` as ``relative/path label`` (an absolute path is read
-    as it is; a list of absolute paths alone needs no ``root``: None)."""
+    as it is; a list of absolute paths alone needs no ``root``: None). ``device_transform``, when given,
+    finishes each batch where the model runs (``LoaderOnDevice``): ``transform`` then ends in uint8
+    pixels, e.g. ``imagenet_transforms(..., uint8=True)`` with ``IMAGENET_NORMALIZE``."""
 
-    def __init__(self, root: str | None, list_file: str, transform=None, num_classes: int | None = None):
+    def __init__(self, root: str | None, list_file: str, transform=None, num_classes: int | None = None,
+                 device_transform: ImageNormalize | None = None):
         self.paths, self.targets = read_list_file(list_file, num_classes)
         relative = next((p for p in self.paths if not os.path.isabs(p)), None)
         if relative is not None:   # string tests only: a list of absolute paths never reads under the root
@@ -63,7 +71,7 @@ class ListFileDataset(Dataset):
                 raise ValueError(f"{list_file}: {relative!r} is relative to the image root; set --data-root")
             _check_root(root)
         self.root = root or ""     # os.path.join("", path) is the absolute path itself
-        self.transform = transform
+        self.transform, self.device_transform = transform, device_transform
         # one look at the first image catches the usual mistake, a --data-root one folder off, now
         # rather than as a traceback at the first batch (checking every image would cost a pass)
         first = self.paths[0]
@@ -111,22 +119,30 @@ def _classes_and_lists(name: str, num_classes: int | None) -> tuple[int, str, st
     return num_classes or default_classes, default_train, default_test
 
 
+def _list_dataset(root: str | None, list_file: str, train: bool, size: int, num_classes: int,
+                  normalize_on_device: bool) -> ListFileDataset:
+    return ListFileDataset(root, list_file, imagenet_transforms(train, size, uint8=normalize_on_device), num_classes,
+                           IMAGENET_NORMALIZE if normalize_on_device else None)
+
+
 def list_test_dataset(name: str, root: str | None, test_list: str | None = None, size: int = 224,
-                      num_classes: int | None = None):
+                      num_classes: int | None = None, *, normalize_on_device: bool = False):
     """(test, num_classes) of one of LIST_DATASETS alone, for evaluating a trained model: the training
     list and its images are not read. Defaults as ``list_datasets``."""
     num_classes, _, default_test = _classes_and_lists(name, num_classes)
     test_list = _list_under_root(name, root, test_list, default_test, "--test-list")
-    return ListFileDataset(root, test_list, imagenet_transforms(False, size), num_classes), num_classes
+    return _list_dataset(root, test_list, False, size, num_classes, normalize_on_device), num_classes
 
 
 def list_datasets(name: str, root: str | None, train_list: str | None = None, test_list: str | None = None,
-                  size: int = 224, augment: bool = True, num_classes: int | None = None):
+                  size: int = 224, augment: bool = True, num_classes: int | None = None, *,
+                  normalize_on_device: bool = False):
     """(train, test, num_classes) for one of LIST_DATASETS; list files default to ``root/<usual name>``;
     ``num_classes`` defaults to the dataset's (1000, 365, 8142). ``root`` may be None when both lists
-    are given and hold absolute paths only."""
+    are given and hold absolute paths only. With ``normalize_on_device`` the images are (H, W, 3) uint8
+    and each dataset's ``device_transform`` scales and normalises a batch of them (``LoaderOnDevice``)."""
     num_classes, default_train, _ = _classes_and_lists(name, num_classes)
     train_list = _list_under_root(name, root, train_list, default_train, "--train-list")
-    train = ListFileDataset(root, train_list, imagenet_transforms(augment, size), num_classes)
-    test, _ = list_test_dataset(name, root, test_list, size, num_classes)
+    train = _list_dataset(root, train_list, augment, size, num_classes, normalize_on_device)
+    test, _ = list_test_dataset(name, root, test_list, size, num_classes, normalize_on_device=normalize_on_device)
     return train, test, num_classes

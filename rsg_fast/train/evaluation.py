@@ -4,15 +4,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
     resolve_device, usage_error_exit
-from rsg_fast.data import DATASETS, DEFAULT_SUBSET, LIST_DATASETS, build_datasets, build_test_dataset
+from rsg_fast.data import (
+    DATASETS, DEFAULT_SUBSET, LIST_DATASETS, DeviceBatches, LoaderOnDevice, build_datasets, build_test_dataset,
+    device_batches_supported,
+)
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
 from rsg_fast.train.config import synthetic_options
@@ -23,8 +27,9 @@ PROG = "rsg-fast evaluate"
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, world: int = 1):
-    """(correct, total) per class over the loader, summed over processes."""
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device, world: int = 1):
+    """(correct, total) per class over the ``(images, labels)`` batches of ``loader`` (a DataLoader, or
+    ``test_batches``' batches already on the device), summed over processes."""
     model.eval()
     correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
     total = torch.zeros(num_classes, dtype=torch.float64, device=device)
@@ -35,6 +40,16 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
         total.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
         correct.index_add_(0, y, (pred == y).double())
     return all_reduce(correct, world).cpu(), all_reduce(total, world).cpu()
+
+
+def test_batches(test: Dataset, batch_size: int, device: torch.device, workers: int = 0):
+    """The test set's batches in order, made on ``device``: ``DeviceBatches`` for in-memory data, else a
+    DataLoader with ``workers`` processes through ``LoaderOnDevice`` (which finishes uint8 images there)."""
+    if device_batches_supported(test):
+        return DeviceBatches(test, SequentialSampler(test), batch_size, device=device)
+    loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    return LoaderOnDevice(loader, device)
 
 
 def build_eval_parser() -> Parser:
@@ -48,7 +63,9 @@ def build_eval_parser() -> Parser:
                    help="(default: the run's own --test-list when --dataset is the run's and it gave one; "
                         "else, or with --test-list '', the usual name under --data-root)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
-    p.add_argument("--workers", type=nonneg_int("--workers"), default=0, help="data-loader processes")
+    p.add_argument("--workers", type=nonneg_int("--workers"), default=0,
+                   help="data-loader processes of the list-file datasets (CIFAR and synthetic-lt batches are made "
+                        "on the device)")
     p.add_argument("--device", type=device_name("--device"), default=None,
                    help="auto, cpu, cuda or cuda:N (default: auto, cuda when available)")
     p.add_argument("--json", default=None, metavar="PATH",
@@ -102,7 +119,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                        imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET), seed=cfg["seed"],
                        test_list=args.test_list or saved_list,
                        input_size=cfg["input_size"], synthetic=synthetic_options(cfg),
-                       num_classes=cfg.get("num_classes") if runs_data else None)
+                       num_classes=cfg.get("num_classes") if runs_data else None, normalize_on_device=True)
         # The shot groups take the training counts the run saved, so a list-file dataset's training list
         # and images need not be there; a config without them (rsg-fast always wrote them) counts them again.
         cls_num_list = cfg.get("cls_num_list")
@@ -121,8 +138,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     model.to(device)
-    loader = DataLoader(test, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
-    correct, total = evaluate(model, loader, num_classes, device)
+    correct, total = evaluate(model, test_batches(test, args.batch_size, device, args.workers), num_classes, device)
     class_acc = per_class_accuracy(correct, total)
     shots = shot_accuracy(class_acc, cls_num_list)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.compiling import compile_with_rsg
-from rsg_fast.data import DeviceBatches
+from rsg_fast.data import DeviceBatches, LoaderOnDevice
 from rsg_fast.losses import TrainRule, build_loss, paper_lr
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.train.config import TrainConfig
@@ -178,12 +178,13 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
 
 
 def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device, proc: Process):
-    """(train, test) batches: ``DeviceBatches`` (``--loader device``) or DataLoaders."""
+    """(train, test) batches, each image batch on ``device`` and its labels on the host: ``DeviceBatches``
+    (``--loader device``) or DataLoaders (``--loader workers``) through ``LoaderOnDevice``."""
     batch = cfg.batch_size // proc.world
     test_batch = max(batch, 1) * 2   # no gradients kept: twice the batch fits
     test_sampler = ShardSampler(len(data.test), proc.rank, proc.world)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     if cfg.loader == "device":
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # the augmentation's draws follow the sampler's (seed, epoch, rank), as the order does
         train = DeviceBatches(data.train, sampler, batch, device=device, drop_last=cfg.drop_last,
                               memory_format=memory_format)
@@ -196,7 +197,7 @@ def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device
                        persistent_workers=False, drop_last=cfg.drop_last)
     test = DataLoader(data.test, batch_size=test_batch, sampler=test_sampler, num_workers=cfg.workers,
                       pin_memory=pin)
-    return train, test
+    return LoaderOnDevice(train, device, memory_format), LoaderOnDevice(test, device, memory_format)
 
 
 def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScaler, cfg: TrainConfig, epoch: int,
@@ -207,9 +208,7 @@ def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScal
     model.train()
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # cls, cesc, mv, correct, seen, generated, steps
     seen = generated = step_count = 0   # host-side counts: no device copy per step
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for x, y_host in loader:
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
+    for x, y_host in loader:   # x already on the device, in the run's memory format
         y = y_host.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(cfg.amp), enabled=cfg.amp != "off"):
             # the loader's CPU labels let RSG plan its new samples without a device-to-host sync

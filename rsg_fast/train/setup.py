@@ -95,7 +95,7 @@ def _build_data(config: TrainConfig, proc: Process) -> LTData:
                               imb_factor=config.imb_factor, subset=config.subset, seed=config.seed,
                               train_list=config.train_list, test_list=config.test_list,
                               input_size=config.input_size, synthetic=synthetic_options(vars(config)),
-                              num_classes=config.num_classes)
+                              num_classes=config.num_classes, normalize_on_device=True)   # list-file data
 
     if not (config.download and proc.world > 1):
         return build(config.download)
