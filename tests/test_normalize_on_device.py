@@ -2,6 +2,7 @@
 values, bit for bit, as torchvision's per-image ToTensor + Normalize, in training and test, through a
 DataLoader with and without worker processes, in both memory formats."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ def _per_image_reference(images_u8, mean, std):
 def test_batch_normalisation_is_torchvisions_to_the_bit(shape, memory_format):
     b, h, w = shape
     images = np.random.default_rng(b * h * w).integers(0, 256, (b, h, w, 3), dtype=np.uint8)
+    images[0].reshape(-1)[:256] = np.arange(256)[: h * w * 3]   # every byte value the image has room for
     got = normalize_uint8_batch(torch.from_numpy(images), MEAN, STD, memory_format)
     want = _per_image_reference(images, MEAN, STD)
     assert got.dtype == torch.float32 and got.shape == (b, 3, h, w)
@@ -41,6 +43,13 @@ def test_batch_normalisation_is_torchvisions_to_the_bit(shape, memory_format):
     assert torch.equal(ImageNormalize((0.5,), (0.25,))(torch.from_numpy(grey)), _per_image_reference(grey, (0.5,), (0.25,)))
 
 
+def test_every_byte_value_in_every_channel_is_torchvisions():
+    images = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 2, 3)).copy()
+    for mean, std in ((MEAN, STD), ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)), ((0.5,) * 3, (0.5,) * 3)):
+        assert torch.equal(normalize_uint8_batch(torch.from_numpy(images), mean, std),
+                           _per_image_reference(images, mean, std))
+
+
 def test_batch_normalisation_rejects_what_is_not_a_uint8_nhwc_batch():
     good = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
     for bad in (good.float(), good[0], good.permute(0, 3, 1, 2)[:, :, :, :2]):
@@ -48,6 +57,10 @@ def test_batch_normalisation_rejects_what_is_not_a_uint8_nhwc_batch():
             normalize_uint8_batch(bad, MEAN, STD)
     with pytest.raises(ValueError, match=r"images must be \(B, H, W, 1\) uint8"):
         ImageNormalize((0.5,), (0.5,))(good)
+    with pytest.raises(ValueError, match=r"mean and std must give one value per channel"):
+        ImageNormalize((0.5, 0.5), (0.5,))
+    with pytest.raises(ValueError, match=r"std must not hold a zero"):
+        ImageNormalize((0.5,), (0.0,))
 
 
 def test_to_hwc_uint8_keeps_what_to_tensor_reads():
@@ -56,8 +69,14 @@ def test_to_hwc_uint8_keeps_what_to_tensor_reads():
     assert x.dtype == torch.uint8 and x.shape == (5, 7, 3) and np.array_equal(x.numpy(), rgb)
     grey = to_hwc_uint8(Image.fromarray(rgb[..., 0]))
     assert grey.shape == (5, 7, 1) and np.array_equal(grey[..., 0].numpy(), rgb[..., 0])
-    x[0, 0, 0] = 255 - x[0, 0, 0]                     # a copy of its own: writable, the image untouched
-    assert np.array_equal(np.asarray(Image.fromarray(rgb)), rgb)
+    pic = Image.fromarray(rgb)
+    x = to_hwc_uint8(pic)
+    assert x.numpy().flags.writeable                  # a copy of its own, as ToTensor's (no warning, no aliasing)
+    x[0, 0, 0] = 255 - x[0, 0, 0]
+    assert np.array_equal(np.asarray(pic), rgb)
+    for mode in ("1", "I;16", "F", "RGBA", "P"):       # ToTensor does not read these as 8-bit pixels scaled by 255
+        with pytest.raises(ValueError, match=f"to_hwc_uint8 takes images of mode 'L' or 'RGB', got mode '{re.escape(mode)}'"):
+            to_hwc_uint8(Image.new(mode, (3, 2)))
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -116,6 +135,18 @@ def test_list_batches_normalised_on_the_device_are_the_per_image_ones(tmp_path, 
     assert test.device_transform is IMAGENET_NORMALIZE
 
 
+def test_loader_on_device_finishes_the_batch_on_the_device(tmp_path):
+    """The images are moved before they are finished (the "meta" device stands in for a GPU: a batch
+    finished on the host would arrive there as a CPU tensor), the labels stay on the host."""
+    _write_list_root(tmp_path)
+    data = build_datasets("places-lt", root=str(tmp_path), input_size=9, num_classes=2, normalize_on_device=True)
+    meta = torch.device("meta")
+    for x, y in LoaderOnDevice(DataLoader(data.test, batch_size=2), meta, torch.channels_last):
+        assert x.device == meta and x.dtype == torch.float32 and x.shape[1:] == (3, 9, 9)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert y.device.type == "cpu"
+
+
 def test_loader_on_device_moves_a_finished_batch_into_the_memory_format():
     """A dataset without a device_transform (CIFAR with --loader workers) is moved as it is, into the
     memory format; the labels stay on the host; the length is the loader's."""
@@ -131,11 +162,22 @@ def test_loader_on_device_moves_a_finished_batch_into_the_memory_format():
 
 @pytest.mark.cuda
 @requires_cuda
-def test_list_batches_normalised_on_a_gpu_are_the_cpus():
+def test_list_batches_normalised_on_a_gpu_are_the_cpus(tmp_path):
     """CUDA's division by a Python scalar multiplies by its reciprocal; the batch half divides by tensors,
-    so the GPU's values are the CPU's (and so torchvision's) to the bit."""
+    so the GPU's values are the CPU's (and so torchvision's) to the bit, here through pinned worker
+    batches copied without waiting."""
     images = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (4, 13, 10, 3), dtype=np.uint8))
     for memory_format in (torch.contiguous_format, torch.channels_last):
         got = IMAGENET_NORMALIZE(images.cuda(), memory_format)
         assert got.is_contiguous(memory_format=memory_format)
         assert torch.equal(got.cpu(), IMAGENET_NORMALIZE(images))
+    _write_list_root(tmp_path)
+    options = dict(root=str(tmp_path), input_size=17, num_classes=2)
+    per_image = build_datasets("places-lt", **options)
+    on_device = build_datasets("places-lt", **options, normalize_on_device=True)
+    want = _batches(DataLoader(per_image.train, batch_size=2, shuffle=True, num_workers=2), 6)
+    loader = DataLoader(on_device.train, batch_size=2, shuffle=True, num_workers=2, pin_memory=True)
+    got = _batches(LoaderOnDevice(loader, torch.device("cuda"), torch.channels_last), 6)
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        assert gx.is_cuda and gx.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(gx.cpu(), wx) and torch.equal(gy, wy)

@@ -149,6 +149,26 @@ def test_a_synthetic_run_saved_with_a_test_list_evaluates_without_it(learned_run
     assert evaluate_main([str(tmp_path / "with_list.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err
 
 
+def test_evaluate_says_workers_do_nothing_for_batches_made_on_the_device(learned_run, capsys):
+    out, _ = learned_run
+    capsys.readouterr()
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--workers", "2"]) == 0
+    assert ("warning: --workers 2 does nothing with --dataset synthetic-lt: its batches are made on the device"
+            in capsys.readouterr().err)
+    assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_evaluate_refuses_uint8_images_it_would_feed_the_network():
+    """A DataLoader over a normalize_on_device dataset gives raw pixels: a clear error, not a dtype
+    error deep in a convolution."""
+    from rsg_fast.train.evaluation import evaluate
+
+    batches = [(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(TypeError, match="evaluate: the loader gave uint8 images; finish them on the device first"):
+        evaluate(torch.nn.Identity(), batches, 2, torch.device("cpu"))
+
+
 def _tiny_list_dataset(root, train_counts=(8, 6, 4, 2), test_per_class=2):
     """A Places-LT-style image root with its two default list files: 20 x 20 PNGs, 4 classes."""
     from PIL import Image
@@ -165,7 +185,7 @@ def _tiny_list_dataset(root, train_counts=(8, 6, 4, 2), test_per_class=2):
         (root / f"Places_LT_{split}.txt").write_text("\n".join(lines) + "\n")
 
 
-def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys):
+def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys, monkeypatch):
     """The training images (and list) can be gone at evaluation: the class counts are the checkpoint's.
     It needed the training list's first image (the data set was built whole)."""
     root, out = tmp_path / "places", str(tmp_path / "run")
@@ -179,8 +199,10 @@ def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys):
     os.remove(root / "Places_LT_train.txt")
     capsys.readouterr()
     result = str(tmp_path / "eval.json")
+    batches_normalised = _count_device_normalisations(monkeypatch)
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0, \
         capsys.readouterr().err
+    assert len(batches_normalised) == 1                                    # 8 test images, uint8 until there
     evaluated = json.load(open(result))
     assert evaluated["per_class_acc"] == pytest.approx(logged["per_class_acc"])
     assert evaluated["few_acc"] == pytest.approx(logged["few_acc"])        # shot groups from the run's counts
@@ -196,25 +218,42 @@ LIST_RUN = ["--dataset", "places-lt", "--num-classes", "4", "--input-size", "16"
 
 
 def test_a_list_run_normalising_on_the_device_trains_as_per_image_normalisation(tmp_path, monkeypatch):
-    """List-file images cross to the device as uint8 and are normalised there: the run's every metric
-    is the one of images normalised per image in the workers (the DataLoader as before), with workers."""
+    """List-file images cross to the device as uint8 and are normalised there, into the run's memory
+    format: the run's every metric is the one of images normalised per image in the workers (the
+    DataLoader as before)."""
     import rsg_fast.train.setup as setup_module
 
     root = tmp_path / "places"
     _tiny_list_dataset(root)
     # a worker process (the last --workers counts); two epochs: both of RSG's phases
-    flags = LIST_RUN + ["--workers", "1", "--data-root", str(root), "--epochs", "2", "--epoch-thresh", "0"]
+    flags = LIST_RUN + ["--workers", "1", "--data-root", str(root), "--epochs", "2", "--epoch-thresh", "0",
+                        "--channels-last"]
 
     def records(out):
         return [{k: v for k, v in r.items() if k != "epoch_time_s"}
                 for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))]
 
+    batches_normalised = _count_device_normalisations(monkeypatch)
     assert main(flags + ["--out", str(tmp_path / "on-device")]) == 0
+    # 2 epochs of 5 training batches (20 images) and 1 test batch, each in the run's memory format
+    assert batches_normalised == [torch.channels_last] * 2 * (20 // 4 + 1)
     build = setup_module.build_datasets
     monkeypatch.setattr(setup_module, "build_datasets", lambda *a, **kw: build(*a, **{**kw, "normalize_on_device": False}))
+    batches_normalised.clear()
     assert main(flags + ["--out", str(tmp_path / "per-image")]) == 0
+    assert not batches_normalised
     assert records(tmp_path / "on-device") == records(tmp_path / "per-image")
     assert records(tmp_path / "on-device")[1]["n_generated"] > 0
+
+
+def _count_device_normalisations(monkeypatch) -> list:
+    """A list that gets the memory format of every batch ImageNormalize finishes."""
+    from rsg_fast.data import ImageNormalize
+
+    seen, call = [], ImageNormalize.__call__
+    monkeypatch.setattr(ImageNormalize, "__call__", lambda self, x, fmt=torch.contiguous_format:
+                        seen.append(fmt) or call(self, x, fmt))
+    return seen
 
 
 def test_evaluate_defaults_to_the_runs_own_test_list(tmp_path, capsys):

@@ -50,7 +50,7 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
     """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts.
     ``num_classes`` overrides the class count of the list-file datasets (e.g. for a subset of a list);
     ``normalize_on_device`` makes their images uint8, finished per batch on the device (``list_datasets``;
-    CIFAR's counterpart is ``DeviceBatches``)."""
+    the other datasets ignore it: ``DeviceBatches`` makes theirs there)."""
     if name == "synthetic-lt":
         kw = dict(synthetic or {})
         train = SyntheticLT(True, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
@@ -76,7 +76,8 @@ def build_test_dataset(name: str, *, root: str | None = None, imb_type: str = "e
                        num_classes: int | None = None, normalize_on_device: bool = False) -> tuple[Dataset, int]:
     """(test split, class count) of dataset ``name``, to evaluate a trained model. A list-file dataset
     reads its test list alone (neither the training list nor its images need be there); CIFAR's one
-    download holds both splits and synthetic-lt is generated, so those are built as ``build_datasets``."""
+    download holds both splits and synthetic-lt is generated, so those are built as ``build_datasets``.
+    ``normalize_on_device`` as there (list-file datasets only)."""
     if name in LIST_DATASETS:
         return list_test_dataset(name, root, test_list, input_size, num_classes,
                                  normalize_on_device=normalize_on_device)

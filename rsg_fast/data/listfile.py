@@ -59,8 +59,9 @@ def imagenet_transforms(train: bool, size: int = 224, *, uint8: bool = False):
 class ListFileDataset(Dataset):
     """Images under ``root`` listed in ``list_file`` as ``relative/path label`` (an absolute path is read
     as it is; a list of absolute paths alone needs no ``root``: None). ``device_transform``, when given,
-    finishes each batch where the model runs (``LoaderOnDevice``): ``transform`` then ends in uint8
-    pixels, e.g. ``imagenet_transforms(..., uint8=True)`` with ``IMAGENET_NORMALIZE``."""
+    finishes each batch where the model runs (``LoaderOnDevice`` calls ``device_transform(images,
+    memory_format)`` on the collated batch): ``transform`` then ends in uint8 pixels, e.g.
+    ``imagenet_transforms(..., uint8=True)`` with ``IMAGENET_NORMALIZE``."""
 
     def __init__(self, root: str | None, list_file: str, transform=None, num_classes: int | None = None,
                  device_transform: ImageNormalize | None = None):

@@ -18,6 +18,8 @@ import torch
 def to_hwc_uint8(pic) -> torch.Tensor:
     """A PIL image (mode L or RGB) -> its pixels as a (H, W, C) uint8 tensor: ``ToTensor``'s input, before
     it permutes and scales. A module-level function, so a transform holding it pickles for workers."""
+    if pic.mode not in ("L", "RGB"):   # ToTensor scales "1" and leaves 16/32-bit modes unscaled: not 8-bit pixels
+        raise ValueError(f"to_hwc_uint8 takes images of mode 'L' or 'RGB', got mode {pic.mode!r}; convert it first")
     pixels = np.array(pic, dtype=np.uint8)   # a writable copy, as ToTensor makes
     return torch.from_numpy(pixels if pixels.ndim == 3 else pixels[:, :, None])
 
@@ -25,12 +27,14 @@ def to_hwc_uint8(pic) -> torch.Tensor:
 def normalize_uint8_batch(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
                           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """(B, H, W, C) uint8 -> (B, C, H, W) float32 in ``memory_format``: ``ToTensor`` then ``Normalize(mean,
-    std)`` of each image, as the same operations in the same order (hence the same values). Reads B H W C
-    bytes, writes 4 B C H W; with ``torch.channels_last`` the layout change is free (NHWC is its order)."""
+    std)`` of each image, as the same operations in the same order (hence the same values, under torch's
+    default float32 default dtype, which ToTensor converts to). Reads B H W C bytes, writes 4 B C H W; with
+    ``torch.channels_last`` the layout change is free (NHWC is its order)."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(mean):
         raise ValueError(f"images must be (B, H, W, {len(mean)}) uint8, got {tuple(images.shape)} {images.dtype}")
     scale, mean_t, std_t = _normalize_constants(tuple(mean), tuple(std), images.device)
-    x = images.permute(0, 3, 1, 2).contiguous(memory_format=memory_format).to(torch.float32).div(scale)
+    # one kernel converts and lays out (exact: every uint8 is a float32)
+    x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=memory_format).div_(scale)
     return x.sub_(mean_t).div_(std_t)
 
 
@@ -41,6 +45,12 @@ class ImageNormalize:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean and std must give one value per channel, got {self.mean} and {self.std}")
+        if any(s == 0 for s in self.std):   # as torchvision's Normalize: not a silent division by zero
+            raise ValueError(f"std must not hold a zero, got {self.std}")
 
     def __call__(self, images: torch.Tensor,
                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:

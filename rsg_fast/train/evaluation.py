@@ -28,12 +28,16 @@ PROG = "rsg-fast evaluate"
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device, world: int = 1):
-    """(correct, total) per class over the ``(images, labels)`` batches of ``loader`` (a DataLoader, or
-    ``test_batches``' batches already on the device), summed over processes."""
+    """(correct, total) per class over the ``(images, labels)`` batches of ``loader`` (float images: a
+    DataLoader of normalised images, or ``test_batches``' batches already on the device), summed over
+    processes."""
     model.eval()
     correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
     total = torch.zeros(num_classes, dtype=torch.float64, device=device)
     for x, y in loader:
+        if x.dtype == torch.uint8:   # a normalize_on_device dataset's raw pixels: not the network's input
+            raise TypeError("evaluate: the loader gave uint8 images; finish them on the device first (wrap the "
+                            "DataLoader in rsg_fast.data.LoaderOnDevice, or use test_batches)")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         pred = model(x).argmax(dim=1)
         # index_add_ instead of bincount/boolean indexing: neither syncs the GPU each batch
@@ -138,6 +142,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     model.to(device)
+    if args.workers and device_batches_supported(test):
+        print(f"{PROG}: warning: --workers {args.workers} does nothing with --dataset {dataset}: its batches are made "
+              "on the device", file=sys.stderr, flush=True)
     correct, total = evaluate(model, test_batches(test, args.batch_size, device, args.workers), num_classes, device)
     class_acc = per_class_accuracy(correct, total)
     shots = shot_accuracy(class_acc, cls_num_list)

@@ -110,7 +110,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
         # Which RSG parameters get gradients depends on the phase (T only after epoch_thresh; the
         # contrastive module only before it) and on whether a local batch holds both heads and tails,
         # so DDP must look for unused parameters each step instead of waiting for their gradients.
-        # device_ids=None: the loop moves the inputs itself, and DDP with device_ids would also move
+        # device_ids=None: the loaders put the inputs on the device, and DDP with device_ids would also move
         # RSG's host_target (the labels left on the CPU on purpose) to the GPU.
         model = nn.parallel.DistributedDataParallel(model, device_ids=None, find_unused_parameters=cfg.rsg)
     step_model = compile_with_rsg(model) if cfg.compile else model   # same parameters; trains only
