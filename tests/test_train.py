@@ -1014,6 +1014,15 @@ def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys, monke
     assert config("--dataset", "imagenet-lt").workers == 3
     quota.write_text("max 100000\n")
     assert config("--dataset", "imagenet-lt").workers == 16
+    # cgroup v1 (no cpu.max): its CFS quota and period; -1 is no quota
+    v1 = (tmp_path / "cpu.cfs_quota_us", tmp_path / "cpu.cfs_period_us")
+    monkeypatch.setattr(train_config, "CGROUP_CPU_MAX", str(tmp_path / "absent"))
+    monkeypatch.setattr(train_config, "CGROUP_V1_CPU", tuple(map(str, v1)))
+    v1[0].write_text("250000\n")
+    v1[1].write_text("100000\n")
+    assert config("--dataset", "imagenet-lt").workers == 1     # 2.5 CPUs: 2, one left for the process
+    v1[0].write_text("-1\n")
+    assert config("--dataset", "imagenet-lt").workers == 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "four")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
     assert default_workers(world=3) == 3 and default_workers() == 11

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rsg_fast.cli_args import resolve_device
@@ -195,15 +196,22 @@ def default_workers(world: int = 1) -> int:
 
 
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"   # cgroup v2: "<quota> <period>" or "max <period>"
+CGROUP_V1_CPU = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")   # -1: none
 
 
 def cgroup_cpu_quota() -> float | None:
-    """The CPUs a cgroup v2 quota allows this process (a container's ``--cpus``), or None when there is
-    none or it cannot be read (cgroup v1 is not read)."""
+    """The CPUs a cgroup quota allows this process (a container's ``--cpus``), or None when there is
+    none or it cannot be read: cgroup v2's ``cpu.max``, else cgroup v1's CFS quota and period, each as a
+    container sees its own cgroup at /sys/fs/cgroup."""
     try:
         with open(CGROUP_CPU_MAX, encoding="ascii") as f:
             quota, period = f.read().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota, period = (int(Path(path).read_text(encoding="ascii")) for path in CGROUP_V1_CPU)
+        return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
 
