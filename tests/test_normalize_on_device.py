@@ -145,6 +145,11 @@ def test_loader_on_device_finishes_the_batch_on_the_device(tmp_path):
         assert x.device == meta and x.dtype == torch.float32 and x.shape[1:] == (3, 9, 9)
         assert x.is_contiguous(memory_format=torch.channels_last)
         assert y.device.type == "cpu"
+    # a Subset hides the dataset's device_transform: given explicitly, it is used
+    subset = torch.utils.data.Subset(data.test, [0, 2, 4])
+    assert next(iter(LoaderOnDevice(DataLoader(subset, batch_size=3), meta)))[0].dtype == torch.uint8
+    x, _ = next(iter(LoaderOnDevice(DataLoader(subset, batch_size=3), meta, finish=IMAGENET_NORMALIZE)))
+    assert x.dtype == torch.float32 and x.shape == (3, 3, 9, 9)
 
 
 def test_loader_on_device_moves_a_finished_batch_into_the_memory_format():

@@ -116,14 +116,15 @@ def _global_rng_seed() -> int:
 class LoaderOnDevice:
     """Iterates ``loader``'s ``(images, labels)`` with the images on ``device`` in ``memory_format`` and the
     labels on the host, as ``DeviceBatches`` yields them. The images are copied without waiting (from
-    pinned memory when the loader pins), then, when the loader's dataset has a ``device_transform``
-    (``ListFileDataset`` with ``normalize_on_device``), finished by it there: a uint8 batch scaled and
+    pinned memory when the loader pins), then finished there by ``finish(images, memory_format)``: by
+    default the loader's dataset's ``device_transform`` (``ListFileDataset`` with ``normalize_on_device``),
+    if any; pass it for a dataset that hides it (a ``Subset`` of one). A uint8 batch scaled and
     normalised on the GPU crosses PCIe, the worker queue and the pinned copy in a quarter of the bytes."""
 
     def __init__(self, loader: DataLoader, device: torch.device,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, *, finish=None):
         self.loader, self.device, self.memory_format = loader, torch.device(device), memory_format
-        self.finish = getattr(loader.dataset, "device_transform", None)
+        self.finish = finish if finish is not None else getattr(loader.dataset, "device_transform", None)
 
     def __len__(self) -> int:
         return len(self.loader)
