@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU with tiny shapes (tests/test_gpu_check.py)
 #   bash benchmarks/gpu_check.sh --steps module   # only some steps (a rerun of what ran out of time),
 #                                                 # sharing the whole budget; default check,tests,ops,module
+#   bash benchmarks/gpu_check.sh --steps inputs   # the input-batch timings, not in the default run
 #
 # It assumes only `python3` (with torch, triton, pytest, pytest-xdist, tqdm, matplotlib, setuptools;
 # nothing can be downloaded) and never changes that Python: rsg_fast is installed into a throwaway
@@ -19,6 +20,9 @@
 #           replay, cifar10 and imagenet-lt shapes, fp32 and bf16, GB/s and % of copy bandwidth
 #   module  RSG forward+backward: ReferenceRSG, torch.compile(ReferenceRSG), RSG eager,
 #           torch.compile(RSG); a ResNet-32 training step with and without RSG, eager and compiled
+#   inputs  (only when named in --steps) benchmarks/test_input_batches.py: a CIFAR batch from a
+#           DataLoader vs DeviceBatches, a list-file batch normalised per image vs on the device;
+#           its medians go into gpu-check.json (no file of its own: 8 is the most that come back)
 # While check and tests run (they time nothing), a background "warm" pass compiles the module
 # step's torch.compile rows once, filling the Inductor and Triton caches, so that the module step
 # spends its limit timing rather than compiling (cold, each compiled row takes tens of seconds). It
@@ -54,12 +58,12 @@ while [ $# -gt 0 ]; do
 done
 for name in ${STEPS//,/ }; do
     case "$name" in
-        check|tests|ops|module) ;;
-        *) echo "gpu_check.sh: --steps: unknown step '$name' (expected a comma-separated subset of check,tests,ops,module)" >&2
+        check|tests|ops|module|inputs) ;;
+        *) echo "gpu_check.sh: --steps: unknown step '$name' (expected a comma-separated subset of check,tests,ops,module,inputs)" >&2
            exit 2 ;;
     esac
 done
-[ -n "${STEPS//,/}" ] || { echo "gpu_check.sh: --steps: no step named (expected a subset of check,tests,ops,module)" >&2; exit 2; }
+[ -n "${STEPS//,/}" ] || { echo "gpu_check.sh: --steps: no step named (expected a subset of check,tests,ops,module,inputs)" >&2; exit 2; }
 
 OUT="${OUT:-gpu-check-out}"
 mkdir -p "$OUT" || exit 2
@@ -117,6 +121,12 @@ for tag in ("bench-ops", "bench-module"):
     if os.path.exists(path):
         bench = json.load(open(path))
         doc["targets"] += [dict(t, file=tag + ".json") for t in bench.get("targets", []) if t["status"] != "not measured"]
+inputs = os.path.join(work, "inputs.json")   # pytest-benchmark's file: its medians, in ms
+if os.path.exists(inputs):
+    doc["inputs"] = [{"benchmark": b["name"], "group": b["group"], "median_ms": 1e3 * b["stats"]["median"],
+                      "min_ms": 1e3 * b["stats"]["min"], "max_ms": 1e3 * b["stats"]["max"],
+                      "rounds": b["stats"]["rounds"], **b.get("extra_info", {})}
+                     for b in json.load(open(inputs)).get("benchmarks", [])]
 doc["files"] = sorted(os.listdir(out))
 json.dump(doc, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
 if final:
@@ -129,6 +139,8 @@ if final:
         where = " ".join(str(t[k]) for k in ("setting", "variant", "phase", "dtype", "mode") if t.get(k))
         value = "" if t["measured"] is None else f"{t['measured']:{'.0f' if t['unit'].startswith(' ') else '.2f'}}{t['unit']}"
         print(f"  target {t['status']:<7} {t['target']}: {where} {value}  {t.get('note', '')}")
+    for b in doc.get("inputs", []):
+        print(f"  inputs  {b['benchmark']:<52} median {b['median_ms']:8.2f} ms ({b['rounds']} rounds)")
     print("  files: " + ", ".join(doc["files"]))
 PY
 }
@@ -173,9 +185,10 @@ selected() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
 # plus 5 for the final summary
 floor_after() {
     local total=5 later=0 name
-    for name in check tests ops module; do
+    for name in check tests ops module inputs; do
         if [ $later = 1 ] && selected "$name"; then
-            case $name in tests) total=$((total + 60)) ;; ops) total=$((total + 45)) ;; module) total=$((total + 90)) ;; esac
+            case $name in tests) total=$((total + 60)) ;; ops) total=$((total + 45)) ;; module) total=$((total + 90)) ;;
+                          inputs) total=$((total + 30)) ;; esac
         fi
         [ "$name" = "$1" ] && later=1
     done
@@ -301,7 +314,8 @@ summary
 
 # ---------------------------------------------------------------------------- the steps
 # caps (s), each step's limit also keeping floor_after's seconds for the selected later steps
-# (tests 60, ops 45, module 90): check 120, tests 150, ops 100, module 420 (in effect: the rest).
+# (tests 60, ops 45, module 90, inputs 30): check 120, tests 150, ops 100, module 420 (in effect: the
+# rest), inputs 90.
 # check's 120: on CUDA its default rows need about 130 cold Triton compiles (0.3-0.6 s each, one
 # at a time, beside the warm pass; an estimate from the launch signatures, not yet measured).
 # in this order (a step cut short by its limit keeps the rows it wrote): the fast eager rows the
@@ -344,6 +358,11 @@ else
             "${COMPILE[@]}" --budget 20 --variants "$VARIANTS" --no-progress --out "$WORK/bench" --tag bench-module
         cp "$WORK/bench"/bench-module.json "$WORK/bench"/bench-module.png "$OUT"/ 2> /dev/null
     else not_selected module; fi
+    if selected inputs; then   # opt-in: a rerun's spare minutes, after the issue's targets
+        export RSG_BENCH_DEVICE; RSG_BENCH_DEVICE="$([ "$DRY_RUN" = 1 ] && echo cpu || echo cuda)"
+        step inputs 90 "$(floor_after inputs)" "$PY" -m pytest -q -p no:cacheprovider --basetemp="$WORK/pytest-inputs" \
+            benchmarks/test_input_batches.py --benchmark-only --benchmark-json="$WORK/inputs.json"
+    fi
 fi
 
 summary final | tee -a "$LOG"

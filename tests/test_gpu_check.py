@@ -148,6 +148,24 @@ def test_steps_runs_only_the_steps_named_with_the_whole_budget(tmp_path_factory)
     assert list(run["tmp"].iterdir()) == []
 
 
+def test_the_inputs_step_runs_only_when_named_and_reports_into_gpu_check_json(dry_run, tmp_path_factory):
+    default = json.loads((dry_run["out"] / "gpu-check.json").read_text())
+    assert "inputs" not in {s["name"] for s in default["steps"]} and "inputs" not in default
+    run = _dry_run(tmp_path_factory, "--steps", "inputs")
+    assert run["proc"].returncode == 0, run["proc"].stdout[-4000:] + run["proc"].stderr[-2000:]
+    doc = json.loads((run["out"] / "gpu-check.json").read_text())
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["inputs"]["status"] == "passed" and steps["inputs"]["limit_s"] == 90
+    timed = {b["benchmark"]: b for b in doc["inputs"]}
+    assert set(timed) == {"test_cifar_training_batch[dataloader-main-process]", "test_cifar_training_batch[device-batches]",
+                          "test_list_file_training_batch[per-image-float32]",
+                          "test_list_file_training_batch[on-device-uint8]"}
+    assert all(b["median_ms"] > 0 and b["rounds"] >= 10 and b["device"] == "cpu" for b in timed.values())
+    assert "median" in run["proc"].stdout.split("gpu_check (dry run)")[-1]      # the final table lists them
+    assert {p.name for p in run["out"].iterdir()} == {"gpu-check.log", "gpu-check.json"}
+    assert list(run["tmp"].iterdir()) == []
+
+
 def test_a_failed_pip_install_falls_back_to_the_source_tree(tmp_path_factory):
     """The lent machine's pip may fail to install the package (say a setuptools older than the 77 that
     pyproject.toml's licence fields need, as --no-build-isolation uses the machine's own): the script
