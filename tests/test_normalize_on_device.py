@@ -9,13 +9,13 @@ import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, SequentialSampler, Subset
 
 from helpers import requires_cuda
 
 from rsg_fast.data import (
-    IMAGENET_NORMALIZE, ArrayImageDataset, CifarAugment, ImageNormalize, LoaderOnDevice, build_datasets,
-    build_test_dataset, imagenet_transforms, normalize_uint8_batch, to_hwc_uint8,
+    IMAGENET_NORMALIZE, ArrayImageDataset, CifarAugment, DeviceBatches, ImageNormalize, ListFileDataset,
+    LoaderOnDevice, build_datasets, build_test_dataset, imagenet_transforms, normalize_uint8_batch, to_hwc_uint8,
 )
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -145,11 +145,48 @@ def test_loader_on_device_finishes_the_batch_on_the_device(tmp_path):
         assert x.device == meta and x.dtype == torch.float32 and x.shape[1:] == (3, 9, 9)
         assert x.is_contiguous(memory_format=torch.channels_last)
         assert y.device.type == "cpu"
-    # a Subset hides the dataset's device_transform: given explicitly, it is used
-    subset = torch.utils.data.Subset(data.test, [0, 2, 4])
-    assert next(iter(LoaderOnDevice(DataLoader(subset, batch_size=3), meta)))[0].dtype == torch.uint8
-    x, _ = next(iter(LoaderOnDevice(DataLoader(subset, batch_size=3), meta, finish=IMAGENET_NORMALIZE)))
-    assert x.dtype == torch.float32 and x.shape == (3, 3, 9, 9)
+
+
+def test_loader_on_device_finds_the_transform_through_subsets_or_is_told_it(tmp_path):
+    """A Subset or ConcatDataset of the dataset: its device_transform is found through them; uint8 images
+    with nothing to finish them are a clear TypeError, not pixels whose rows pass for channels; an
+    explicit finish wins."""
+    _write_list_root(tmp_path)
+    data = build_datasets("places-lt", root=str(tmp_path), input_size=9, num_classes=2, normalize_on_device=True)
+    cpu = torch.device("cpu")
+    want = next(iter(LoaderOnDevice(DataLoader(data.test, batch_size=5), cpu)))[0]
+    subset = Subset(data.test, [0, 2, 4])
+    x, _ = next(iter(LoaderOnDevice(DataLoader(subset, batch_size=3), cpu)))
+    assert torch.equal(x, want[[0, 2, 4]])
+    both = ConcatDataset([Subset(data.test, [1]), data.test])
+    x, _ = next(iter(LoaderOnDevice(DataLoader(both, batch_size=6), cpu)))
+    assert torch.equal(x, torch.cat([want[1:2], want]))
+    bare = ListFileDataset(str(tmp_path), str(tmp_path / "Places_LT_test.txt"), imagenet_transforms(False, 9, uint8=True))
+    with pytest.raises(TypeError, match=r"LoaderOnDevice: the loader gave uint8 images \(2, 9, 9, 3\) and nothing "
+                                        r"finishes them: pass finish="):
+        next(iter(LoaderOnDevice(DataLoader(bare, batch_size=2), cpu)))
+    x, _ = next(iter(LoaderOnDevice(DataLoader(bare, batch_size=5), cpu, finish=IMAGENET_NORMALIZE)))
+    assert torch.equal(x, want)
+    raw, _ = next(iter(LoaderOnDevice(DataLoader(bare, batch_size=5), cpu, finish=lambda x, memory_format: x)))
+    assert raw.dtype == torch.uint8 and raw.shape == (5, 9, 9, 3)
+    # a per-image transform that does not end in uint8 pixels, with a device_transform: the error says so
+    wrong = ListFileDataset(str(tmp_path), str(tmp_path / "Places_LT_test.txt"), imagenet_transforms(False, 9),
+                            device_transform=IMAGENET_NORMALIZE)
+    with pytest.raises(ValueError, match=r"must end in such pixels for its device_transform: to_hwc_uint8"):
+        next(iter(LoaderOnDevice(DataLoader(wrong, batch_size=2), cpu)))
+
+
+def test_device_batches_points_elsewhere_for_what_it_cannot_serve(tmp_path):
+    _write_list_root(tmp_path)
+    data = build_datasets("places-lt", root=str(tmp_path), input_size=9, num_classes=2, normalize_on_device=True)
+    with pytest.raises(ValueError, match=r"got ListFileDataset: a DataLoader's batches reach the device through "
+                                         r"LoaderOnDevice"):
+        DeviceBatches(data.test, SequentialSampler(data.test), 2, device=torch.device("cpu"))
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    cifar = ArrayImageDataset(images, [0, 1, 0, 1], None, CifarAugment(train=False))
+    with pytest.raises(ValueError, match=r"got Subset: give the dataset itself, and the subset's indices through "
+                                         r"the sampler \(e.g. SubsetRandomSampler\)"):
+        DeviceBatches(Subset(cifar, [0, 1]), SequentialSampler(range(2)), 2, device=torch.device("cpu"))
 
 
 def test_loader_on_device_moves_a_finished_batch_into_the_memory_format():
@@ -186,3 +223,6 @@ def test_list_batches_normalised_on_a_gpu_are_the_cpus(tmp_path):
     for (gx, gy), (wx, wy) in zip(got, want, strict=True):
         assert gx.is_cuda and gx.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(gx.cpu(), wx) and torch.equal(gy, wy)
+    # the labels are pinned (host_target's copy does not wait), also from a loader that does not pin
+    unpinned = DataLoader(on_device.test, batch_size=2)
+    assert all(y.is_pinned() for _, y in LoaderOnDevice(unpinned, torch.device("cuda")))

@@ -200,9 +200,13 @@ def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys, m
     capsys.readouterr()
     result = str(tmp_path / "eval.json")
     batches_normalised = _count_device_normalisations(monkeypatch)
+    import rsg_fast.train.evaluation as evaluation_module
+
+    workers = []   # without --workers: train's default, sized to the CPUs
+    monkeypatch.setattr(evaluation_module, "default_workers", lambda: workers.append("default") or 0)
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0, \
         capsys.readouterr().err
-    assert len(batches_normalised) == 1                                    # 8 test images, uint8 until there
+    assert len(batches_normalised) == 1 and workers == ["default"]       # 8 test images, uint8 until there
     evaluated = json.load(open(result))
     assert evaluated["per_class_acc"] == pytest.approx(logged["per_class_acc"])
     assert evaluated["few_acc"] == pytest.approx(logged["few_acc"])        # shot groups from the run's counts

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from rsg_fast.data.cifar import ArrayImageDataset
 from rsg_fast.data.synthetic import SyntheticLT
@@ -50,8 +50,11 @@ class DeviceBatches:
     def __init__(self, dataset: Dataset, sampler: Sampler[int], batch_size: int, *, device: torch.device,
                  drop_last: bool = False, memory_format: torch.memory_format = torch.contiguous_format):
         if not device_batches_supported(dataset):
+            hint = ("give the dataset itself, and the subset's indices through the sampler (e.g. "
+                    "SubsetRandomSampler)" if isinstance(dataset, Subset) else
+                    "a DataLoader's batches reach the device through LoaderOnDevice")
             raise ValueError(f"DeviceBatches needs an in-memory dataset with a batched transform (CIFAR-LT, "
-                             f"synthetic-lt), got {type(dataset).__name__}")
+                             f"synthetic-lt), got {type(dataset).__name__}: {hint}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.device = torch.device(device)
@@ -115,24 +118,44 @@ def _global_rng_seed() -> int:
 
 class LoaderOnDevice:
     """Iterates ``loader``'s ``(images, labels)`` with the images on ``device`` in ``memory_format`` and the
-    labels on the host, as ``DeviceBatches`` yields them. The images are copied without waiting (from
-    pinned memory when the loader pins), then finished there by ``finish(images, memory_format)``: by
-    default the loader's dataset's ``device_transform`` (``ListFileDataset`` with ``normalize_on_device``),
-    if any; pass it for a dataset that hides it (a ``Subset`` of one). A uint8 batch scaled and
-    normalised on the GPU crosses PCIe, the worker queue and the pinned copy in a quarter of the bytes."""
+    labels on the host (pinned on CUDA), as ``DeviceBatches`` yields them. The images are copied without
+    waiting (from pinned memory when the loader pins: ``pin_memory=True``), then finished there by
+    ``finish(images, memory_format)``: by default the ``device_transform`` of the loader's dataset
+    (``ListFileDataset`` with ``normalize_on_device``), looked up through ``Subset`` and ``ConcatDataset``.
+    A uint8 batch scaled and normalised on the GPU crosses PCIe, the worker queue and the pinned copy
+    in a quarter of the bytes. uint8 images with nothing to finish them are a ``TypeError`` (pass
+    ``finish``; ``finish=lambda x, memory_format: x`` keeps them as they are)."""
 
     def __init__(self, loader: DataLoader, device: torch.device,
                  memory_format: torch.memory_format = torch.contiguous_format, *, finish=None):
         self.loader, self.device, self.memory_format = loader, torch.device(device), memory_format
-        self.finish = finish if finish is not None else getattr(loader.dataset, "device_transform", None)
+        self.finish = finish if finish is not None else _device_transform(loader.dataset)
+        self._pin = self.device.type == "cuda"
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         for images, labels in self.loader:
-            if self.finish is None:
-                images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            else:
+            if self.finish is not None:
                 images = self.finish(images.to(self.device, non_blocking=True), self.memory_format)
+            elif images.dtype == torch.uint8:   # raw pixels: memory_format would take H for the channels
+                raise TypeError(f"LoaderOnDevice: the loader gave uint8 images {tuple(images.shape)} and nothing "
+                                "finishes them: pass finish= (say the dataset's device_transform, e.g. "
+                                "rsg_fast.data.IMAGENET_NORMALIZE)")
+            else:
+                images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            if self._pin and not labels.is_pinned():   # host_target's copy then does not wait
+                labels = labels.pin_memory()
             yield images, labels
+
+
+def _device_transform(dataset: Dataset):
+    """A dataset's ``device_transform``, looked up through ``Subset`` and ``ConcatDataset`` (whose parts
+    must then agree); None when it has none."""
+    if isinstance(dataset, Subset):
+        return _device_transform(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        found = [_device_transform(d) for d in dataset.datasets]
+        return found[0] if found and all(f == found[0] for f in found) else None
+    return getattr(dataset, "device_transform", None)

@@ -19,7 +19,7 @@ from rsg_fast.data import (
 )
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
-from rsg_fast.train.config import synthetic_options
+from rsg_fast.train.config import default_workers, synthetic_options
 from rsg_fast.train.distributed import all_reduce
 from rsg_fast.train.run_folder import check_writable
 
@@ -37,7 +37,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     for x, y in loader:
         if x.dtype == torch.uint8:   # a normalize_on_device dataset's raw pixels: not the network's input
             raise TypeError("evaluate: the loader gave uint8 images; finish them on the device first (wrap the "
-                            "DataLoader in rsg_fast.data.LoaderOnDevice, or use test_batches)")
+                            "DataLoader in rsg_fast.data.LoaderOnDevice, with finish= if its dataset hides its "
+                            "device_transform, or use rsg_fast.train.evaluation.test_batches)")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         pred = model(x).argmax(dim=1)
         # index_add_ instead of bincount/boolean indexing: neither syncs the GPU each batch
@@ -67,9 +68,9 @@ def build_eval_parser() -> Parser:
                    help="(default: the run's own --test-list when --dataset is the run's and it gave one; "
                         "else, or with --test-list '', the usual name under --data-root)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
-    p.add_argument("--workers", type=nonneg_int("--workers"), default=0,
-                   help="data-loader processes of the list-file datasets (CIFAR and synthetic-lt batches are made "
-                        "on the device)")
+    p.add_argument("--workers", type=nonneg_int("--workers"), default=None,
+                   help="data-loader processes of the list-file datasets (default: as rsg-fast train's, from the "
+                        "CPUs this process may use); CIFAR and synthetic-lt batches are made on the device")
     p.add_argument("--device", type=device_name("--device"), default=None,
                    help="auto, cpu, cuda or cuda:N (default: auto, cuda when available)")
     p.add_argument("--json", default=None, metavar="PATH",
@@ -145,7 +146,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if args.workers and device_batches_supported(test):
         print(f"{PROG}: warning: --workers {args.workers} does nothing with --dataset {dataset}: its batches are made "
               "on the device", file=sys.stderr, flush=True)
-    correct, total = evaluate(model, test_batches(test, args.batch_size, device, args.workers), num_classes, device)
+    workers = args.workers if args.workers is not None else default_workers()
+    correct, total = evaluate(model, test_batches(test, args.batch_size, device, workers), num_classes, device)
     class_acc = per_class_accuracy(correct, total)
     shots = shot_accuracy(class_acc, cls_num_list)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
