@@ -27,8 +27,8 @@ def to_hwc_uint8(pic) -> torch.Tensor:
 def normalize_uint8_batch(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
                           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """(B, H, W, C) uint8 -> (B, C, H, W) float32 in ``memory_format``: ``ToTensor`` then ``Normalize(mean,
-    std)`` of each image, as the same operations in the same order (hence the same values, under torch's
-    default float32 default dtype, which ToTensor converts to). Reads B H W C bytes, writes 4 B C H W; with
+    std)`` of each image, as the same operations in the same order: the same values while torch's default
+    dtype is float32 (ToTensor converts to the default dtype). Reads B H W C bytes, writes 4 B C H W; with
     ``torch.channels_last`` the layout change is free (NHWC is its order)."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(mean):
         raise ValueError(f"images must be (B, H, W, {len(mean)}) uint8, got {tuple(images.shape)} {images.dtype} "
