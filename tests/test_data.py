@@ -114,6 +114,11 @@ def test_list_file_dataset(tmp_path):
     (tmp_path / "bad.txt").write_text("train/x.png 0\nno_label_here\n")
     with pytest.raises(ValueError, match="bad.txt:2"):
         ListFileDataset(str(tmp_path), str(tmp_path / "bad.txt"))
+    (tmp_path / "negative.txt").write_text("train/x.png -1\n")
+    with pytest.raises(ValueError, match=r"negative.txt:1: label -1 is negative"):   # no class count to quote
+        ListFileDataset(str(tmp_path), str(tmp_path / "negative.txt"))
+    with pytest.raises(ValueError, match=r"negative.txt:1: label -1 outside \[0, 4\)"):
+        ListFileDataset(str(tmp_path), str(tmp_path / "negative.txt"), num_classes=4)
     with pytest.raises(FileNotFoundError, match="list file not found"):
         ListFileDataset(str(tmp_path), str(tmp_path / "missing.txt"))
     with pytest.raises(FileNotFoundError, match="image root not found"):

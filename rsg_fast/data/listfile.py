@@ -35,7 +35,8 @@ def read_list_file(list_file: str, num_classes: int | None = None) -> tuple[list
             except (IndexError, ValueError):
                 raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line.rstrip()!r}") from None
             if label < 0 or (num_classes is not None and label >= num_classes):
-                raise ValueError(f"{list_file}:{lineno}: label {label} outside [0, {num_classes})")
+                allowed = f"outside [0, {num_classes})" if num_classes is not None else "is negative"
+                raise ValueError(f"{list_file}:{lineno}: label {label} {allowed}")
             paths.append(path)
             labels.append(label)
     if not paths:
@@ -104,7 +105,7 @@ def _check_root(root: str) -> None:
 
 def _list_under_root(name: str, root: str | None, given: str | None, default: str, flag: str) -> str:
     """The list file: ``given``, else the usual name ``default`` under ``root`` (which must then exist)."""
-    if given:   # an empty flag is no list, as before
+    if given:   # an empty --train-list / --test-list means the usual name
         return given
     if root is None:
         raise ValueError(f"--data-root is required for {name}: the image root, which holds its {default} "

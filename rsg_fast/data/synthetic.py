@@ -17,6 +17,11 @@ from rsg_fast.data.imbalance import img_num_per_cls
 
 
 class SyntheticLT(Dataset):
+    """One split of synthetic-lt (the module docstring says how a sample is made): ``data`` holds the
+    float (N, 3, image_size, image_size) images, ``targets`` their labels, ``counts`` the images per class."""
+
+    MIN_IMAGE_SIZE = 8
+
     def __init__(self, train: bool = True, *, num_classes: int = 10, n_max: int = 500, imb_type: str = "exp",
                  imb_factor: float = 0.01, test_per_class: int = 50, image_size: int = 16, modes: int = 2,
                  noise: float = 1.0, distractor: float = 0.5, max_shift: int = 2, seed: int = 0):
@@ -24,8 +29,8 @@ class SyntheticLT(Dataset):
                         ("image_size", image_size), ("modes", modes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"synthetic-lt: {name} must be a positive int, got {v!r}")
-        if image_size < 8:
-            raise ValueError(f"synthetic-lt: image_size must be >= 8, got {image_size}")
+        if image_size < self.MIN_IMAGE_SIZE:
+            raise ValueError(f"synthetic-lt: image_size must be >= {self.MIN_IMAGE_SIZE}, got {image_size}")
         self.num_classes = num_classes
         self.counts = (img_num_per_cls(n_max, num_classes, imb_type, imb_factor) if train
                        else [test_per_class] * num_classes)

@@ -18,6 +18,7 @@ One job per module, in the order a run uses them:
 - ``config``: ``TrainConfig``, the typed configuration, resolved once from the flags;
 - ``run_folder``: ``--out`` checked up front, and the order its checkpoints are written in;
 - ``setup``: data, device, model, optimiser and resumed state, as one ``TrainSetup``;
+- ``init_weights``: ``--init-weights``, a pre-trained state dict taken into a new run's network;
 - ``distributed``: what differs under torchrun (process, samplers, collectives);
 - ``loop``: the epochs; ``evaluation``: test accuracy and ``rsg-fast evaluate``;
 - ``cli``: ``main``, the order of the above and how failures reach the user.

@@ -11,7 +11,7 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import (
     Parser, device_name, fraction, in_range, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int,
 )
-from rsg_fast.data import DATASETS, DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES
+from rsg_fast.data import DATASETS, DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, SyntheticLT
 from rsg_fast.losses import LOSS_TYPES, TRAIN_RULES
 from rsg_fast.models import ARCHS
 
@@ -48,8 +48,8 @@ def build_parser() -> Parser:
                         "batched ops (CIFAR and synthetic-lt only); workers: a DataLoader, image by image in "
                         "--workers processes (default: device where it applies, workers for the list-file data)")
     d.add_argument("--workers", type=nonneg_int("--workers"), default=None,
-                   help="data-loader processes of --loader workers (default: 0 for synthetic-lt; otherwise the "
-                        "CPUs per training process on this machine, less one, 1 to 16)")
+                   help="data-loader processes of --loader workers (default: 0 for synthetic-lt and with --loader "
+                        "device; otherwise the CPUs per training process on this machine, less one, 1 to 16)")
 
     s = p.add_argument_group("synthetic-lt (the offline demo data)")
     s.add_argument("--synthetic-classes", type=positive_int("--synthetic-classes"), default=10, help="classes")
@@ -57,8 +57,8 @@ def build_parser() -> Parser:
                    help="training images of the largest class")
     s.add_argument("--synthetic-test", type=positive_int("--synthetic-test"), default=50, help="test images per class")
     # the data set's own limit, checked with the flags (before any data is built) and named by the flag
-    s.add_argument("--synthetic-size", type=int_at_least("--synthetic-size", 8), default=16,
-                   help="image side, at least 8")
+    s.add_argument("--synthetic-size", type=int_at_least("--synthetic-size", SyntheticLT.MIN_IMAGE_SIZE),
+                   default=16, help=f"image side, at least {SyntheticLT.MIN_IMAGE_SIZE}")
 
     m = p.add_argument_group("network")
     m.add_argument("--arch", default="resnet32", choices=ARCHS, help="backbone (CIFAR ResNets or torchvision's)")
@@ -84,8 +84,9 @@ def build_parser() -> Parser:
                    help="beta (default: 1.0; with --imb-type step 0.01)")
     # an epoch index: a negative one would generate from epoch 0 (RSG's own argument stays unchecked, as published)
     r.add_argument("--epoch-thresh", type=nonneg_int("--epoch-thresh"), default=None,
-                   help="RSG generates after this epoch index, 0 or more (default: the DRW/DRS epoch - 1: 160/200 of "
-                        "--epochs - 1, or the first --lr-milestones given - 1; at least 0)")
+                   help="RSG generates after this epoch index, 0 or more (default: 160/200 of --epochs - 1, or the "
+                        "first --lr-milestones given - 1, at least 0: the default DRW/DRS epoch - 1, whatever "
+                        "--drw-epoch says)")
     r.add_argument("--lambda-cesc", type=nonneg_float("--lambda-cesc"), default=0.1, help="lambda1, CESC loss weight")
     r.add_argument("--lambda-mv", type=nonneg_float("--lambda-mv"), default=0.01, help="lambda2, MV loss weight")
     r.add_argument("--mv-loss", default="original", choices=("original", "paper"),

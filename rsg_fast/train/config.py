@@ -4,7 +4,7 @@
 ``--epochs``, the step-imbalance values, the device) and checks the settings that depend on each
 other, before any data is read. ``TrainConfig.with_data`` then adds what only the data can tell (class
 counts, head classes, the image side). ``to_dict()`` is what ``config.json`` and the checkpoints hold:
-the field order below is that file's key order, unchanged from the dict the earlier code wrote.
+the field order below is that file's key order: keep it stable, as older run folders hold it.
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
     """The run's configuration from the parsed flags; ``ValueError`` naming the flags when they disagree."""
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
-    epochs, step = args.epochs, args.imb_type == "step"
+    epochs, step_imbalance = args.epochs, args.imb_type == "step"
     milestones = args.lr_milestones
     if milestones is None:
         # The published RSG CIFAR script drops the lr at epoch indices 159 and 179 (`epoch + 1 > 159`),
@@ -162,8 +162,8 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         workers=given(args.workers,
                       0 if args.dataset == "synthetic-lt" or loader == "device" else default_workers(world)),
         arch=args.arch, rsg_stage=given(args.rsg_stage, default_rsg_stage(args.arch)), n_center=args.n_center,
-        contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step else 0.2),
-        transfer_strength=given(args.transfer_strength, 0.01 if step else 1.0),
+        contrastive_dim=args.contrastive_dim, head_ratio=given(args.head_ratio, 0.5 if step_imbalance else 0.2),
+        transfer_strength=given(args.transfer_strength, 0.01 if step_imbalance else 1.0),
         epoch_thresh=given(args.epoch_thresh, max(switch - 1, 0)), mv_loss=args.mv_loss, rsg_backend=args.rsg_backend,
         use_norm=args.loss_type == "LDAM" if args.use_norm is None else args.use_norm == "yes",
         init_weights=absolute(args.init_weights),
