@@ -843,9 +843,9 @@ def test_the_progress_bar_shows_the_loss_without_waiting_for_it(monkeypatch):
     """Every 10 steps the bar shows the last loss reading that has arrived and starts another; a
     reading still on its way (a GPU copy) is neither waited for nor replaced. On the CPU a reading
     arrives at once."""
-    from rsg_fast.train import loop
+    from rsg_fast.train import progress
 
-    bar = loop.RunProgress(True, 40, 0, 1, 1)
+    bar = progress.RunProgress(True, 40, 0, 1, 1)
     for step in range(1, 13):
         bar.step(torch.tensor(float(step)), step)
     assert bar.bar.postfix == "loss=11.000"       # the CPU: the reading of step 11, shown at once
@@ -865,8 +865,8 @@ def test_the_progress_bar_shows_the_loss_without_waiting_for_it(monkeypatch):
             assert self.arrived, "a reading shown before it arrived"
             return self.loss
 
-    monkeypatch.setattr(loop, "_LossReading", Pending)
-    bar = loop.RunProgress(True, 40, 0, 1, 1)
+    monkeypatch.setattr(progress, "_LossReading", Pending)
+    bar = progress.RunProgress(True, 40, 0, 1, 1)
     for step in range(1, 32):
         bar.step(torch.tensor(float(step)), step)
         if step == 15:
@@ -882,8 +882,8 @@ def test_the_progress_bar_shows_the_loss_without_waiting_for_it(monkeypatch):
             return self.arrived
 
     Pending.made = []
-    monkeypatch.setattr(loop, "_LossReading", ArrivesWhileAsked)
-    bar = loop.RunProgress(True, 40, 0, 1, 1)
+    monkeypatch.setattr(progress, "_LossReading", ArrivesWhileAsked)
+    bar = progress.RunProgress(True, 40, 0, 1, 1)
     shown = []
     monkeypatch.setattr(bar, "_show", lambda reading: shown.append(reading.value()))
     for step in range(1, 22):
@@ -896,9 +896,9 @@ def test_the_progress_bar_shows_the_loss_without_waiting_for_it(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_progress_bar_does_not_make_the_host_wait_for_the_gpu():
     from helpers import host_waits_for_gpu
-    from rsg_fast.train import loop
+    from rsg_fast.train import progress
 
-    bar = loop.RunProgress(True, 50, 0, 1, 1)
+    bar = progress.RunProgress(True, 50, 0, 1, 1)
     loss = torch.full((), 2.5, device="cuda")
     bar.step(loss, 1)
     torch.cuda.synchronize()             # the first reading's pinned buffer, allocated once, has arrived
@@ -1009,19 +1009,19 @@ def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys, monke
     assert config("--dataset", "imagenet-lt").workers == 16  # at most 16
     assert config("--dataset", "imagenet-lt", "--workers", "3").workers == 3
     # a container's CPU quota (cgroup v2) caps the CPUs; a LOCAL_WORLD_SIZE that is no number: the world size
-    from rsg_fast.train import config as train_config
-    from rsg_fast.train.config import default_workers
+    from rsg_fast.train import workers as train_workers
+    from rsg_fast.train.workers import default_workers
 
     quota = tmp_path / "cpu.max"
-    monkeypatch.setattr(train_config, "CGROUP_CPU_MAX", str(quota))
+    monkeypatch.setattr(train_workers, "CGROUP_CPU_MAX", str(quota))
     quota.write_text("400000 100000\n")
     assert config("--dataset", "imagenet-lt").workers == 3
     quota.write_text("max 100000\n")
     assert config("--dataset", "imagenet-lt").workers == 16
     # cgroup v1 (no cpu.max): its CFS quota and period; -1 is no quota
     v1 = (tmp_path / "cpu.cfs_quota_us", tmp_path / "cpu.cfs_period_us")
-    monkeypatch.setattr(train_config, "CGROUP_CPU_MAX", str(tmp_path / "absent"))
-    monkeypatch.setattr(train_config, "CGROUP_V1_CPU", tuple(map(str, v1)))
+    monkeypatch.setattr(train_workers, "CGROUP_CPU_MAX", str(tmp_path / "absent"))
+    monkeypatch.setattr(train_workers, "CGROUP_V1_CPU", tuple(map(str, v1)))
     v1[0].write_text("250000\n")
     v1[1].write_text("100000\n")
     assert config("--dataset", "imagenet-lt").workers == 1     # 2.5 CPUs: 2, one left for the process

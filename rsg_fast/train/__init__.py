@@ -20,7 +20,9 @@ One job per module, in the order a run uses them:
 - ``setup``: data, device, model, optimiser and resumed state, as one ``TrainSetup``;
 - ``init_weights``: ``--init-weights``, a pre-trained state dict taken into a new run's network;
 - ``distributed``: what differs under torchrun (process, samplers, collectives);
-- ``loop``: the epochs; ``evaluation``: test accuracy and ``rsg-fast evaluate``;
+- ``workers``: the default number of DataLoader worker processes;
+- ``loop``: the epochs (``progress``: its progress bar); ``evaluation``: test accuracy and
+  ``rsg-fast evaluate``;
 - ``cli``: ``main``, the order of the above and how failures reach the user.
 """
 from rsg_fast.train.arguments import PROG, build_parser

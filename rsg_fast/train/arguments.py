@@ -85,8 +85,7 @@ def build_parser() -> Parser:
     # an epoch index: a negative one would generate from epoch 0 (RSG's own argument stays unchecked, as published)
     r.add_argument("--epoch-thresh", type=nonneg_int("--epoch-thresh"), default=None,
                    help="RSG generates after this epoch index, 0 or more (default: 160/200 of --epochs - 1, or the "
-                        "first --lr-milestones given - 1, at least 0: the default DRW/DRS epoch - 1, whatever "
-                        "--drw-epoch says)")
+                        "first --lr-milestones given - 1, at least 0; --drw-epoch does not move it)")
     r.add_argument("--lambda-cesc", type=nonneg_float("--lambda-cesc"), default=0.1, help="lambda1, CESC loss weight")
     r.add_argument("--lambda-mv", type=nonneg_float("--lambda-mv"), default=0.01, help="lambda2, MV loss weight")
     r.add_argument("--mv-loss", default="original", choices=("original", "paper"),

@@ -19,9 +19,10 @@ from rsg_fast.data import (
 )
 from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
-from rsg_fast.train.config import default_workers, synthetic_options
+from rsg_fast.train.config import synthetic_options
 from rsg_fast.train.distributed import all_reduce
 from rsg_fast.train.run_folder import check_writable
+from rsg_fast.train.workers import default_workers
 
 PROG = "rsg-fast evaluate"
 
@@ -29,7 +30,7 @@ PROG = "rsg-fast evaluate"
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device, world: int = 1):
     """(correct, total) per class over the ``(images, labels)`` batches of ``loader`` (float images: a
-    DataLoader of normalised images, or ``test_batches``' batches already on the device), summed over
+    DataLoader of normalised images, or ``eval_batches``' batches already on the device), summed over
     processes."""
     model.eval()
     correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
@@ -38,7 +39,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
         if x.dtype == torch.uint8:   # a normalize_on_device dataset's raw pixels: not the network's input
             raise TypeError("evaluate: the loader gave uint8 images; finish them on the device first (wrap the "
                             "DataLoader in rsg_fast.data.LoaderOnDevice, with finish= if its dataset hides its "
-                            "device_transform, or use rsg_fast.train.evaluation.test_batches)")
+                            "device_transform, or use rsg_fast.train.evaluation.eval_batches)")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         pred = model(x).argmax(dim=1)
         # index_add_ instead of bincount/boolean indexing: neither syncs the GPU each batch
@@ -47,7 +48,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     return all_reduce(correct, world).cpu(), all_reduce(total, world).cpu()
 
 
-def test_batches(test: Dataset, batch_size: int, device: torch.device, workers: int = 0):
+def eval_batches(test: Dataset, batch_size: int, device: torch.device, workers: int = 0):
     """The test set's batches in order, made on ``device``: ``DeviceBatches`` for in-memory data, else a
     DataLoader with ``workers`` processes through ``LoaderOnDevice`` (which finishes uint8 images there)."""
     if device_batches_supported(test):
@@ -147,7 +148,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: warning: --workers {args.workers} does nothing with --dataset {dataset}: its batches are made "
               "on the device", file=sys.stderr, flush=True)
     workers = args.workers if args.workers is not None else default_workers()
-    correct, total = evaluate(model, test_batches(test, args.batch_size, device, workers), num_classes, device)
+    correct, total = evaluate(model, eval_batches(test, args.batch_size, device, workers), num_classes, device)
     class_acc = per_class_accuracy(correct, total)
     shots = shot_accuracy(class_acc, cls_num_list)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
