@@ -15,6 +15,16 @@ from rsg_fast.checkpoint import atomic_write_text
 
 # Many / medium / few shot: > 100, 20-100, < 20 training images (Liu et al., used by the paper).
 MANY_SHOT, FEW_SHOT = 100, 20
+PER_CLASS_LINE_MAX_CLASSES = 20   # the console prints each class's accuracy up to this many classes
+
+
+def accuracy_summary(correct: torch.Tensor, total: torch.Tensor, train_counts: Sequence[int]) -> dict:
+    """Top-1, many / medium / few-shot and per-class accuracy (%) from per-class (correct, total) counts,
+    under the keys metrics.jsonl and ``rsg-fast evaluate --json`` use."""
+    class_acc = per_class_accuracy(correct, total)
+    shots = shot_accuracy(class_acc, train_counts)
+    return {"top1": 100.0 * float(correct.sum()) / max(float(total.sum()), 1.0), "many_acc": shots["many"],
+            "medium_acc": shots["medium"], "few_acc": shots["few"], "per_class_acc": class_acc}
 
 
 def per_class_accuracy(correct: torch.Tensor, total: torch.Tensor) -> list[float | None]:

@@ -944,7 +944,10 @@ def test_epoch_thresh_help_states_the_default_it_resolves():
     for epochs in (20, 50, 100, 200):
         cfg = resolve_config(build_parser().parse_args(["--epochs", str(epochs)]))
         assert cfg.epoch_thresh == cfg.drw_epoch - 1 == round(epochs * 160 / 200) - 1
-    assert "DRW/DRS epoch - 1" in what and "159/200" not in what, what
+    assert "160/200 of --epochs - 1" in what and "159/200" not in what, what
+    # the default DRW epoch's, not --drw-epoch's: the help says so
+    cfg = resolve_config(build_parser().parse_args(["--epochs", "200", "--drw-epoch", "100"]))
+    assert cfg.epoch_thresh == 159 and "--drw-epoch does not move it" in what
     # a first milestone at 0 (DRW from the start): the threshold 0 that --epoch-thresh allows, not -1
     cfg = resolve_config(build_parser().parse_args(["--epochs", "10", "--lr-milestones", "0", "5"]))
     assert (cfg.drw_epoch, cfg.epoch_thresh) == (0, 0) and "at least 0" in what

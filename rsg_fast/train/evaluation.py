@@ -17,7 +17,7 @@ from rsg_fast.data import (
     DATASETS, DEFAULT_SUBSET, LIST_DATASETS, DeviceBatches, LoaderOnDevice, build_datasets, build_test_dataset,
     device_batches_supported,
 )
-from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
+from rsg_fast.metrics import PER_CLASS_LINE_MAX_CLASSES, MetricsLog, accuracy_summary, format_acc
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
 from rsg_fast.train.config import synthetic_options
 from rsg_fast.train.distributed import all_reduce
@@ -149,16 +149,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
               "on the device", file=sys.stderr, flush=True)
     workers = args.workers if args.workers is not None else default_workers()
     correct, total = evaluate(model, eval_batches(test, args.batch_size, device, workers), num_classes, device)
-    class_acc = per_class_accuracy(correct, total)
-    shots = shot_accuracy(class_acc, cls_num_list)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
-              "top1": 100.0 * float(correct.sum()) / max(float(total.sum()), 1.0), "many_acc": shots["many"],
-              "medium_acc": shots["medium"], "few_acc": shots["few"], "per_class_acc": class_acc}
+              **accuracy_summary(correct, total, cls_num_list)}
     # which epoch, counted from 1 as the training console does (the JSON holds the index)
     when = f" (epoch {state['epoch'] + 1}/{cfg['epochs']})" if isinstance(state.get("epoch"), int) else ""
-    print(f"{args.checkpoint}{when}: top-1 {result['top1']:.2f}% | many {format_acc(shots['many'])} medium "
-          f"{format_acc(shots['medium'])} few {format_acc(shots['few'])} ({len(test)} test images)")
-    if num_classes <= 20:
+    print(f"{args.checkpoint}{when}: top-1 {result['top1']:.2f}% | many {format_acc(result['many_acc'])} medium "
+          f"{format_acc(result['medium_acc'])} few {format_acc(result['few_acc'])} ({len(test)} test images)")
+    if num_classes <= PER_CLASS_LINE_MAX_CLASSES:
         print(MetricsLog.per_class_line(result))
     if args.json:
         try:

@@ -16,7 +16,7 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast.compiling import compile_with_rsg
 from rsg_fast.data import DeviceBatches, LoaderOnDevice
 from rsg_fast.losses import TrainRule, build_loss, paper_lr
-from rsg_fast.metrics import MetricsLog, format_acc, per_class_accuracy, shot_accuracy
+from rsg_fast.metrics import PER_CLASS_LINE_MAX_CLASSES, MetricsLog, accuracy_summary, format_acc
 from rsg_fast.train.config import TrainConfig
 from rsg_fast.train.distributed import (EpochSampler, Process, ShardSampler, all_reduce, broadcast_buffers,
                                         gather_rng, unwrap)
@@ -79,7 +79,7 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
                 best_acc, best_epoch = record["test_acc"], epoch
             if proc.is_main:
                 bar.write(MetricsLog.summary_line(record, cfg.epochs))
-                if data.num_classes <= 20:
+                if data.num_classes <= PER_CLASS_LINE_MAX_CLASSES:
                     bar.write(MetricsLog.per_class_line(record))
                 log.append(record)
             rngs = gather_rng(proc.world)  # a collective: every process takes part
@@ -163,15 +163,14 @@ def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScal
 def _epoch_record(cfg: TrainConfig, cls_num_list, epoch: int, lr: float, sums: dict, correct_c, total_c,
                   seconds: float) -> dict:
     """One line of metrics.jsonl (its keys and order are the file's format)."""
-    class_acc = per_class_accuracy(correct_c, total_c)
-    shots = shot_accuracy(class_acc, cls_num_list)
+    acc = accuracy_summary(correct_c, total_c, cls_num_list)
     phase = ("generation" if epoch > cfg.epoch_thresh else "contrastive") if cfg.rsg else "off"
     return {"epoch": epoch, "lr": lr,
             "loss": sums["loss_cls"] + cfg.lambda_cesc * sums["loss_cesc"] + cfg.lambda_mv * sums["loss_mv"],
             "loss_cls": sums["loss_cls"], "loss_cesc": sums["loss_cesc"], "loss_mv": sums["loss_mv"],
             "train_acc": 100.0 * sums["correct"] / max(sums["seen"], 1.0),
-            "test_acc": 100.0 * float(correct_c.sum()) / max(float(total_c.sum()), 1.0),
-            "many_acc": shots["many"], "medium_acc": shots["medium"], "few_acc": shots["few"],
+            "test_acc": acc["top1"], "many_acc": acc["many_acc"], "medium_acc": acc["medium_acc"],
+            "few_acc": acc["few_acc"],
             "n_generated": sums["generated"],
             "rsg_phase": phase,
-            "epoch_time_s": seconds, "per_class_acc": class_acc}
+            "epoch_time_s": seconds, "per_class_acc": acc["per_class_acc"]}
