@@ -7,10 +7,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from rsg_fast.data.cifar import ArrayImageDataset, CifarAugment, imbalance_subset, imbalanced_cifar
+from rsg_fast.data.cifar import ArrayImageDataset, CifarAugment, imbalanced_cifar
 from rsg_fast.data.device_batches import DeviceBatches, LoaderOnDevice, device_batches_supported
 from rsg_fast.data.imbalance import (
-    DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, img_num_per_cls, select_indices,
+    DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, imbalance_subset, img_num_per_cls, select_indices,
 )
 from rsg_fast.data.listfile import (
     IMAGENET_NORMALIZE, LIST_DATASETS, ListFileDataset, imagenet_transforms, list_datasets, list_test_dataset,

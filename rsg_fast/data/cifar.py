@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rsg_fast.data.imbalance import DEFAULT_SUBSET, img_num_per_cls, select_indices
+from rsg_fast.data.imbalance import DEFAULT_SUBSET, imbalance_subset
 from rsg_fast.data.normalize import normalize_uint8_batch
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -122,14 +122,6 @@ class ArrayImageDataset(Dataset):
         img = Image.fromarray(self.data[i])
         img = self.transform(img) if self.transform is not None else torch.from_numpy(np.array(img))
         return img, self.targets[i]
-
-
-def imbalance_subset(data: np.ndarray, targets, num_classes: int, imb_type: str, imb_factor: float,
-                     subset: str = DEFAULT_SUBSET, seed: int = 0) -> tuple[np.ndarray, list[int], list[int]]:
-    """(data, targets, per-class counts) of the long-tailed subset; n_max = len(data) / num_classes."""
-    counts = img_num_per_cls(len(data) / num_classes, num_classes, imb_type, imb_factor)
-    idx = select_indices(targets, counts, subset, seed)
-    return data[idx], [int(targets[i]) for i in idx], counts
 
 
 def imbalanced_cifar(num_classes: int, root: str, *, imb_type: str = "exp", imb_factor: float = 0.01,

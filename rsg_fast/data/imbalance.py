@@ -63,3 +63,11 @@ def select_indices(targets: Sequence[int], counts: Sequence[int], subset: str = 
 def class_counts(targets: Sequence[int], num_classes: int) -> list[int]:
     """Number of samples of each class id in ``targets``."""
     return np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)[:num_classes].tolist()
+
+
+def imbalance_subset(data: np.ndarray, targets, num_classes: int, imb_type: str, imb_factor: float,
+                     subset: str = DEFAULT_SUBSET, seed: int = 0) -> tuple[np.ndarray, list[int], list[int]]:
+    """(data, targets, per-class counts) of the long-tailed subset; n_max = len(data) / num_classes."""
+    counts = img_num_per_cls(len(data) / num_classes, num_classes, imb_type, imb_factor)
+    idx = select_indices(targets, counts, subset, seed)
+    return data[idx], [int(targets[i]) for i in idx], counts
