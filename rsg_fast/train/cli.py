@@ -144,7 +144,7 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
         print(setup.init_note, flush=True)
     if setup.resumed is not None:
         print(f"resuming at epoch {setup.start_epoch + 1}/{cfg.epochs} ({best})", flush=True)
-        changed = _schedule_changes(setup.resumed["config"], config)
+        changed = _changed_settings(setup.resumed["config"], config)
         if changed:   # accepted (e.g. more --epochs), but the derived schedule moves with it: said
             print(f"{PROG}: warning: the checkpoint's run had other training settings: {changed}; this run "
                   "continues with the new ones (not what an uninterrupted run of either would do)",
@@ -153,14 +153,14 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
 
 # settings a resumed run may change (the network's are refused, RESUME_KEYS); --epochs moves the
 # milestones, DRW epoch, epoch_thresh and warm-up derived from it
-SCHEDULE_KEYS = ("epochs", "epoch_thresh", "lr", "lr_milestones", "lr_factors", "warmup_epochs", "drw_epoch",
+CHANGEABLE_KEYS = ("epochs", "epoch_thresh", "lr", "lr_milestones", "lr_factors", "warmup_epochs", "drw_epoch",
                  "train_rule", "loss_type", "batch_size", "transfer_strength", "head_ratio", "lambda_cesc",
                  "lambda_mv", "seed", "loader", "workers")
 
 
-def _schedule_changes(theirs: dict, ours: dict) -> str:
-    """``key old -> new`` for each of SCHEDULE_KEYS that differs between two configurations."""
-    return ", ".join(f"{k} {theirs[k]} -> {ours[k]}" for k in SCHEDULE_KEYS
+def _changed_settings(theirs: dict, ours: dict) -> str:
+    """``key old -> new`` for each of CHANGEABLE_KEYS that differs between two configurations."""
+    return ", ".join(f"{k} {theirs[k]} -> {ours[k]}" for k in CHANGEABLE_KEYS
                      if k in theirs and theirs[k] != ours.get(k))
 
 

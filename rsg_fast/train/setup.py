@@ -44,7 +44,9 @@ def resume_path(out: str, resume: str | None) -> str | None:
 
 def build_setup(config: TrainConfig, proc: Process, resume: str | None = None, *,
                 not_given: frozenset[str] = frozenset()) -> TrainSetup:
-    """``ValueError`` / ``FileNotFoundError`` with a message for the user when the input does not fit.
+    """This process's run: seeds the RNGs, builds the data, the model (on its device, in its memory
+    format), the optimiser and the loss scaler, and loads ``resume``'s checkpoint when given.
+    ``ValueError`` / ``FileNotFoundError`` with a message for the user when the input does not fit.
     ``not_given``: the settings among ``loader`` and ``workers`` that the command line left to their
     defaults, which a resumed run takes from its checkpoint instead."""
     torch.manual_seed(config.seed)
@@ -117,34 +119,36 @@ def _build_data(config: TrainConfig, proc: Process) -> LTData:
 
 
 def _resume(setup: TrainSetup, path: str, not_given: frozenset[str] = frozenset()) -> None:
-    """Load a training checkpoint into ``setup``, refusing one trained with other network settings."""
+    """Load a training checkpoint into ``setup``: the model, optimiser, loss scaler and RNG states, and
+    from its configuration the run's ``--init-weights`` record and, unless the command line chose them,
+    its loader and worker count. A checkpoint trained with other network settings is refused."""
     state = ckpt.load_checkpoint(path)
     if "optimizer" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path!r} is not a training checkpoint (no optimizer state); "
                          f"resume from {ckpt.LAST}")
+    saved = state["config"]
     for key in RESUME_KEYS:
-        theirs, ours = state["config"].get(key), getattr(setup.config, key)
+        theirs, ours = saved.get(key), getattr(setup.config, key)
         if theirs != ours:
             hint = f" (give --mv-loss {theirs} to continue it)" if key == "mv_loss" else ""
             raise ValueError(f"checkpoint {path!r} was trained with {key}={theirs!r}, this run has "
                              f"{key}={ours!r}{hint}")
-    started_from = state["config"].get("init_weights")
+    started_from = saved.get("init_weights")
     if setup.config.init_weights is None:   # resumed without the flag: config.json keeps the run's record
         setup.config = dataclasses.replace(setup.config, init_weights=started_from)
     elif setup.config.init_weights != started_from:
         raise ValueError(f"--init-weights {setup.config.init_weights}: the run in checkpoint {path!r} started from "
                          f"{started_from or 'its own random initialisation'}; --init-weights is for a new run (give "
                          "the run's own, or none, with --resume)")
-    theirs = state["config"]
     # the batches the run was made with, unless --loader chooses (a DataLoader before --loader existed);
     # a checkpoint's "device" needs no switch: that is the default wherever it can run
-    made_by_workers = theirs.get("loader", "workers") == "workers"
+    made_by_workers = saved.get("loader", "workers") == "workers"
     if "loader" in not_given and made_by_workers:
         setup.config = dataclasses.replace(setup.config, loader="workers")
     # ... and a DataLoader's worker count, unless --workers chooses: each worker draws its own crops, so
     # the count is part of the augmentation's random stream (and its default depends on the machine)
-    if "workers" in not_given and made_by_workers and setup.config.loader == "workers" and "workers" in theirs:
-        setup.config = dataclasses.replace(setup.config, workers=theirs["workers"])
+    if "workers" in not_given and made_by_workers and setup.config.loader == "workers" and "workers" in saved:
+        setup.config = dataclasses.replace(setup.config, workers=saved["workers"])
     ckpt.load_state_strict(setup.model, state["model"], path)
     optim.load_state(setup.optimizer, state["optimizer"])
     if setup.scaler.is_enabled() and state.get("scaler"):   # absent or empty: the run was not fp16 until now
