@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from rsg_fast.data.cifar import ArrayImageDataset, CifarAugment, imbalanced_cifar
+from rsg_fast.data.cifar import ArrayImageDataset, BatchAugment, CifarAugment, imbalanced_cifar
 from rsg_fast.data.device_batches import DeviceBatches, LoaderOnDevice, device_batches_supported
 from rsg_fast.data.imbalance import (
     DEFAULT_SUBSET, IMB_TYPES, SUBSET_RULES, class_counts, imbalance_subset, img_num_per_cls, select_indices,
@@ -24,7 +24,7 @@ IN_MEMORY_DATASETS = ("synthetic-lt", "cifar10", "cifar100")   # DeviceBatches c
 
 __all__ = [
     "DATASETS", "DEFAULT_SUBSET", "IMAGENET_NORMALIZE", "IN_MEMORY_DATASETS", "IMB_TYPES", "SUBSET_RULES",
-    "LIST_DATASETS", "LTData", "ArrayImageDataset", "CifarAugment", "DeviceBatches", "ImageNormalize",
+    "LIST_DATASETS", "LTData", "ArrayImageDataset", "BatchAugment", "CifarAugment", "DeviceBatches", "ImageNormalize",
     "ListFileDataset", "LoaderOnDevice", "SyntheticLT", "build_datasets", "build_test_dataset", "class_counts",
     "device_batches_supported", "imagenet_transforms", "imbalance_subset", "imbalanced_cifar", "img_num_per_cls",
     "list_datasets", "list_test_dataset", "normalize_uint8_batch", "read_list_file", "select_indices",

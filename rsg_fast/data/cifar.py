@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -100,14 +101,30 @@ def _load_cifar(num_classes: int, root: str, train: bool, download: bool):
             f"that holds {_FOLDERS[num_classes]!r}, or pass --download to fetch it there") from err
 
 
+class BatchAugment(Protocol):
+    """The whole augmentation of an in-memory dataset as batched tensor ops, which ``DeviceBatches`` runs
+    where the model is (``CifarAugment`` is one)."""
+
+    @property
+    def random(self) -> bool:
+        """Whether ``draw`` draws anything."""
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """The CPU params of n images (None when nothing is random)."""
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor | None,
+              memory_format: torch.memory_format) -> torch.Tensor:
+        """(B, H, W, C) uint8 images and their params -> (B, C, H, W) float in ``memory_format``."""
+
+
 class ArrayImageDataset(Dataset):
     """uint8 HWC images + int labels, with an optional torchvision transform (PIL in, tensor out).
-    ``batch_transform``, when given, is the same transform as batched tensor ops: ``DeviceBatches`` then
-    makes the batches where the model runs. It is a ``CifarAugment`` or anything with its interface:
-    ``random`` (whether ``draw`` draws), ``draw(n, generator)`` (the CPU params of n images, or None)
-    and ``apply(images, params, memory_format)`` ((B, H, W, C) uint8 -> (B, C, H, W) float)."""
+    ``batch_transform``, when given, is the same transform as batched tensor ops (a ``BatchAugment``,
+    such as ``CifarAugment``): ``DeviceBatches`` then makes the batches where the model runs. (A list-file
+    dataset's ``device_transform`` is another thing: only the last, deterministic step of its per-image
+    transform, which ``LoaderOnDevice`` applies to a DataLoader's batch.)"""
 
-    def __init__(self, data: np.ndarray, targets, transform=None, batch_transform: CifarAugment | None = None):
+    def __init__(self, data: np.ndarray, targets, transform=None, batch_transform: BatchAugment | None = None):
         self.data = data
         self.targets = [int(t) for t in targets]
         self.transform = transform
