@@ -7,8 +7,9 @@
 #                                                 # sharing the whole budget; default check,tests,ops,module
 #   bash benchmarks/gpu_check.sh --steps inputs   # the input-batch timings, not in the default run
 #
-# It assumes only `python3` (with torch, triton, pytest, pytest-xdist, tqdm, matplotlib, setuptools;
-# nothing can be downloaded) and never changes that Python: rsg_fast is installed into a throwaway
+# It assumes only `python3` (with torch, triton, pytest, pytest-xdist, tqdm, matplotlib, setuptools, and
+# pytest-benchmark for --steps inputs; nothing can be downloaded) and never changes that Python: rsg_fast
+# is installed into a throwaway
 # venv (python3 -m venv --system-site-packages, plus a .pth that adds python3's own site-packages,
 # since python3 may itself be a venv) with `pip install --no-index --no-deps --no-build-isolation -e .`;
 # if that fails (an old setuptools without `wheel`), a symlink rsg_fast/kernels -> ../kernels and
@@ -358,7 +359,10 @@ else
             "${COMPILE[@]}" --budget 20 --variants "$VARIANTS" --no-progress --out "$WORK/bench" --tag bench-module
         cp "$WORK/bench"/bench-module.json "$WORK/bench"/bench-module.png "$OUT"/ 2> /dev/null
     else not_selected module; fi
-    if selected inputs; then   # opt-in: a rerun's spare minutes, after the issue's targets
+    if selected inputs && ! "$PY" -c "import pytest_benchmark" > /dev/null 2>&1; then
+        say "== inputs: not run (pytest-benchmark does not import)"
+        record inputs "not run: no pytest-benchmark" 0 0 0
+    elif selected inputs; then   # opt-in: a rerun's spare minutes, after the issue's targets
         export RSG_BENCH_DEVICE; RSG_BENCH_DEVICE="$([ "$DRY_RUN" = 1 ] && echo cpu || echo cuda)"
         step inputs 90 "$(floor_after inputs)" "$PY" -m pytest -q -p no:cacheprovider --basetemp="$WORK/pytest-inputs" \
             benchmarks/test_input_batches.py --benchmark-only --benchmark-json="$WORK/inputs.json"

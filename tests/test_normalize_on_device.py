@@ -141,7 +141,11 @@ def test_loader_on_device_finishes_the_batch_on_the_device(tmp_path):
     _write_list_root(tmp_path)
     data = build_datasets("places-lt", root=str(tmp_path), input_size=9, num_classes=2, normalize_on_device=True)
     meta = torch.device("meta")
-    for x, y in LoaderOnDevice(DataLoader(data.test, batch_size=2), meta, torch.channels_last):
+    finished_on = []
+    batches = LoaderOnDevice(DataLoader(data.test, batch_size=2), meta, torch.channels_last,
+                             finish=lambda x, fmt: finished_on.append(x.device) or IMAGENET_NORMALIZE(x, fmt))
+    for x, y in batches:
+        assert finished_on[-1] == meta                   # the uint8 batch reached the device first
         assert x.device == meta and x.dtype == torch.float32 and x.shape[1:] == (3, 9, 9)
         assert x.is_contiguous(memory_format=torch.channels_last)
         assert y.device.type == "cpu"

@@ -997,6 +997,11 @@ def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys, monke
         return resolve_config(build_parser().parse_args(["--out", str(tmp_path / "x"), *flags]), 1)
 
     # DataLoader workers: the CPUs per training process on this machine, one left to each process
+    # (no cgroup quota: the machine running the tests may have one of its own)
+    from rsg_fast.train import workers as train_workers
+
+    monkeypatch.setattr(train_workers, "CGROUP_CPU_MAX", str(tmp_path / "no-cpu.max"))
+    monkeypatch.setattr(train_workers, "CGROUP_V1_CPU", (str(tmp_path / "no-quota"), str(tmp_path / "no-period")))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert (config().loader, config().workers) == ("device", 0)
@@ -1012,7 +1017,6 @@ def test_the_loader_defaults_and_workers_that_do_nothing(tmp_path, capsys, monke
     assert config("--dataset", "imagenet-lt").workers == 16  # at most 16
     assert config("--dataset", "imagenet-lt", "--workers", "3").workers == 3
     # a container's CPU quota (cgroup v2) caps the CPUs; a LOCAL_WORLD_SIZE that is no number: the world size
-    from rsg_fast.train import workers as train_workers
     from rsg_fast.train.workers import default_workers
 
     quota = tmp_path / "cpu.max"

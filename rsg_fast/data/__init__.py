@@ -50,7 +50,8 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
     """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts.
     ``num_classes`` overrides the class count of the list-file datasets (e.g. for a subset of a list);
     ``normalize_on_device`` makes their images uint8, finished per batch on the device (``list_datasets``;
-    the other datasets ignore it: ``DeviceBatches`` makes theirs there)."""
+    the other datasets ignore it: their items are float already, and ``DeviceBatches`` makes their batches
+    on the device from the raw images)."""
     if name == "synthetic-lt":
         kw = dict(synthetic or {})
         train = SyntheticLT(True, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)

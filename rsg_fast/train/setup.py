@@ -45,7 +45,8 @@ def resume_path(out: str, resume: str | None) -> str | None:
 def build_setup(config: TrainConfig, proc: Process, resume: str | None = None, *,
                 not_given: frozenset[str] = frozenset()) -> TrainSetup:
     """This process's run: seeds the RNGs, builds the data, the model (on its device, in its memory
-    format), the optimiser and the loss scaler, and loads ``resume``'s checkpoint when given.
+    format), the optimiser and the loss scaler, and loads ``resume``'s checkpoint when given. List-file
+    datasets are built with ``normalize_on_device``: their images are uint8, for ``LoaderOnDevice``.
     ``ValueError`` / ``FileNotFoundError`` with a message for the user when the input does not fit.
     ``not_given``: the settings among ``loader`` and ``workers`` that the command line left to their
     defaults, which a resumed run takes from its checkpoint instead."""
