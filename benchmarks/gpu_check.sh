@@ -9,9 +9,9 @@
 #
 # It assumes only `python3` (with torch, triton, pytest, pytest-xdist, tqdm, matplotlib, setuptools, and
 # pytest-benchmark for --steps inputs; nothing can be downloaded) and never changes that Python: rsg_fast
-# is installed into a throwaway
-# venv (python3 -m venv --system-site-packages, plus a .pth that adds python3's own site-packages,
-# since python3 may itself be a venv) with `pip install --no-index --no-deps --no-build-isolation -e .`;
+# is installed into a throwaway venv (python3 -m venv --system-site-packages, plus a .pth that adds
+# python3's own site-packages, since python3 may itself be a venv) with
+# `pip install --no-index --no-deps --no-build-isolation -e .`;
 # if that fails (an old setuptools without `wheel`), a symlink rsg_fast/kernels -> ../kernels and
 # PYTHONPATH=$PWD instead (the symlink is removed at the end). Then, each step with a time limit
 # that fits cold Triton/Inductor compiles, its files written as it goes:

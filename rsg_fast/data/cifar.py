@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rsg_fast.data.imbalance import DEFAULT_SUBSET, imbalance_subset
-from rsg_fast.data.normalize import normalize_uint8_batch
+from rsg_fast.data.normalize import check_uint8_nhwc, normalize_uint8_batch
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -61,9 +61,7 @@ class CifarAugment:
         """(B, H, W, 3) uint8 images, (H, W) = ``size``, and ``draw``'s (B, 3) params on the same device
         -> (B, 3, H, W) float32 in ``memory_format``. A zero-padded copy, then one gather crops and flips:
         O(B H W) bytes."""
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(self.mean):
-            raise ValueError(f"images must be (B, H, W, {len(self.mean)}) uint8, got {tuple(images.shape)} "
-                             f"{images.dtype}")
+        check_uint8_nhwc(images, len(self.mean))   # before the size is read from its shape
         if tuple(images.shape[1:3]) != tuple(self.size):
             raise ValueError(f"images must be {self.size[0]} x {self.size[1]} (this pipeline's size), got "
                              f"{images.shape[1]} x {images.shape[2]}")

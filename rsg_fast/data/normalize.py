@@ -30,14 +30,18 @@ def normalize_uint8_batch(images: torch.Tensor, mean: tuple[float, ...], std: tu
     std)`` of each image, as the same operations in the same order: the same values while torch's default
     dtype is float32 (ToTensor converts to the default dtype). Reads B H W C bytes, writes 4 B C H W; with
     ``torch.channels_last`` the layout change is free (NHWC is its order)."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(mean):
-        raise ValueError(f"images must be (B, H, W, {len(mean)}) uint8, got {tuple(images.shape)} {images.dtype} "
-                         "(a dataset's per-image transform must end in such pixels for its device_transform: "
-                         "to_hwc_uint8, as imagenet_transforms(..., uint8=True) does)")
+    check_uint8_nhwc(images, len(mean), hint=" (a dataset's per-image transform must end in such pixels for its "
+                     "device_transform: to_hwc_uint8, as imagenet_transforms(..., uint8=True) does)")
     scale, mean_t, std_t = _normalize_constants(tuple(mean), tuple(std), images.device)
     # one kernel converts and lays out (exact: every uint8 is a float32)
     x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=memory_format).div_(scale)
     return x.sub_(mean_t).div_(std_t)
+
+
+def check_uint8_nhwc(images: torch.Tensor, channels: int, hint: str = "") -> None:
+    """``ValueError`` unless ``images`` is a (B, H, W, channels) uint8 batch."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != channels:
+        raise ValueError(f"images must be (B, H, W, {channels}) uint8, got {tuple(images.shape)} {images.dtype}{hint}")
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,7 @@ def cgroup_cpu_quota() -> float | None:
     none or it cannot be read: cgroup v2's ``cpu.max``, else cgroup v1's CFS quota and period, each as a
     container sees its own cgroup at /sys/fs/cgroup."""
     try:
-        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
-            quota, period = f.read().split()[:2]
+        quota, period = Path(CGROUP_CPU_MAX).read_text(encoding="ascii").split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
