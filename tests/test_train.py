@@ -248,6 +248,35 @@ def test_a_list_run_normalising_on_the_device_trains_as_per_image_normalisation(
     assert not batches_normalised
     assert records(tmp_path / "on-device") == records(tmp_path / "per-image")
     assert records(tmp_path / "on-device")[1]["n_generated"] > 0
+    # rsg-fast evaluate of the run: its test batch made as in training, in the run's memory format
+    batches_normalised.clear()
+    monkeypatch.setattr(setup_module, "build_datasets", build)
+    evaluated = _evaluate_seeing_memory_formats(monkeypatch, tmp_path / "on-device")
+    assert batches_normalised == [torch.channels_last]
+    assert evaluated["formats"] == {"batches": [torch.channels_last], "network": torch.channels_last}
+    assert evaluated["per_class_acc"] == records(tmp_path / "on-device")[1]["per_class_acc"]
+
+
+def _evaluate_seeing_memory_formats(monkeypatch, out) -> dict:
+    """``rsg-fast evaluate`` of the run's last checkpoint; its JSON, with the memory formats of the
+    batches the network got and of its first convolution's weight under "formats"."""
+    import rsg_fast.train.evaluation as evaluation_module
+
+    def format_of(t):
+        return torch.channels_last if t.dim() == 4 and not t.is_contiguous() else torch.contiguous_format
+
+    seen, evaluate = {"batches": []}, evaluation_module.evaluate
+
+    def spying_evaluate(model, batches, *args, **kwargs):
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        seen["network"] = format_of(conv.weight)
+        seen_batches = [(seen["batches"].append(format_of(x)) or x, y) for x, y in batches]
+        return evaluate(model, seen_batches, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation_module, "evaluate", spying_evaluate)
+    result = os.path.join(out, "evaluated.json")
+    assert evaluate_main([os.path.join(out, ckpt.LAST), "--device", "cpu", "--json", result]) == 0
+    return {**json.load(open(result)), "formats": seen}
 
 
 def _count_device_normalisations(monkeypatch) -> list:
@@ -953,7 +982,7 @@ def test_epoch_thresh_help_states_the_default_it_resolves():
     assert (cfg.drw_epoch, cfg.epoch_thresh) == (0, 0) and "at least 0" in what
 
 
-def test_device_batches_train_exactly_as_a_dataloader_on_synthetic_lt(tmp_path):
+def test_device_batches_train_exactly_as_a_dataloader_on_synthetic_lt(tmp_path, monkeypatch):
     """synthetic-lt draws nothing per batch, so --loader device (its default) and a DataLoader over the
     same sampler give the same run, bit for bit: every loss part, accuracy and weight."""
     args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--channels-last"]
@@ -966,6 +995,10 @@ def test_device_batches_train_exactly_as_a_dataloader_on_synthetic_lt(tmp_path):
     assert device == workers and device[2]["n_generated"] > 0
     a, b = (torch.load(os.path.join(out, ckpt.LAST), weights_only=True)["model"] for out in runs.values())
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # rsg-fast evaluate of a channels_last run: its network and its device batches in that format
+    evaluated = _evaluate_seeing_memory_formats(monkeypatch, runs["device"])
+    assert evaluated["formats"] == {"batches": [torch.channels_last], "network": torch.channels_last}
+    assert evaluated["per_class_acc"] == device[2]["per_class_acc"]
 
 
 def test_a_cifar_run_on_device_batches_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):

@@ -48,14 +48,16 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     return all_reduce(correct, world).cpu(), all_reduce(total, world).cpu()
 
 
-def eval_batches(test: Dataset, batch_size: int, device: torch.device, workers: int = 0):
-    """The test set's batches in order, made on ``device``: ``DeviceBatches`` for in-memory data, else a
-    DataLoader with ``workers`` processes through ``LoaderOnDevice`` (which finishes uint8 images there)."""
+def eval_batches(test: Dataset, batch_size: int, device: torch.device, workers: int = 0,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+    """The test set's batches in order, made on ``device`` in ``memory_format``: ``DeviceBatches`` for
+    in-memory data, else a DataLoader with ``workers`` processes through ``LoaderOnDevice`` (which
+    finishes uint8 images there)."""
     if device_batches_supported(test):
-        return DeviceBatches(test, SequentialSampler(test), batch_size, device=device)
+        return DeviceBatches(test, SequentialSampler(test), batch_size, device=device, memory_format=memory_format)
     loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    return LoaderOnDevice(loader, device)
+    return LoaderOnDevice(loader, device, memory_format)
 
 
 def build_eval_parser() -> Parser:
@@ -143,12 +145,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    model.to(device)
+    # the network and its batches in the run's memory format: a channels_last run's convolutions were
+    # chosen and measured for that layout (a checkpoint of a version before the setting: contiguous)
+    memory_format = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     if args.workers and device_batches_supported(test):
         print(f"{PROG}: warning: --workers {args.workers} does nothing with --dataset {dataset}: its batches are made "
               "on the device", file=sys.stderr, flush=True)
     workers = args.workers if args.workers is not None else default_workers()
-    correct, total = evaluate(model, eval_batches(test, args.batch_size, device, workers), num_classes, device)
+    batches = eval_batches(test, args.batch_size, device, workers, memory_format)
+    correct, total = evaluate(model, batches, num_classes, device)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
               **accuracy_summary(correct, total, cls_num_list)}
     # which epoch, counted from 1 as the training console does (the JSON holds the index)
