@@ -1108,3 +1108,20 @@ def test_a_resumed_run_keeps_its_loader_unless_told(tmp_path, capsys):
     assert main(args + ["--out", out, "--resume", "--loader", "device", "--workers", "0"]) == 0
     assert "loader workers -> device" in capsys.readouterr().err
     assert json.load(open(os.path.join(out, "config.json")))["loader"] == "device"
+
+
+def test_dataset_options_give_build_datasets_every_data_setting_of_a_run():
+    """Train's set-up and evaluate rebuild a run's data from one mapping: a keyword build_datasets
+    gains must be added there (or here, as one no run sets), or evaluate would rebuild other data."""
+    import inspect
+
+    from rsg_fast.data import build_datasets
+    from rsg_fast.train.config import dataset_options
+
+    cfg = resolve_config(build_parser().parse_args(["--synthetic-classes", "7", "--subset", "shuffle"]))
+    options = dataset_options(vars(cfg))
+    keywords = set(inspect.signature(build_datasets).parameters) - {"name"}
+    assert set(options) == keywords - {"download", "normalize_on_device", "augment"}
+    assert options["synthetic"]["num_classes"] == 7 and options["subset"] == "shuffle"
+    old = {k: v for k, v in vars(cfg).items() if k not in ("subset", "train_list", "test_list")}   # a 0.1 run's
+    assert dataset_options(old)["subset"] == inspect.signature(build_datasets).parameters["subset"].default

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsg_fast.cli_args import resolve_device
-from rsg_fast.data import IN_MEMORY_DATASETS, LTData
+from rsg_fast.data import DEFAULT_SUBSET, IN_MEMORY_DATASETS, LTData
 from rsg_fast.metrics import shot_sizes
 from rsg_fast.models import default_rsg_stage
 from rsg_fast.train.workers import default_workers
@@ -115,11 +115,16 @@ class TrainConfig:
                     mv_loss=self.mv_loss, backend=self.rsg_backend)
 
 
-def synthetic_options(config: Mapping[str, Any]) -> dict[str, int]:
-    """The synthetic-lt shape of a run, from its settings as a mapping (``vars`` of a ``TrainConfig``,
-    or the plain dict a checkpoint holds)."""
-    return dict(num_classes=config["synthetic_classes"], n_max=config["synthetic_max"],
-                test_per_class=config["synthetic_test"], image_size=config["synthetic_size"])
+def dataset_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``rsg_fast.data.build_datasets`` that build a run's data (all but ``download`` and
+    ``normalize_on_device``), from its settings as a mapping: ``vars`` of a ``TrainConfig``, or the plain
+    dict a checkpoint holds (a setting that 0.1's checkpoints lack takes its default)."""
+    return dict(root=config.get("data_root"), imb_type=config["imb_type"], imb_factor=config["imb_factor"],
+                subset=config.get("subset", DEFAULT_SUBSET), seed=config["seed"],
+                train_list=config.get("train_list"), test_list=config.get("test_list"),
+                input_size=config["input_size"], num_classes=config.get("num_classes"),
+                synthetic=dict(num_classes=config["synthetic_classes"], n_max=config["synthetic_max"],
+                               test_per_class=config["synthetic_test"], image_size=config["synthetic_size"]))
 
 
 def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:

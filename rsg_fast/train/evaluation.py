@@ -14,12 +14,12 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
     resolve_device, usage_error_exit
 from rsg_fast.data import (
-    DATASETS, DEFAULT_SUBSET, LIST_DATASETS, DeviceBatches, LoaderOnDevice, build_datasets, build_test_dataset,
+    DATASETS, LIST_DATASETS, DeviceBatches, LoaderOnDevice, build_datasets, build_test_dataset,
     device_batches_supported,
 )
 from rsg_fast.metrics import PER_CLASS_LINE_MAX_CLASSES, MetricsLog, accuracy_summary, format_acc
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
-from rsg_fast.train.config import synthetic_options
+from rsg_fast.train.config import dataset_options
 from rsg_fast.train.distributed import all_reduce
 from rsg_fast.train.run_folder import check_writable
 from rsg_fast.train.workers import default_workers
@@ -123,11 +123,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         saved_root = cfg.get("data_root") if reads_root else None
         if saved_root and not os.path.isabs(saved_root) and not os.path.isdir(saved_root):
             raise _saved_path_missing("data root", "--data-root", saved_root)
-        options = dict(root=args.data_root or cfg.get("data_root"), imb_type=cfg["imb_type"],
-                       imb_factor=cfg["imb_factor"], subset=cfg.get("subset", DEFAULT_SUBSET), seed=cfg["seed"],
-                       test_list=args.test_list or saved_list,
-                       input_size=cfg["input_size"], synthetic=synthetic_options(cfg),
-                       num_classes=cfg.get("num_classes") if runs_data else None, normalize_on_device=True)
+        # the run's data settings, less the ones that name its own data when another dataset is evaluated
+        options = {**dataset_options(cfg), "root": args.data_root or cfg.get("data_root"),
+                   "train_list": cfg.get("train_list") if runs_data else None,
+                   "test_list": args.test_list or saved_list,
+                   "num_classes": cfg.get("num_classes") if runs_data else None, "normalize_on_device": True}
         # The shot groups take the training counts the run saved, so a list-file dataset's training list
         # and images need not be there; a config without them (rsg-fast always wrote them) counts them again.
         cls_num_list = cfg.get("cls_num_list")
@@ -135,6 +135,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             data = build_datasets(dataset, **options)
             test, num_classes, cls_num_list = data.test, data.num_classes, data.cls_num_list
         else:
+            del options["train_list"]   # the test split alone
             test, num_classes = build_test_dataset(dataset, **options)
         if num_classes != cfg["num_classes"]:
             raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {num_classes}")

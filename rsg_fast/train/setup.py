@@ -15,7 +15,7 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast import optim
 from rsg_fast.data import LTData, build_datasets
 from rsg_fast.models import build_model
-from rsg_fast.train.config import RESUME_KEYS, TrainConfig, synthetic_options
+from rsg_fast.train.config import RESUME_KEYS, TrainConfig, dataset_options
 from rsg_fast.train.distributed import Process, process_device
 from rsg_fast.train.init_weights import load_init_weights
 
@@ -94,11 +94,8 @@ def build_setup(config: TrainConfig, proc: Process, resume: str | None = None, *
 
 def _build_data(config: TrainConfig, proc: Process) -> LTData:
     def build(download: bool) -> LTData:
-        return build_datasets(config.dataset, root=config.data_root, download=download, imb_type=config.imb_type,
-                              imb_factor=config.imb_factor, subset=config.subset, seed=config.seed,
-                              train_list=config.train_list, test_list=config.test_list,
-                              input_size=config.input_size, synthetic=synthetic_options(vars(config)),
-                              num_classes=config.num_classes, normalize_on_device=True)   # list-file data
+        return build_datasets(config.dataset, download=download, normalize_on_device=True,   # list-file data
+                              **dataset_options(vars(config)))
 
     if not (config.download and proc.world > 1):
         return build(config.download)
