@@ -134,6 +134,17 @@ def test_checkpoint_from_another_architecture_is_refused(learned_run, tmp_path, 
     assert "does not fit this model" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # a format this version does not know (a later rsg-fast's): refused by evaluate and --resume, whose
+    # entries it would otherwise read as its own
+    for name in (ckpt.BEST, ckpt.LAST):
+        state = torch.load(os.path.join(out, name), weights_only=True)
+        assert state["format"] in ("rsg_fast.train/1", "rsg_fast.inference/1")
+        torch.save({**state, "format": "rsg_fast.train/2"}, tmp_path / name)
+    assert evaluate_main([str(tmp_path / ckpt.BEST), "--device", "cpu"]) == 2
+    assert "is in format 'rsg_fast.train/2', which rsg-fast" in capsys.readouterr().err
+    assert main(TINY + ["--epochs", "6", "--loss-type", "CE", "--train-rule", "None", "--out", other,
+                        "--resume", str(tmp_path / ckpt.LAST)]) == 2
+    assert "a later rsg-fast may have written it" in capsys.readouterr().err
     # --json naming a folder: refused before the evaluation, not after it (whose result it would lose)
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", str(tmp_path)]) == 2
     captured = capsys.readouterr()

@@ -21,7 +21,7 @@ from rsg_fast.metrics import PER_CLASS_LINE_MAX_CLASSES, MetricsLog, accuracy_su
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
 from rsg_fast.train.config import dataset_options
 from rsg_fast.train.distributed import all_reduce
-from rsg_fast.train.run_folder import check_writable
+from rsg_fast.train.run_folder import check_format, check_writable
 from rsg_fast.train.workers import default_workers
 
 PROG = "rsg-fast evaluate"
@@ -104,6 +104,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         return usage_error_exit(UsageError(PROG, str(err)))
     try:
         state = ckpt.load_checkpoint(args.checkpoint)
+        check_format(state, args.checkpoint)
         if "model" not in state or "config" not in state:
             raise ValueError(f"{args.checkpoint!r} is not an rsg-fast checkpoint (no 'model' / 'config')")
         # The run's settings as saved; checkpoints of older versions may lack the newer keys.

@@ -22,7 +22,7 @@ from rsg_fast.train.distributed import (EpochSampler, Process, ShardSampler, all
                                         gather_rng, unwrap)
 from rsg_fast.train.evaluation import evaluate
 from rsg_fast.train.progress import RunProgress
-from rsg_fast.train.run_folder import FORMAT_LAST, RunFolder
+from rsg_fast.train.run_folder import RunFolder, training_checkpoint
 from rsg_fast.train.setup import TrainSetup
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}   # --amp
@@ -85,11 +85,8 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             rngs = gather_rng(proc.world)  # a collective: every process takes part
             if proc.is_main:
                 net = unwrap(model)
-                state = {"format": FORMAT_LAST, "epoch": epoch, "config": saved_config, "model": net.state_dict(),
-                         "optimizer": setup.optimizer.state_dict(), "scaler": setup.scaler.state_dict(),
-                         "best": {"acc": best_acc, "epoch": best_epoch},
-                         "rng": rngs, "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
-                         "scheduler": {"name": "paper_lr", "next_epoch": epoch + 1}}
+                state = training_checkpoint(epoch, saved_config, net, setup.optimizer, setup.scaler,
+                                            (best_acc, best_epoch), rngs)
                 folder.save_epoch(state, net, is_best=is_best, acc=record["test_acc"])
     finally:
         bar.close()

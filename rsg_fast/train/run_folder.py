@@ -15,8 +15,11 @@ import tempfile
 
 import torch.nn as nn
 
+from rsg_fast import __version__
 from rsg_fast import checkpoint as ckpt
 
+# The checkpoints' "format" entries. A change to what their keys hold gets a new number, which this
+# version then refuses (check_format) rather than misreading; rsg-fast 0.1 wrote no "format".
 FORMAT_LAST = "rsg_fast.train/1"
 FORMAT_BEST = "rsg_fast.inference/1"
 
@@ -43,6 +46,28 @@ def check_writable(out: str, flag: str = "--out") -> None:
         raise ValueError(f"{flag} {out}: cannot create files{where}: {err.strerror or err}") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def check_format(state: dict, path: str) -> None:
+    """``ValueError`` for a checkpoint in a format this version does not know: its entries may mean
+    other things than they do here (a later rsg-fast wrote it, or another program)."""
+    found = state.get("format")
+    if found is not None and found not in (FORMAT_LAST, FORMAT_BEST):
+        raise ValueError(f"checkpoint {path!r} is in format {found!r}, which rsg-fast {__version__} does not read "
+                         f"(it reads {FORMAT_LAST} and {FORMAT_BEST}); a later rsg-fast may have written it")
+
+
+def training_checkpoint(epoch: int, config: dict, net: nn.Module, optimizer, scaler, best: tuple[float, int],
+                        rng: list[dict]) -> dict:
+    """``checkpoint_last.pt``'s state after epoch ``epoch``: everything ``--resume`` restores (the network
+    with RSG, the optimiser, the loss scaler, the best (top-1, epoch) so far and every process's RNG
+    states; ``config`` is ``TrainConfig.to_dict()``). "sampler" and "scheduler" say where the data order
+    and learning rate stand, for readers of the file: a resumed run recomputes both from the config."""
+    return {"format": FORMAT_LAST, "epoch": epoch, "config": config, "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "best": {"acc": best[0], "epoch": best[1]}, "rng": rng,
+            "sampler": {"seed": config["seed"], "epoch": epoch + 1},
+            "scheduler": {"name": "paper_lr", "next_epoch": epoch + 1}}
 
 
 def inference_checkpoint(model: nn.Module, config: dict, epoch: int, acc: float) -> dict:

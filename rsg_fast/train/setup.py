@@ -18,6 +18,7 @@ from rsg_fast.models import build_model
 from rsg_fast.train.config import RESUME_KEYS, TrainConfig, dataset_options
 from rsg_fast.train.distributed import Process, process_device
 from rsg_fast.train.init_weights import load_init_weights
+from rsg_fast.train.run_folder import check_format
 
 
 @dataclass
@@ -121,6 +122,7 @@ def _resume(setup: TrainSetup, path: str, not_given: frozenset[str] = frozenset(
     from its configuration the run's ``--init-weights`` record and, unless the command line chose them,
     its loader and worker count. A checkpoint trained with other network settings is refused."""
     state = ckpt.load_checkpoint(path)
+    check_format(state, path)
     if "optimizer" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path!r} is not a training checkpoint (no optimizer state); "
                          f"resume from {ckpt.LAST}")
