@@ -390,7 +390,7 @@ def test_a_list_file_run_of_absolute_paths_needs_no_data_root(tmp_path, capsys):
     assert "(8 test images)" in capsys.readouterr().out
     # the usual list under a root is still the default: without --train-list, --data-root is asked for
     assert main(LIST_RUN + ["--test-list", str(tmp_path / "test.txt"), "--out", str(tmp_path / "o")]) == 2
-    assert "--data-root is required for places-lt" in capsys.readouterr().err
+    assert "root (--data-root) is required for places-lt" in capsys.readouterr().err
 
 
 def test_bad_dataset_path_and_bad_flags(tmp_path, capsys):

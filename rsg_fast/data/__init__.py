@@ -59,7 +59,7 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
         return LTData(train, test, train.num_classes, list(train.counts), train.data.shape[-1], "cifar")
     if name in ("cifar10", "cifar100"):
         if root is None:
-            raise ValueError(f"--data-root is required for {name} (the folder holding the CIFAR files)")
+            raise ValueError(f"root (--data-root) is required for {name}: the folder holding the CIFAR files")
         num_classes = 10 if name == "cifar10" else 100
         train, test, counts = imbalanced_cifar(num_classes, root, imb_type=imb_type, imb_factor=imb_factor,
                                                subset=subset, seed=seed, download=download, augment=augment)

@@ -95,8 +95,8 @@ def _load_cifar(num_classes: int, root: str, train: bool, download: bool):
         if download:
             raise FileNotFoundError(f"could not download CIFAR-{num_classes} to {path!r}: {err}") from err
         raise FileNotFoundError(
-            f"CIFAR-{num_classes} not found (or corrupted) at {path!r}; point --data-root at the folder "
-            f"that holds {_FOLDERS[num_classes]!r}, or pass --download to fetch it there") from err
+            f"CIFAR-{num_classes} not found (or corrupted) at {path!r}; point root (--data-root) at the folder "
+            f"that holds {_FOLDERS[num_classes]!r}, or pass download=True (--download) to fetch it there") from err
 
 
 class BatchAugment(Protocol):

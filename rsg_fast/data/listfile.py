@@ -70,7 +70,7 @@ class ListFileDataset(Dataset):
         relative = next((p for p in self.paths if not os.path.isabs(p)), None)
         if relative is not None:   # string tests only: a list of absolute paths never reads under the root
             if root is None:
-                raise ValueError(f"{list_file}: {relative!r} is relative to the image root; set --data-root")
+                raise ValueError(f"{list_file}: {relative!r} is relative to the image root; set root (--data-root)")
             _check_root(root)
         self.root = root or ""     # os.path.join("", path) is the absolute path itself
         self.transform, self.device_transform = transform, device_transform
@@ -80,10 +80,10 @@ class ListFileDataset(Dataset):
         if os.path.isabs(first):   # read as it is (os.path.join drops the root): --data-root cannot help
             if not os.path.isfile(first):
                 raise FileNotFoundError(f"{list_file}: its first image, the absolute path {first!r}, does not "
-                                        "exist; absolute paths are read as they are, not under --data-root")
+                                        "exist; absolute paths are read as they are, not under root (--data-root)")
         elif not os.path.isfile(os.path.join(root, first)):
             raise FileNotFoundError(f"{list_file}: its first image {first!r} is not under the image root "
-                                    f"{os.path.abspath(root)!r}; set --data-root to the folder its paths start from")
+                                    f"{os.path.abspath(root)!r}; set root (--data-root) to the folder its paths start from")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -100,7 +100,7 @@ class ListFileDataset(Dataset):
 
 def _check_root(root: str) -> None:
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set --data-root)")
+        raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set root, --data-root)")
 
 
 def _list_under_root(name: str, root: str | None, given: str | None, default: str, flag: str) -> str:
@@ -108,7 +108,7 @@ def _list_under_root(name: str, root: str | None, given: str | None, default: st
     if given:   # an empty --train-list / --test-list means the usual name
         return given
     if root is None:
-        raise ValueError(f"--data-root is required for {name}: the image root, which holds its {default} "
+        raise ValueError(f"root (--data-root) is required for {name}: the image root, which holds its {default} "
                          f"(or give {flag})")
     _check_root(root)
     return os.path.join(root, default)
@@ -132,7 +132,7 @@ def list_test_dataset(name: str, root: str | None, test_list: str | None = None,
     """(test, num_classes) of one of LIST_DATASETS alone, for evaluating a trained model: the training
     list and its images are not read. Defaults as ``list_datasets``."""
     num_classes, _, default_test = _classes_and_lists(name, num_classes)
-    test_list = _list_under_root(name, root, test_list, default_test, "--test-list")
+    test_list = _list_under_root(name, root, test_list, default_test, "test_list (--test-list)")
     return _list_dataset(root, test_list, False, size, num_classes, normalize_on_device), num_classes
 
 
@@ -144,7 +144,7 @@ def list_datasets(name: str, root: str | None, train_list: str | None = None, te
     are given and hold absolute paths only. With ``normalize_on_device`` the images are (H, W, 3) uint8
     and each dataset's ``device_transform`` scales and normalises a batch of them (``LoaderOnDevice``)."""
     num_classes, default_train, _ = _classes_and_lists(name, num_classes)
-    train_list = _list_under_root(name, root, train_list, default_train, "--train-list")
+    train_list = _list_under_root(name, root, train_list, default_train, "train_list (--train-list)")
     train = _list_dataset(root, train_list, augment, size, num_classes, normalize_on_device)
     test, _ = list_test_dataset(name, root, test_list, size, num_classes, normalize_on_device=normalize_on_device)
     return train, test, num_classes
