@@ -211,10 +211,10 @@ def test_evaluate_a_list_file_run_needs_only_the_test_images(tmp_path, capsys, m
     capsys.readouterr()
     result = str(tmp_path / "eval.json")
     batches_normalised = _count_device_normalisations(monkeypatch)
-    import rsg_fast.train.evaluation as evaluation_module
+    import rsg_fast.train.evaluate_cli as evaluate_cli
 
     workers = []   # without --workers: train's default, sized to the CPUs
-    monkeypatch.setattr(evaluation_module, "default_workers", lambda: workers.append("default") or 0)
+    monkeypatch.setattr(evaluate_cli, "default_workers", lambda: workers.append("default") or 0)
     assert evaluate_main([os.path.join(out, ckpt.BEST), "--device", "cpu", "--json", result]) == 0, \
         capsys.readouterr().err
     assert len(batches_normalised) == 1 and workers == ["default"]       # 8 test images, uint8 until there
@@ -271,12 +271,12 @@ def test_a_list_run_normalising_on_the_device_trains_as_per_image_normalisation(
 def _evaluate_seeing_memory_formats(monkeypatch, out) -> dict:
     """``rsg-fast evaluate`` of the run's last checkpoint; its JSON, with the memory formats of the
     batches the network got and of its first convolution's weight under "formats"."""
-    import rsg_fast.train.evaluation as evaluation_module
+    import rsg_fast.train.evaluate_cli as evaluate_cli
 
     def format_of(t):
         return torch.channels_last if t.dim() == 4 and not t.is_contiguous() else torch.contiguous_format
 
-    seen, evaluate = {"batches": []}, evaluation_module.evaluate
+    seen, evaluate = {"batches": []}, evaluate_cli.evaluate
 
     def spying_evaluate(model, batches, *args, **kwargs):
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -284,7 +284,7 @@ def _evaluate_seeing_memory_formats(monkeypatch, out) -> dict:
         seen_batches = [(seen["batches"].append(format_of(x)) or x, y) for x, y in batches]
         return evaluate(model, seen_batches, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation_module, "evaluate", spying_evaluate)
+    monkeypatch.setattr(evaluate_cli, "evaluate", spying_evaluate)
     result = os.path.join(out, "evaluated.json")
     assert evaluate_main([os.path.join(out, ckpt.LAST), "--device", "cpu", "--json", result]) == 0
     return {**json.load(open(result)), "formats": seen}

@@ -21,15 +21,17 @@ One job per module, in the order a run uses them:
 - ``init_weights``: ``--init-weights``, a pre-trained state dict taken into a new run's network;
 - ``distributed``: what differs under torchrun (process, samplers, collectives);
 - ``workers``: the default number of DataLoader worker processes;
-- ``loop``: the epochs (``progress``: its progress bar); ``evaluation``: test accuracy and
-  ``rsg-fast evaluate``;
-- ``cli``: ``main``, the order of the above and how failures reach the user.
+- ``loop``: the epochs (``progress``: its progress bar); ``evaluation``: test accuracy and the test
+  batches;
+- ``cli``: ``main``, the order of the above and how failures reach the user;
+- ``evaluate_cli``: ``rsg-fast evaluate``, a checkpoint on its run's test split.
 """
 from rsg_fast.train.arguments import PROG, build_parser
 from rsg_fast.train.cli import main
 from rsg_fast.train.config import MODEL_KEYS, TrainConfig, head_classes, resolve_config
 from rsg_fast.train.distributed import EpochSampler, ShardSampler
-from rsg_fast.train.evaluation import build_eval_parser, evaluate, evaluate_main
+from rsg_fast.train.evaluate_cli import build_eval_parser, evaluate_main
+from rsg_fast.train.evaluation import evaluate
 from rsg_fast.train.run_folder import inference_checkpoint
 from rsg_fast.train.setup import TrainSetup, build_setup
 
