@@ -207,12 +207,20 @@ class RSG(RSGParameters):
         return values[1] if generation else 0
 
     def _transform(self, v):
-        """T, the published 3x3 convolution (padding 1). Compiled, on 1x1 maps, it is its centre tap's
-        matrix, the only tap that reads data there: inductor cannot trace the convolution's backward
-        over a data-dependent number of 1x1 maps. Eager mode always calls the module (its hooks run)."""
-        if torch.compiler.is_compiling() and v.shape[2] == 1 and v.shape[3] == 1:
-            conv = self.vec_transformation_module[0]
+        """T, the published 3x3 convolution (padding 1). Eager mode always calls the module (its hooks
+        run). Compiled, on 1x1 maps, it is its centre tap's matrix, the only tap that reads data there:
+        inductor cannot trace the convolution's backward over a data-dependent number of 1x1 maps."""
+        conv = self.vec_transformation_module[0]
+        if not torch.compiler.is_compiling():
+            return self.vec_transformation_module(v)
+        if v.shape[2] == 1 and v.shape[3] == 1:
             return F.linear(v.flatten(1), conv.weight[:, :, 1, 1], conv.bias).view(v.shape)
+        if _is_channels_last(conv.weight) or _is_channels_last(v):
+            # NCHW in and out: torch's fake convolution predicts NCHW strides for a data-dependent
+            # number of maps whatever the layouts (torch 2.14), and the CPU convolution of a
+            # channels_last weight (a module moved to channels_last) writes channels_last, which the
+            # compiled graph's views of its output then misread
+            return F.conv2d(v.contiguous(), conv.weight.contiguous(), conv.bias, conv.stride, conv.padding)
         return self.vec_transformation_module(v)
 
     def _contrastive_features(self, first, second, frozen: bool, backend: str):
