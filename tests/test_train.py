@@ -685,6 +685,55 @@ def test_amp_fp16_on_the_cpu_is_said_to_be_slow(tmp_path, capsys):
     assert "warning: --amp fp16 on the CPU" in capsys.readouterr().err          # said before the data's error
 
 
+TORCHVISION_RUN = ["--no-progress", "--arch", "resnet18", "--synthetic-size", "32", "--synthetic-max", "40",
+                   "--synthetic-test", "2", "--batch-size", "16", "--epochs", "2", "--epoch-thresh", "0",
+                   "--contrastive-dim", "8", "--n-center", "2"]
+
+
+def test_channels_last_compile_of_a_torchvision_network_on_the_cpu_is_refused(tmp_path, capsys):
+    """It would fail at the first generation-phase step, after the whole contrastive phase (the
+    limitation itself: the next test). Either flag alone, the CIFAR ResNets, or --no-rsg are fine."""
+    from rsg_fast.train.cli import check_compile
+
+    assert main(TORCHVISION_RUN + ["--device", "cpu", "--channels-last", "--compile", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--channels-last --compile: a compiled resnet18 in channels_last fails on the CPU" in err
+    assert not os.listdir(tmp_path)
+    for flags in (["--channels-last"], ["--compile"], ["--channels-last", "--compile", "--no-rsg"],
+                  ["--channels-last", "--compile", "--arch", "resnet8"]):
+        check_compile(resolve_config(build_parser().parse_args(TORCHVISION_RUN + ["--device", "cpu", *flags])))
+
+
+def test_the_inductor_limitation_behind_that_refusal_still_holds():
+    """The refusal above stands for this torch behaviour: a channels_last 1 x 1 convolution over a
+    batch whose size is data-dependent (RSG's output) fails in inductor's CPU code at run time. When a
+    torch version fixes it, this test fails: then drop check_compile's refusal for that version."""
+    import torch._inductor.config
+
+    conv = torch.nn.Conv2d(16, 8, 1, bias=False).to(memory_format=torch.channels_last)
+
+    def grown_batch(f, y):   # as RSG's: the samples of labels >= 2 appended to the batch
+        return conv(torch.cat([f, f[torch.nonzero(y >= 2).squeeze(1)]])).sum()
+
+    f = torch.randn(6, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 0, 2, 3, 1, 4])
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_scalar_outputs=True), \
+            torch._inductor.config.patch(layout_optimization=False):
+        with pytest.raises(AssertionError, match="expected size 8==8, stride 1==9 at dim=1"):
+            torch.compile(grown_batch, fullgraph=True)(f, y)
+    torch._dynamo.reset()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_channels_last_compile_of_a_torchvision_network_on_cuda(tmp_path):
+    """The same run on CUDA, where --channels-last --compile is allowed: if it fails as on the CPU,
+    check_compile must refuse it there too."""
+    assert main(TORCHVISION_RUN + ["--device", "cuda", "--channels-last", "--compile", "--out", str(tmp_path)]) == 0
+    assert _records(str(tmp_path))[1]["n_generated"] > 0
+
+
 def test_amp_bf16_on_a_gpu_without_bf16_is_refused(tmp_path, monkeypatch):
     """A pre-Ampere GPU has no bf16 arithmetic: --amp bf16 there is a usage error that offers fp16,
     before any data is read (checked with a stand-in for the GPU's answer)."""

@@ -22,6 +22,7 @@ from rsg_fast import checkpoint as ckpt
 from rsg_fast.backend import resolve_backend, triton_available, triton_interpret
 from rsg_fast.cli_args import UsageError, lacks_bf16, parse_args, usage_error_exit
 from rsg_fast.data import LIST_DATASETS
+from rsg_fast.models import TORCHVISION_ARCHS
 from rsg_fast.train.arguments import PROG, build_parser
 from rsg_fast.train.config import TrainConfig, resolve_config
 from rsg_fast.train.distributed import Process
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args, proc.world)
         check_rsg_backend(config)
         check_amp(config)
+        check_compile(config)
         resume = resume_path(config.out, args.resume)
         if proc.is_main:
             check_writable(config.out)
@@ -117,6 +119,19 @@ def check_amp(config: TrainConfig) -> None:
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"--amp bf16: {name} has no bf16 arithmetic (it needs an Ampere or later GPU); use "
                          "--amp fp16 (autocast with loss scaling) or --amp off")
+
+
+def check_compile(config: TrainConfig) -> None:
+    """``ValueError`` naming ``--channels-last --compile`` for a torchvision network with RSG on the CPU,
+    which would fail at the first generation-phase step, after the whole contrastive phase: its 1 x 1
+    convolutions after RSG, over the data-dependent number of samples, get other strides from
+    inductor's CPU convolution than it predicts for them in channels_last (torch 2.14; the CIFAR
+    ResNets, whose shortcuts are not convolutions, are not affected)."""
+    if (config.compile and config.channels_last and config.rsg and config.arch in TORCHVISION_ARCHS
+            and torch.device(config.device).type == "cpu"):
+        raise ValueError(f"--channels-last --compile: a compiled {config.arch} in channels_last fails on the CPU "
+                         "at RSG's first generation-phase step (torch's inductor mispredicts the strides of its "
+                         "1 x 1 convolutions over a data-dependent batch); give one of the two flags")
 
 
 def _report_start(setup: TrainSetup, stop: int) -> None:
