@@ -160,6 +160,11 @@ def check_epoch(epoch):
     if isinstance(epoch, torch.Tensor):
         if epoch.numel() != 1:
             raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")
+        if epoch.is_floating_point() and torch.compiler.is_compiling():
+            # its value would be a symbolic float that dynamo cannot compare with epoch_thresh (an
+            # int tensor's is specialised on, a Python float is a graph input)
+            raise TypeError("epoch as a floating-point tensor cannot pick RSG's phase under torch.compile; "
+                            "pass a Python number (e.g. float(epoch)) or an integer tensor")
         epoch = epoch.item()
     elif isinstance(epoch, np.generic):   # numpy scalars: as Python numbers (np.float32('nan') included)
         epoch = epoch.item()

@@ -330,6 +330,29 @@ def test_compiled_argument_errors_carry_the_eager_message():
             torch.compile(rsg, backend="aot_eager", fullgraph=True)(bad, [0], y, 0)
 
 
+def test_compiled_epoch_as_a_tensor():
+    """An integer tensor epoch picks the phase under compile as in eager mode; a floating-point one is
+    our TypeError with fullgraph=True, quoted by dynamo (it was dynamo's "Could not guard on
+    data-dependent expression"); without fullgraph and in eager mode it works."""
+    torch.manual_seed(0)
+    rsg = RSG(3, [4, 3, 3], 5, 6, [0, 1], 1.0, THRESH)
+    x, y = torch.randn(6, 4, 3, 3), torch.tensor([0, 0, 1, 2, 3, 4])
+    compiled = torch.compile(rsg, backend="aot_eager", fullgraph=True)
+    words = "epoch as a floating-point tensor cannot pick RSG's phase under torch.compile"
+    with compile_setting():
+        for epoch in (0, THRESH + 1, THRESH, THRESH + 2):
+            got, want = compiled(x, [0, 1], y, torch.tensor(epoch)), rsg(x, [0, 1], y, torch.tensor(epoch))
+            assert got[0].shape[0] == want[0].shape[0] == (6 if epoch <= THRESH else 9)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+        with pytest.raises(Exception, match=words):
+            compiled(x, [0, 1], y, torch.tensor(THRESH + 1.5))
+        torch._dynamo.reset()
+        # without fullgraph dynamo runs such a frame eagerly, which takes it
+        got = torch.compile(rsg, backend="aot_eager")(x, [0, 1], y, torch.tensor(THRESH + 1.5))
+    torch.testing.assert_close(got[0], rsg(x, [0, 1], y, torch.tensor(THRESH + 1.5))[0])
+    assert got[0].shape[0] == 9
+
+
 @pytest.mark.parametrize("heads", [torch.tensor([0, 1]), np.array([0, 1])], ids=["tensor", "ndarray"])
 def test_compiled_head_classes_as_a_tensor_are_a_clear_error(heads):
     """Found by fuzzing: a head-class tensor or array (fine in eager mode) failed under torch.compile
