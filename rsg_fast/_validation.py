@@ -52,7 +52,7 @@ def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_mod
 
 def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
     """Head (frequent) class ids: integers (0-d integer tensors too) in [0, num_classes), no repeats,
-    as a sequence or a 1-D integer tensor or array. Returns a tuple."""
+    as a sequence, range, set or 1-D integer tensor or array. Returns a tuple."""
     if isinstance(head_class_lists, (torch.Tensor, np.ndarray)) and torch.compiler.is_compiling():
         # a compiled graph cannot read the class ids out of a tensor (they pick the head table)
         raise TypeError("under torch.compile pass head_class_lists as a list, tuple or range of ints, "
@@ -69,6 +69,8 @@ def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
         head_class_lists = head_class_lists.tolist()
     elif isinstance(head_class_lists, range):
         head_class_lists = _range_values(head_class_lists, num_classes + 1)
+    elif isinstance(head_class_lists, (set, frozenset)):   # membership is all the published module asks
+        head_class_lists = list(head_class_lists)
     if isinstance(head_class_lists, (str, bytes)) or not isinstance(head_class_lists, (Sequence, range)):
         raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
     heads = []

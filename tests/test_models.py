@@ -113,6 +113,14 @@ def test_a_training_call_rsg_rejects_moves_no_batchnorm_statistic(arch, size):
         with pytest.raises(exc, match=words):
             m(*args, **kwargs)
         assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()), words
+    # a bad head list is refused when it is set (it failed in the forward, after the BatchNorm layers)
+    for heads, exc, words in (([0, 9], ValueError, r"holds 9, outside \[0, num_classes=6\)"),
+                              ([0, 0], ValueError, "repeats class ids"), ([0.5], TypeError, "integer class ids")):
+        with pytest.raises(exc, match=words):
+            m.set_head_classes(heads)
+        assert m.head_classes == [0, 1]
+    m.set_head_classes(torch.tensor([1, 0]))
+    assert m.head_classes == [1, 0]
     logits, y_out, _, _ = m(x, y, 5)                      # a good call still trains as before
     assert y_out.shape[0] > 4 and logits.shape[0] == y_out.shape[0]
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rsg_fast._validation import (check_epoch, check_host_target, check_target, raise_for_labels,
-                                  raise_if_labels_differ)
+from rsg_fast._validation import (check_epoch, check_head_classes, check_host_target, check_target,
+                                  raise_for_labels, raise_if_labels_differ)
 
 RSG_PREFIX = "rsg."
 
@@ -114,7 +114,10 @@ class RSGModelMixin:
         return {k: v for k, v in self.state_dict().items() if not k.startswith(RSG_PREFIX)}
 
     def set_head_classes(self, head_classes: Sequence[int]) -> None:
-        self.head_classes = [int(c) for c in head_classes]
+        """The head (frequent) class ids RSG is given from the next forward on, checked here as RSG's
+        constructor checks them (a bad list would otherwise fail inside RSG, after the stages before
+        it had moved their BatchNorm statistics)."""
+        self.head_classes = list(check_head_classes(head_classes, self.num_classes))
 
 
 @torch.no_grad()
