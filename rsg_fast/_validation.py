@@ -138,6 +138,10 @@ def check_forward_arguments(module, feature_maps, target, epoch):
     if feature_maps.device != param.device:
         raise ValueError(f"feature_maps is on {feature_maps.device} but the RSG parameters are on {param.device}; "
                          "move the module with .to(device)")
+    if feature_maps.device.type == "meta" and not torch.compiler.is_compiling():
+        raise ValueError("RSG's forward cannot run on the meta device: the labels' values decide which samples "
+                         "pair up and how many new ones there are (a module on meta is for building and "
+                         "loading: to_empty(device=...), then load_state_dict)")
     check_maps_dtype(feature_maps.dtype, param.dtype, feature_maps.device.type)
     return check_epoch(epoch)
 

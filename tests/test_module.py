@@ -407,6 +407,13 @@ def test_inputs_on_different_devices_rejected():
         m(x, [0], torch.tensor([0, 1, 2, 0]), 1)
     with pytest.raises(ValueError, match="parameters are on"):
         m(torch.randn(4, 4, 3, 3, device="meta"), [0], torch.zeros(4, dtype=torch.long, device="meta"), 1)
+    # all on the meta device: no values to plan new samples from (it was autocast's "unknown device type")
+    for cls in (RSG, ReferenceRSG):
+        with torch.device("meta"):
+            on_meta = cls(2, [4, 3, 3], 4, 5, [0], 1.0, 3)
+            x, y = torch.randn(4, 4, 3, 3), torch.zeros(4, dtype=torch.long)
+        with pytest.raises(ValueError, match="RSG's forward cannot run on the meta device"):
+            on_meta(x, [0], y, 5)
 
 
 @pytest.mark.parametrize("kwargs, words", [
