@@ -50,42 +50,40 @@ def check_constructor(n_center, feature_maps_shape, num_classes, contrastive_mod
     return tuple(int(s) for s in feature_maps_shape), heads
 
 
-def check_head_classes(head_class_lists, num_classes: int) -> tuple[int, ...]:
+def check_head_classes(head_class_lists, num_classes: int, name: str = "head_class_lists") -> tuple[int, ...]:
     """Head (frequent) class ids: integers (0-d integer tensors too) in [0, num_classes), no repeats,
-    as a sequence, range, set or 1-D integer tensor or array. Returns a tuple."""
+    as a sequence or a 1-D integer tensor or array. Returns a tuple. ``name``: the argument's, for the errors."""
     if isinstance(head_class_lists, (torch.Tensor, np.ndarray)) and torch.compiler.is_compiling():
         # a compiled graph cannot read the class ids out of a tensor (they pick the head table)
-        raise TypeError("under torch.compile pass head_class_lists as a list, tuple or range of ints, "
+        raise TypeError(f"under torch.compile pass {name} as a list, tuple or range of ints, "
                         f"not a {type(head_class_lists).__name__} (a graph cannot read the class ids from it)")
     if isinstance(head_class_lists, torch.Tensor):
         if head_class_lists.dim() > 1 or head_class_lists.is_floating_point() or head_class_lists.is_complex():
-            raise TypeError("head_class_lists must be a sequence or 1-D integer tensor of class ids, "
+            raise TypeError(f"{name} must be a sequence or 1-D integer tensor of class ids, "
                             f"got a {head_class_lists.dim()}-D {head_class_lists.dtype} tensor")
         head_class_lists = head_class_lists.reshape(-1).tolist()
     elif isinstance(head_class_lists, np.ndarray):   # e.g. a top-k of training counts
         if head_class_lists.ndim > 1 or head_class_lists.dtype.kind not in "iu":
-            raise TypeError("head_class_lists must be a sequence or 1-D integer array of class ids, "
+            raise TypeError(f"{name} must be a sequence or 1-D integer array of class ids, "
                             f"got a {head_class_lists.ndim}-D {head_class_lists.dtype} array")
         head_class_lists = head_class_lists.tolist()
     elif isinstance(head_class_lists, range):
         head_class_lists = _range_values(head_class_lists, num_classes + 1)
-    elif isinstance(head_class_lists, (set, frozenset)):   # membership is all the published module asks
-        head_class_lists = list(head_class_lists)
     if isinstance(head_class_lists, (str, bytes)) or not isinstance(head_class_lists, (Sequence, range)):
-        raise TypeError(f"head_class_lists must be a sequence of class ids, got {type(head_class_lists).__name__}")
+        raise TypeError(f"{name} must be a sequence of class ids, got {type(head_class_lists).__name__}")
     heads = []
     for c in head_class_lists:
         if (isinstance(c, torch.Tensor) and c.dim() == 0 and not c.is_floating_point() and not c.is_complex()
                 and c.dtype != torch.bool):
             c = c.item()      # e.g. list(counts.topk(k).indices), which the published torch.Tensor(...) took
         if isinstance(c, bool) or not isinstance(c, numbers.Integral):
-            raise TypeError(f"head_class_lists must hold integer class ids, got {c!r}")
+            raise TypeError(f"{name} must hold integer class ids, got {c!r}")
         if not 0 <= int(c) < num_classes:
-            raise ValueError(f"head_class_lists holds {int(c)}, outside [0, num_classes={num_classes})")
+            raise ValueError(f"{name} holds {int(c)}, outside [0, num_classes={num_classes})")
         heads.append(int(c))
     if len(set(heads)) != len(heads):
         repeated = sorted({c for c in heads if heads.count(c) > 1})
-        raise ValueError(f"head_class_lists repeats class ids {repeated}")
+        raise ValueError(f"{name} repeats class ids {repeated}")
     return tuple(heads)
 
 

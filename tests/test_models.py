@@ -114,8 +114,9 @@ def test_a_training_call_rsg_rejects_moves_no_batchnorm_statistic(arch, size):
             m(*args, **kwargs)
         assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()), words
     # a bad head list is refused when it is set (it failed in the forward, after the BatchNorm layers)
-    for heads, exc, words in (([0, 9], ValueError, r"holds 9, outside \[0, num_classes=6\)"),
-                              ([0, 0], ValueError, "repeats class ids"), ([0.5], TypeError, "integer class ids")):
+    for heads, exc, words in (([0, 9], ValueError, r"head_classes holds 9, outside \[0, num_classes=6\)"),
+                              ([0, 0], ValueError, "head_classes repeats class ids"),
+                              ([0.5], TypeError, "head_classes must hold integer class ids")):
         with pytest.raises(exc, match=words):
             m.set_head_classes(heads)
         assert m.head_classes == [0, 1]

@@ -117,7 +117,7 @@ class RSGModelMixin:
         """The head (frequent) class ids RSG is given from the next forward on, checked here as RSG's
         constructor checks them (a bad list would otherwise fail inside RSG, after the stages before
         it had moved their BatchNorm statistics)."""
-        self.head_classes = list(check_head_classes(head_classes, self.num_classes))
+        self.head_classes = list(check_head_classes(head_classes, self.num_classes, "head_classes"))
 
 
 @torch.no_grad()
