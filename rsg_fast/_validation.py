@@ -165,8 +165,9 @@ def check_epoch(epoch):
         if epoch.numel() != 1:
             raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")
         if epoch.is_floating_point() and torch.compiler.is_compiling():
-            # its value would be a symbolic float that dynamo cannot compare with epoch_thresh (an
-            # int tensor's is specialised on, a Python float is a graph input)
+            # its value would be a symbolic float that dynamo cannot guard on when it compares it with
+            # epoch_thresh (fullgraph: "Could not guard on data-dependent expression"); an int tensor's
+            # value it can, and a Python float is a graph input
             raise TypeError("epoch as a floating-point tensor cannot pick RSG's phase under torch.compile; "
                             "pass a Python number (e.g. float(epoch)) or an integer tensor")
         epoch = epoch.item()

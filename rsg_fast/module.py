@@ -215,7 +215,7 @@ class RSG(RSGParameters):
             return self.vec_transformation_module(v)
         if v.shape[2] == 1 and v.shape[3] == 1:
             return F.linear(v.flatten(1), conv.weight[:, :, 1, 1], conv.bias).view(v.shape)
-        if _is_channels_last(conv.weight) or _is_channels_last(v):
+        if _is_channels_last(conv.weight) or _is_channels_last(v):   # (v is NCHW from displacement today)
             # NCHW in and out: torch's fake convolution predicts NCHW strides for a data-dependent
             # number of maps whatever the layouts (torch 2.14), and the CPU convolution of a
             # channels_last weight (a module moved to channels_last) writes channels_last, which the

@@ -93,6 +93,9 @@ def test_files_that_do_not_fit_are_refused_with_the_network_untouched(imagenet_l
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")
     _rejects(_ours(), str(tmp_path / "pickled.pt"), "resnet18", r"weights_only=True\): .*Linear")
     _rejects(_ours(), str(tmp_path / "absent.pt"), "resnet18", "file not found")
+    # an rsg-fast checkpoint of a format this version does not read (its entries may mean other things)
+    torch.save({"format": "rsg_fast.inference/2", "model": theirs}, tmp_path / "later.pt")
+    _rejects(_ours(), str(tmp_path / "later.pt"), "resnet18", "is in format 'rsg_fast.inference/2', which rsg-fast")
 
 
 TINY = ["--device", "cpu", "--no-progress", "--arch", "resnet8", "--synthetic-max", "60", "--synthetic-test", "5",

@@ -100,7 +100,7 @@ class ListFileDataset(Dataset):
 
 def _check_root(root: str) -> None:
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set root, --data-root)")
+        raise FileNotFoundError(f"image root not found: {os.path.abspath(root)!r} (set root (--data-root))")
 
 
 def _list_under_root(name: str, root: str | None, given: str | None, default: str, flag: str) -> str:

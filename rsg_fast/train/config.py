@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from rsg_fast.cli_args import resolve_device
 from rsg_fast.data import DEFAULT_SUBSET, IN_MEMORY_DATASETS, LTData
 from rsg_fast.metrics import shot_sizes
@@ -113,6 +115,12 @@ class TrainConfig:
         return dict(n_center=self.n_center, contrastive_module_dim=self.contrastive_dim,
                     transfer_strength=self.transfer_strength, epoch_thresh=self.epoch_thresh,
                     mv_loss=self.mv_loss, backend=self.rsg_backend)
+
+
+def memory_format(config: Mapping[str, Any]) -> torch.memory_format:
+    """The memory format of a run's network and batches (``--channels-last``), from its settings as a
+    mapping (a checkpoint of a version before the setting: contiguous)."""
+    return torch.channels_last if config.get("channels_last") else torch.contiguous_format
 
 
 def dataset_options(config: Mapping[str, Any]) -> dict[str, Any]:

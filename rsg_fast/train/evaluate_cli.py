@@ -6,15 +6,13 @@ import json
 import os
 import sys
 
-import torch
-
 from rsg_fast import checkpoint as ckpt
 from rsg_fast.cli_args import Parser, UsageError, device_name, nonneg_int, parse_args, positive_int, \
     resolve_device, usage_error_exit
 from rsg_fast.data import DATASETS, LIST_DATASETS, build_datasets, build_test_dataset, device_batches_supported
 from rsg_fast.metrics import PER_CLASS_LINE_MAX_CLASSES, MetricsLog, accuracy_summary, format_acc
 from rsg_fast.models import ARCHS, RSG_PREFIX, build_model
-from rsg_fast.train.config import dataset_options
+from rsg_fast.train.config import dataset_options, memory_format
 from rsg_fast.train.evaluation import eval_batches, evaluate
 from rsg_fast.train.run_folder import check_format, check_writable
 from rsg_fast.train.workers import default_workers
@@ -87,8 +85,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if saved_root and not os.path.isabs(saved_root) and not os.path.isdir(saved_root):
             raise _saved_path_missing("data root", "--data-root", saved_root)
         # the run's data settings, less the ones that name its own data when another dataset is evaluated
-        options = {**dataset_options(cfg), "root": args.data_root or cfg.get("data_root"),
-                   "train_list": cfg.get("train_list") if runs_data else None,
+        # (and the training list: only counted again, below, for a config without counts, from the usual one)
+        options = {**dataset_options(cfg), "root": args.data_root or cfg.get("data_root"), "train_list": None,
                    "test_list": args.test_list or saved_list,
                    "num_classes": cfg.get("num_classes") if runs_data else None, "normalize_on_device": True}
         # The shot groups take the training counts the run saved, so a list-file dataset's training list
@@ -109,15 +107,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    # the network and its batches in the run's memory format: a channels_last run's convolutions were
-    # chosen and measured for that layout (a checkpoint of a version before the setting: contiguous)
-    memory_format = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
+    # the network and its batches in the run's memory format, whose convolutions training ran
+    layout = memory_format(cfg)
+    model.to(device, memory_format=layout)
     if args.workers and device_batches_supported(test):
         print(f"{PROG}: warning: --workers {args.workers} does nothing with --dataset {dataset}: its batches are made "
               "on the device", file=sys.stderr, flush=True)
     workers = args.workers if args.workers is not None else default_workers()
-    batches = eval_batches(test, args.batch_size, device, workers, memory_format)
+    batches = eval_batches(test, args.batch_size, device, workers, layout)
     correct, total = evaluate(model, batches, num_classes, device)
     result = {"checkpoint": args.checkpoint, "epoch": state.get("epoch"), "dataset": dataset,
               **accuracy_summary(correct, total, cls_num_list)}

@@ -1,6 +1,6 @@
 """Accuracy of a network over a test set's batches: per-class (correct, total), summed over processes
-(``evaluate``), and those batches made on the device (``eval_batches``). The training loop and
-``rsg-fast evaluate`` (``evaluate_cli``) both use them."""
+(``evaluate``, which the training loop and ``rsg-fast evaluate`` use), and a test set's batches made
+on the device in order (``eval_batches``, ``rsg-fast evaluate``'s; the loop shards its own)."""
 from __future__ import annotations
 
 from collections.abc import Iterable

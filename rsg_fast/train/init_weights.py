@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from rsg_fast.checkpoint import load_error_line
 from rsg_fast.models.common import RSG_PREFIX
+from rsg_fast.train.run_folder import check_format
 
 FLAG = "--init-weights"
 
@@ -73,6 +74,10 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{FLAG} {path}: cannot read it with torch.load(weights_only=True): {load_error_line(err)}") \
             from err
     if isinstance(obj, dict):   # a checkpoint: the first of its usual entries that holds tensors
+        try:   # an rsg-fast one of a format this version reads, or none (another program's)
+            check_format(obj, path)
+        except ValueError as err:
+            raise ValueError(f"{FLAG}: {err}") from None
         wrapped = [obj[key] for key in ("model", "state_dict") if isinstance(obj.get(key), dict)]
         tensors = [w for w in wrapped if w and all(isinstance(v, torch.Tensor) for v in w.values())]
         obj = (tensors or wrapped or [obj])[0]

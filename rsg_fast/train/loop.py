@@ -17,7 +17,7 @@ from rsg_fast.compiling import compile_with_rsg
 from rsg_fast.data import DeviceBatches, LoaderOnDevice
 from rsg_fast.losses import TrainRule, build_loss, paper_lr
 from rsg_fast.metrics import PER_CLASS_LINE_MAX_CLASSES, MetricsLog, accuracy_summary, format_acc
-from rsg_fast.train.config import TrainConfig
+from rsg_fast.train.config import TrainConfig, memory_format
 from rsg_fast.train.distributed import (EpochSampler, Process, ShardSampler, all_reduce, broadcast_buffers,
                                         gather_rng, unwrap)
 from rsg_fast.train.evaluation import evaluate
@@ -108,12 +108,12 @@ def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device
     batch = cfg.batch_size // proc.world
     test_batch = max(batch, 1) * 2   # no gradients kept: twice the batch fits
     test_sampler = ShardSampler(len(data.test), proc.rank, proc.world)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    layout = memory_format(vars(cfg))
     if cfg.loader == "device":
         # the augmentation's draws follow the sampler's (seed, epoch, rank), as the order does
         train = DeviceBatches(data.train, sampler, batch, device=device, drop_last=cfg.drop_last,
-                              memory_format=memory_format)
-        test = DeviceBatches(data.test, test_sampler, test_batch, device=device, memory_format=memory_format)
+                              memory_format=layout)
+        test = DeviceBatches(data.test, test_sampler, test_batch, device=device, memory_format=layout)
         return train, test
     pin = device.type == "cuda"
     # persistent_workers=False: workers seeded afresh each epoch from the restored RNG, so a resumed run
@@ -122,7 +122,7 @@ def _loaders(cfg: TrainConfig, data, sampler: EpochSampler, device: torch.device
                        persistent_workers=False, drop_last=cfg.drop_last)
     test = DataLoader(data.test, batch_size=test_batch, sampler=test_sampler, num_workers=cfg.workers,
                       pin_memory=pin)
-    return LoaderOnDevice(train, device, memory_format), LoaderOnDevice(test, device, memory_format)
+    return LoaderOnDevice(train, device, layout), LoaderOnDevice(test, device, layout)
 
 
 def _train_epoch(model, loader, criterion, optimizer, scaler: torch.amp.GradScaler, cfg: TrainConfig, epoch: int,

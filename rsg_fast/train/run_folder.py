@@ -54,7 +54,7 @@ def check_format(state: dict, path: str) -> None:
     found = state.get("format")
     if found is not None and found not in (FORMAT_LAST, FORMAT_BEST):
         raise ValueError(f"checkpoint {path!r} is in format {found!r}, which rsg-fast {__version__} does not read "
-                         f"(it reads {FORMAT_LAST} and {FORMAT_BEST}); a later rsg-fast may have written it")
+                         f"(it reads {FORMAT_LAST} and {FORMAT_BEST}); a later rsg-fast, or another program, wrote it")
 
 
 def training_checkpoint(epoch: int, config: dict, net: nn.Module, optimizer, scaler, best: tuple[float, int],
