@@ -700,8 +700,25 @@ def test_channels_last_compile_of_a_torchvision_network_on_the_cpu_is_refused(tm
     assert "--channels-last --compile: a compiled resnet18 in channels_last fails on the CPU" in err
     assert not os.listdir(tmp_path)
     for flags in (["--channels-last"], ["--compile"], ["--channels-last", "--compile", "--no-rsg"],
-                  ["--channels-last", "--compile", "--arch", "resnet8"]):
+                  ["--channels-last", "--compile", "--arch", "resnet8"],
+                  ["--channels-last", "--compile", "--epoch-thresh", "1"]):   # never generates in 2 epochs
         check_compile(resolve_config(build_parser().parse_args(TORCHVISION_RUN + ["--device", "cpu", *flags])))
+
+
+def test_compile_with_rsg_refuses_what_would_fail_at_the_first_generation_step():
+    """The library's side of the refusal above: compile_with_rsg looks at the built network."""
+    from rsg_fast.compiling import compile_with_rsg
+
+    opts = dict(n_center=2, contrastive_module_dim=8, epoch_thresh=0)
+    net = build_model("resnet18", 5, rsg=opts, head_classes=[0], input_size=32).to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels_last network with RSG and 1 x 1 convolutions fails on the CPU"):
+        compile_with_rsg(net)
+    compile_with_rsg(net, backend="aot_eager")   # inductor's limitation: nothing compiles until the first call
+    for fine in (build_model("resnet18", 5, rsg=opts, head_classes=[0], input_size=32),           # NCHW
+                 build_model("resnet18", 5, head_classes=[0], input_size=32).to(memory_format=torch.channels_last),
+                 build_model("resnet8", 5, rsg=opts, head_classes=[0]).to(memory_format=torch.channels_last)):
+        compile_with_rsg(fine)
+    torch._dynamo.reset()
 
 
 def _compile_a_grown_batch_through_a_channels_last_1x1_convolution(device: str):
