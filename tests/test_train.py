@@ -673,10 +673,10 @@ def test_amp_fp16_trains_with_loss_scaling_and_resumes_the_scaler(learned_run, t
 
 def test_amp_fp16_on_the_cpu_is_said_to_be_slow(tmp_path, capsys):
     """fp16 convolutions on a CPU run about 10x slower than fp32: accepted (tests use it), with a warning."""
-    from rsg_fast.train.cli import _slow_settings
+    from rsg_fast.train.checks import slow_settings
 
     def notes(*flags):
-        return _slow_settings(resolve_config(build_parser().parse_args(TINY + ["--out", str(tmp_path), *flags]), 1))
+        return slow_settings(resolve_config(build_parser().parse_args(TINY + ["--out", str(tmp_path), *flags]), 1))
 
     (slow,) = notes("--amp", "fp16")
     assert slow.startswith("--amp fp16 on the CPU: CPUs have no fp16 convolutions") and "--amp bf16" in slow
@@ -693,7 +693,7 @@ TORCHVISION_RUN = ["--no-progress", "--arch", "resnet18", "--synthetic-size", "3
 def test_channels_last_compile_of_a_torchvision_network_on_the_cpu_is_refused(tmp_path, capsys):
     """It would fail at the first generation-phase step, after the whole contrastive phase (the
     limitation itself: the next test). Either flag alone, the CIFAR ResNets, or --no-rsg are fine."""
-    from rsg_fast.train.cli import check_compile
+    from rsg_fast.train.checks import check_compile
 
     assert main(TORCHVISION_RUN + ["--device", "cpu", "--channels-last", "--compile", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -765,7 +765,7 @@ def test_channels_last_1x1_convolution_over_a_grown_batch_compiles_on_cuda():
 def test_amp_bf16_on_a_gpu_without_bf16_is_refused(tmp_path, monkeypatch):
     """A pre-Ampere GPU has no bf16 arithmetic: --amp bf16 there is a usage error that offers fp16,
     before any data is read (checked with a stand-in for the GPU's answer)."""
-    from rsg_fast.train.cli import check_amp
+    from rsg_fast.train.checks import check_amp
 
     config = resolve_config(build_parser().parse_args(TINY + ["--amp", "bf16", "--out", str(tmp_path)]), 1)
     check_amp(config)                                                      # the CPU has bf16
@@ -782,7 +782,7 @@ def test_amp_bf16_asks_the_gpu_the_run_is_on(tmp_path, monkeypatch):
     """--device cuda:1 on a machine whose current GPU (0) has bf16 and GPU 1 has none (an A100 beside a
     T4): torch.cuda.is_bf16_supported answers for the current GPU, so the check must ask the run's GPU
     (stand-ins for the GPUs' answers)."""
-    from rsg_fast.train.cli import check_amp
+    from rsg_fast.train.checks import check_amp
 
     capability = {0: (8, 0), 1: (7, 5)}
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -803,11 +803,11 @@ def test_settings_a_run_cannot_act_on_are_said(tmp_path, capsys):
     """--epoch-thresh at or past the last epoch index never generates, --stop-after-epoch past --epochs
     never stops: both were accepted silently. Said as warnings (a schedule may be meant for a run
     continued later), before any work."""
-    from rsg_fast.train.cli import _settings_that_do_nothing
+    from rsg_fast.train.checks import settings_that_do_nothing
 
     def notes(*flags):
         args = build_parser().parse_args(TINY + ["--out", str(tmp_path / "x"), *flags])
-        return _settings_that_do_nothing(resolve_config(args, 1), args.stop_after_epoch)
+        return settings_that_do_nothing(resolve_config(args, 1), args.stop_after_epoch)
 
     assert notes("--epochs", "20") == [] and notes("--epochs", "20", "--epoch-thresh", "18") == []
     (thresh,) = notes("--epochs", "20", "--epoch-thresh", "19")

@@ -23,6 +23,7 @@ One job per module, in the order a run uses them:
 - ``workers``: the default number of DataLoader worker processes;
 - ``loop``: the epochs (``progress``: its progress bar); ``evaluation``: test accuracy and the test
   batches;
+- ``checks``: the settings refused before a run starts, and those it warns about;
 - ``cli``: ``main``, the order of the above and how failures reach the user;
 - ``evaluate_cli``: ``rsg-fast evaluate``, a checkpoint on its run's test split.
 """
