@@ -29,6 +29,7 @@ def cpu_channels_last_hazard(module: nn.Module) -> str | None:
     output over RSG's data-dependent batch gets other strides than inductor predicts (torch 2.14 and
     2.11; tests/test_train.py pins it). A 1 x 1 convolution before RSG is counted too: telling the two
     apart would need the network's order of calls."""
+    from rsg_fast.module import _is_channels_last
     from rsg_fast.parameters import RSGParameters
 
     rsgs = [m for m in module.modules() if isinstance(m, RSGParameters)]
@@ -42,7 +43,3 @@ def cpu_channels_last_hazard(module: nn.Module) -> str | None:
             "first generation-phase call (inductor mispredicts the strides of a 1 x 1 convolution over RSG's "
             "data-dependent batch): compile it in NCHW (model.to(memory_format=torch.contiguous_format)), or "
             "keep channels_last and run it uncompiled")
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
