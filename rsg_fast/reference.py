@@ -54,7 +54,8 @@ class ReferenceRSG(RSGParameters):
 
         x = feature_maps.detach()          # RSG's losses do not move the backbone's features
         N, C, H, W = x.shape
-        zero = x.new_zeros(())
+        # the losses are fp32 for fp16/bf16 maps (as RSG's, and as this module's non-zero ones are)
+        zero = x.new_zeros((), dtype=torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
 
         # Eq. 1: gamma_l = softmax(A_l ave(x_l) + b_l), one distribution over the K centres of class l.
         pooled = x.mean(dim=(2, 3))                                                   # (N, C)

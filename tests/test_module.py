@@ -322,6 +322,14 @@ def test_autocast_bf16_losses_accumulate_in_fp32():
     torch.testing.assert_close(got[1], expect[1], rtol=2e-2, atol=1e-2)
     torch.testing.assert_close(got[2], expect[2], rtol=5e-2, atol=5e-2)
     assert got[0].dtype == torch.bfloat16 and torch.equal(got[3], expect[3])
+    # the zero MV loss too (contrastive phase; a batch without tails), in both modules: the oracle gave
+    # a bf16 zero there, while its non-zero losses are fp32
+    for module in (fast, ref):
+        for epoch, heads in ((0, [0]), (10, [0, 1, 2, 3])):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses = module(x.bfloat16(), heads, y, epoch)[1:3]
+            assert [t.dtype for t in losses] == [torch.float32] * 2, (type(module).__name__, epoch)
+            assert losses[1].item() == 0
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
