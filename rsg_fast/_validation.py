@@ -160,7 +160,7 @@ def check_target(target, batch: torch.Tensor, batch_name: str = "feature_maps") 
 
 
 def check_epoch(epoch):
-    """``epoch`` as a Python number >= 0 (a 1-element tensor or a numpy scalar is read once, here)."""
+    """``epoch`` as a Python number >= 0 (a 1-element tensor or array or a numpy scalar is read once, here)."""
     if isinstance(epoch, torch.Tensor):
         if epoch.numel() != 1:
             raise TypeError(f"epoch must be a number, got a tensor of shape {tuple(epoch.shape)}")
@@ -172,6 +172,13 @@ def check_epoch(epoch):
                             "pass a Python number (e.g. float(epoch)) or an integer tensor")
         epoch = epoch.item()
     elif isinstance(epoch, np.generic):   # numpy scalars: as Python numbers (np.float32('nan') included)
+        epoch = epoch.item()
+    elif isinstance(epoch, np.ndarray):
+        if torch.compiler.is_compiling():   # dynamo traces a numpy scalar as an array: its value not a guardable int
+            raise TypeError("epoch as a numpy scalar or array cannot pick RSG's phase under torch.compile; pass a "
+                            "Python number (e.g. int(epoch)) or an integer tensor")
+        if epoch.size != 1:
+            raise TypeError(f"epoch must be a number, got an array of shape {epoch.shape}")
         epoch = epoch.item()
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
         raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")

@@ -333,7 +333,7 @@ def test_compiled_argument_errors_carry_the_eager_message():
 def test_compiled_epoch_as_a_tensor():
     """An integer tensor epoch picks the phase under compile as in eager mode; a floating-point one is
     our TypeError with fullgraph=True, quoted by dynamo (it was dynamo's "Could not guard on
-    data-dependent expression"); without fullgraph and in eager mode it works."""
+    data-dependent expression"); without fullgraph and in eager mode it works. Numpy epochs likewise."""
     torch.manual_seed(0)
     rsg = RSG(3, [4, 3, 3], 5, 6, [0, 1], 1.0, THRESH)
     x, y = torch.randn(6, 4, 3, 3), torch.tensor([0, 0, 1, 2, 3, 4])
@@ -346,11 +346,17 @@ def test_compiled_epoch_as_a_tensor():
             torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
         with pytest.raises(Exception, match=words):
             compiled(x, [0, 1], y, torch.tensor(THRESH + 1.5))
+        # a numpy scalar, which eager mode reads as a number, is traced as an array: our message too
+        # (it was "epoch must be a number, got ndarray", or dynamo's guard error at a later epoch)
+        with pytest.raises(Exception, match="epoch as a numpy scalar or array cannot pick RSG's phase"):
+            compiled(x, [0, 1], y, np.int64(THRESH + 1))
         torch._dynamo.reset()
         # without fullgraph dynamo runs such a frame eagerly, which takes it
         got = torch.compile(rsg, backend="aot_eager")(x, [0, 1], y, torch.tensor(THRESH + 1.5))
     torch.testing.assert_close(got[0], rsg(x, [0, 1], y, torch.tensor(THRESH + 1.5))[0])
     assert got[0].shape[0] == 9
+    for epoch in (np.int64(THRESH + 1), np.array(THRESH + 1), np.float32(THRESH + 0.5)):   # eager mode
+        assert rsg(x, [0, 1], y, epoch)[0].shape[0] == 9
 
 
 @pytest.mark.parametrize("heads", [torch.tensor([0, 1]), np.array([0, 1])], ids=["tensor", "ndarray"])
