@@ -139,6 +139,26 @@ def test_compiled_rsg_takes_a_new_head_list(lists):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_rsg_takes_many_head_lists_without_a_graph_each():
+    """Found by fuzzing: the repeat check hashed the class ids (a set), which specialised the graph
+    on each, so every new list of the same length compiled again and the ninth failed fullgraph at
+    dynamo's recompile limit."""
+    torch.manual_seed(0)
+    eager = RSG(2, [3, 2, 3], 6, 4, [0, 1], 1.0, THRESH)
+    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True)
+    x, y = torch.randn(8, 3, 2, 3), torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])
+    lists = [[0, 1], [1, 4], [2, 3], [0, 4], [5, 2], [3, 1], [0, 2], [1, 5], [2, 4], [3, 4], [4, 5]]
+    with compile_setting():
+        before = _graphs()
+        for i, heads in enumerate(lists):
+            for a, b in zip(compiled(x, heads, y, PHASES["generation"]), eager(x, heads, y, PHASES["generation"])):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            if i == 2:   # the first list, then ids made symbolic at their first change
+                settled = _graphs()
+        assert _graphs() == settled and settled - before <= 3, "a graph per new head list"
+
+
 # A run: the epochs, each epoch's batch sizes, and the most graphs compiled over the whole run.
 RUNS = {
     # dynamo specialises the first epoch, makes it dynamic at the first change, and the phase test
