@@ -316,3 +316,28 @@ def test_head_class_lists_attribute_set_after_construction_is_checked_when_forwa
     m.head_class_lists = torch.tensor([1, 0])       # what forward's argument takes, the attribute takes
     got, want = m(x, None, y, 9), m(x, [0, 1], y, 9)
     assert torch.equal(got[3], want[3]) and got[0].shape == want[0].shape
+
+
+@pytest.mark.parametrize("cls", [RSG, ReferenceRSG])
+def test_a_head_list_is_checked_once_and_again_when_it_changes(cls, monkeypatch):
+    """Eager mode checks each distinct list of plain ints once (a long list cost about 1 ms a call);
+    a list changed in place is a new list, checked again; other forms are checked every call."""
+    import rsg_fast.parameters as parameters
+
+    checks = []
+    check = parameters.check_head_classes
+    monkeypatch.setattr(parameters, "check_head_classes", lambda *a, **k: checks.append(a[0]) or check(*a, **k))
+    m = cls(3, [4, 3, 3], 6, 6, [0], 1.0, 3)
+    x, y = torch.randn(6, 4, 3, 3), torch.tensor([0, 1, 0, 2, 3, 5])
+    heads = [0, 1]
+    first = m(x, heads, y, 9)
+    again = m(x, [0, 1], y, 9)
+    assert len(checks) == 1 and torch.equal(first[3], again[3])
+    heads.append(6)                                   # changed in place: checked again, and refused
+    with pytest.raises(ValueError, match=r"head_class_lists holds 6, outside \[0, num_classes=6\)"):
+        m(x, heads, y, 9)
+    heads[-1] = 2
+    m(x, heads, y, 9)
+    m(x, (torch.tensor(0), 1), y, 9)                  # not plain ints: checked every call
+    m(x, (torch.tensor(0), 1), y, 9)
+    assert len(checks) == 5
