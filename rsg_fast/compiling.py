@@ -27,8 +27,10 @@ def cpu_channels_last_hazard(module: nn.Module) -> str | None:
     """Why inductor's code for ``module`` would fail on the CPU at RSG's first generation-phase call, or
     None: a channels_last network holding RSG and a 1 x 1 convolution (torchvision's ResNets), whose
     output over RSG's data-dependent batch gets other strides than inductor predicts (torch 2.14 and
-    2.11; tests/test_train.py pins it). A 1 x 1 convolution before RSG is counted too: telling the two
-    apart would need the network's order of calls."""
+    2.11; tests/test_train.py pins it). A heuristic on the convolutions outside RSG: the network counts
+    as channels_last when one of the others is (a 1 x 1 weight is both NCHW and channels_last), and a
+    1 x 1 convolution before RSG counts too (telling them apart would need the order of calls); it
+    decides rightly for the networks of rsg_fast.models."""
     from rsg_fast.module import _is_channels_last
     from rsg_fast.parameters import RSGParameters
 

@@ -98,6 +98,8 @@ class RSG(RSGParameters):
         new_table = head_table is None
         if new_table:
             head_table = self._new_head_table(heads, plan_labels.device)
+        if compiling:   # the repeat check of check_head_classes, which compiled code cannot make cheaply
+            torch._assert_async(head_table.sum() == len(heads), "head_class_lists repeats class ids")
         check_labels = self.validate and N > 0
         counts = is_head = None
         if generation or check_labels:

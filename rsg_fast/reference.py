@@ -54,7 +54,7 @@ class ReferenceRSG(RSGParameters):
 
         x = feature_maps.detach()          # RSG's losses do not move the backbone's features
         N, C, H, W = x.shape
-        # the losses are fp32 for fp16/bf16 maps (as RSG's, and as this module's non-zero ones are)
+        # fp32 for fp16/bf16 maps, as this module's non-zero MV loss and RSG's losses are
         zero = x.new_zeros((), dtype=torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
 
         # Eq. 1: gamma_l = softmax(A_l ave(x_l) + b_l), one distribution over the K centres of class l.

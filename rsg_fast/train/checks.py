@@ -57,8 +57,7 @@ def check_compile(config: TrainConfig) -> None:
     inductor's CPU convolution than it predicts for them in channels_last (torch 2.14; the CIFAR
     ResNets, whose shortcuts are not convolutions, are not affected). The library's side of this:
     ``compiling.cpu_channels_last_hazard``, which needs the built network."""
-    generates = config.epoch_thresh < config.epochs - 1
-    if (config.compile and config.channels_last and config.rsg and generates and config.arch in TORCHVISION_ARCHS
+    if (config.compile and config.channels_last and config.rsg and config.arch in TORCHVISION_ARCHS
             and torch.device(config.device).type == "cpu"):
         raise ValueError(f"--channels-last --compile: a compiled {config.arch} in channels_last fails on the CPU "
                          "at RSG's first generation-phase step (torch's inductor mispredicts the strides of its "
