@@ -86,9 +86,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             raise _saved_path_missing("data root", "--data-root", saved_root)
         # the run's data settings, less the ones that name its own data when another dataset is evaluated
         # (and the training list: only counted again, below, for a config without counts, from the usual one)
-        options = {**dataset_options(cfg), "root": args.data_root or cfg.get("data_root"), "train_list": None,
+        options = {**dataset_options(cfg), "root": args.data_root or cfg.get("data_root"),
                    "test_list": args.test_list or saved_list,
                    "num_classes": cfg.get("num_classes") if runs_data else None, "normalize_on_device": True}
+        del options["train_list"]
         # The shot groups take the training counts the run saved, so a list-file dataset's training list
         # and images need not be there; a config without them (rsg-fast always wrote them) counts them again.
         cls_num_list = cfg.get("cls_num_list")
@@ -96,7 +97,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             data = build_datasets(dataset, **options)
             test, num_classes, cls_num_list = data.test, data.num_classes, data.cls_num_list
         else:
-            del options["train_list"]   # the test split alone
             test, num_classes = build_test_dataset(dataset, **options)
         if num_classes != cfg["num_classes"]:
             raise ValueError(f"checkpoint has {cfg['num_classes']} classes, dataset {dataset} has {num_classes}")
