@@ -440,8 +440,21 @@ def test_paper_defaults_and_fractions():
     step = resolve_config(build_parser().parse_args(["--imb-type", "step", "--epochs", "20"]))
     assert step.head_ratio == 0.5 and step.transfer_strength == 0.01
     assert step.lr_milestones == [16, 18] and step.epoch_thresh == 15
-    assert head_classes([5, 50, 500, 7], 0.5, "general") == [1, 2]   # top-k by training count
-    assert head_classes([500, 50, 5, 7], 0.5, "cifar") == [0, 1]      # the first ids, as the scripts
+    assert head_classes([5, 50, 500, 7], 0.5) == [1, 2]          # top-k by training count
+    assert head_classes([5, 50, 50, 50], 0.5) == [1, 2]          # ties: the lower id
+
+
+@pytest.mark.parametrize("imb_type", ["exp", "step"])
+def test_head_classes_are_the_published_first_ids_for_every_cifar_imbalance(imb_type):
+    # the published scripts take the first int(C * ratio) ids; the count rule must agree wherever
+    # the counts come from the CIFAR-LT construction (CIFAR and synthetic-lt), ties of equal counts too
+    from rsg_fast.data.imbalance import img_num_per_cls
+    for num_classes in (1, 2, 3, 10, 100):
+        for imb_factor in (1.0, 0.5, 0.1, 0.02, 0.01, 0.001):
+            counts = img_num_per_cls(500 if num_classes < 100 else 5000, num_classes, imb_type, imb_factor)
+            for ratio in (0.0, 0.1, 0.2, 0.5, 0.9, 1.0):
+                assert head_classes(counts, ratio) == list(range(int(num_classes * ratio))), \
+                    (num_classes, imb_factor, ratio)
 
 
 def test_checkpoint_roundtrip_weights_only(tmp_path):

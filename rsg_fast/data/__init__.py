@@ -39,7 +39,6 @@ class LTData:
     num_classes: int
     cls_num_list: list[int]   # training images per class
     image_size: int           # square input side the model sees
-    family: str               # "cifar" (class 0 most frequent by construction) or "general"
 
 
 def build_datasets(name: str, *, root: str | None = None, download: bool = False, imb_type: str = "exp",
@@ -48,7 +47,9 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
                    augment: bool = True, synthetic: dict[str, Any] | None = None,
                    num_classes: int | None = None, normalize_on_device: bool = False) -> LTData:
     """The train/test pair of dataset ``name`` (one of ``DATASETS``) and its per-class training counts.
-    ``num_classes`` overrides the class count of the list-file datasets (e.g. for a subset of a list);
+    ``augment`` is the training split's random crop and flip (CIFAR and the list files; synthetic-lt's
+    images are drawn already varied and have none); ``num_classes`` overrides the class count of the
+    list-file datasets (e.g. for a subset of a list);
     ``normalize_on_device`` makes their images uint8, finished per batch on the device (``list_datasets``;
     the other datasets ignore it: their items are float already, and ``DeviceBatches`` makes their batches
     on the device from the raw images)."""
@@ -56,18 +57,18 @@ def build_datasets(name: str, *, root: str | None = None, download: bool = False
         kw = dict(synthetic or {})
         train = SyntheticLT(True, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
         test = SyntheticLT(False, imb_type=imb_type, imb_factor=imb_factor, seed=seed, **kw)
-        return LTData(train, test, train.num_classes, list(train.counts), train.data.shape[-1], "cifar")
+        return LTData(train, test, train.num_classes, list(train.counts), train.data.shape[-1])
     if name in ("cifar10", "cifar100"):
         if root is None:
             raise ValueError(f"root (--data-root) is required for {name}: the folder holding the CIFAR files")
         num_classes = 10 if name == "cifar10" else 100
         train, test, counts = imbalanced_cifar(num_classes, root, imb_type=imb_type, imb_factor=imb_factor,
                                                subset=subset, seed=seed, download=download, augment=augment)
-        return LTData(train, test, num_classes, counts, 32, "cifar")
+        return LTData(train, test, num_classes, counts, 32)
     if name in LIST_DATASETS:   # the root may be None: lists given, of absolute paths alone
         train, test, num_classes = list_datasets(name, root, train_list, test_list, input_size, augment, num_classes,
                                                  normalize_on_device=normalize_on_device)
-        return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size, "general")
+        return LTData(train, test, num_classes, class_counts(train.targets, num_classes), input_size)
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
 
 

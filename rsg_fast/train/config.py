@@ -101,7 +101,7 @@ class TrainConfig:
         """This configuration completed with what the data tells: class counts, head classes, sizes."""
         return dataclasses.replace(
             self, input_size=data.image_size, num_classes=data.num_classes, cls_num_list=list(data.cls_num_list),
-            world_size=world, head_classes=head_classes(data.cls_num_list, self.head_ratio, data.family),
+            world_size=world, head_classes=head_classes(data.cls_num_list, self.head_ratio),
             shot_sizes=shot_sizes(data.cls_num_list), train_size=len(data.train), test_size=len(data.test))
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,11 +190,10 @@ def resolve_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         channels_last=args.channels_last, compile=args.compile)
 
 
-def head_classes(cls_num_list: list[int], ratio: float, family: str) -> list[int]:
-    """CIFAR (class 0 most frequent by construction): the first int(C * ratio) ids, as the published
-    scripts; otherwise the int(C * ratio) classes with the most training images (ties: lower id)."""
+def head_classes(cls_num_list: list[int], ratio: float) -> list[int]:
+    """The int(C * ratio) classes with the most training images (ties: the lower id). For CIFAR-LT and
+    synthetic-lt, whose counts never increase with the id, that is the published scripts' first
+    int(C * ratio) ids."""
     k = int(len(cls_num_list) * ratio)
-    if family == "cifar":
-        return list(range(k))
     order = sorted(range(len(cls_num_list)), key=lambda c: (-cls_num_list[c], c))
     return sorted(order[:k])
