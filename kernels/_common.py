@@ -100,8 +100,17 @@ def check_extent(op: str, name: str, size) -> None:
 
 
 def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
-    """Next power of two of ``n``, clamped to ``[lo, hi]``."""
-    b = max(lo, 1 << (max(int(n), 1) - 1).bit_length())   # triton.next_power_of_2 costs 2.5 us a call
+    """Next power of two of ``n``, clamped to ``[lo, hi]`` (``lo`` and ``hi`` powers of two).
+
+    A symbolic size (torch.compile's dynamic batch) is bucketed by comparisons, which guard on the
+    range of sizes that share the block (e.g. 64 < N <= 128): ``int(n)`` would specialise the graph
+    on N itself, one compile per batch size even with ``dynamic=True``."""
+    if not isinstance(n, int):
+        b = max(lo, 1)
+        while (hi is None or b < hi) and n > b:
+            b *= 2
+        return b
+    b = max(lo, 1 << (max(n, 1) - 1).bit_length())   # triton.next_power_of_2 costs 2.5 us a call
     return min(b, hi) if hi is not None else b
 
 

@@ -14,6 +14,8 @@ the same way on its own. What the wrapper must show:
 - no host-to-device copy and no CPU buffer (a non_blocking=False copy from the host syncs the
   stream), except the pair indices and labels that ``host_target`` sends, asynchronously;
 - with the constructor's head classes and with others (the head table is built on the device);
+- with ``dynamic=True``, guards on a range of batch sizes (the launchers' power-of-two blocks), never
+  on one size (a compile per batch size);
 - under ``mode="reduce-overhead"``, every kernel inside the partitions CUDA graphs replay, nothing
   launched on the device between them: one graph in the contrastive phase, two in the generation
   phase (split at its sync), one given ``host_target`` (three with torch 2.11).
@@ -37,6 +39,8 @@ import tempfile
 import traceback
 
 import pytest
+
+CIFAR_BATCH = 128    # the batch size of the CIFAR cases (the paper's)
 
 # user-defined Triton kernels each case must launch
 FORWARD_KERNELS = {"_batch_plan_kernel", "_center_assign_fwd_kernel"}
@@ -108,6 +112,17 @@ def test_compiled_forward_runs_the_triton_kernels_with_one_sync_and_no_host_copy
     assert case["copies"] == [], (name, case["copies"])
     assert case["cpu_buffers"] == 0, name
     assert case["launches"] <= launches, (name, case["launches"])
+
+
+@pytest.mark.parametrize("name", ["generation-dynamic", "contrastive-dynamic"])
+def test_dynamic_compile_guards_on_a_range_of_batch_sizes_not_on_one(report, name):
+    # the pairs kernels' block is the batch size's power of two: picked by comparisons on the symbolic
+    # size (guards 64 < N <= 128), not int(N), which pinned the graph to N = 128 (a compile per size)
+    case = _case(report, name)
+    assert case["guards"] and case["guards"] != ["(no shape env)"], case["guards"]
+    pinned = [g for g in case["guards"] if re.search(rf"Eq\(\w+, {CIFAR_BATCH}\)", g)]
+    assert not pinned, (name, pinned)
+    assert any(re.fullmatch(rf"\w+ <= {CIFAR_BATCH}", g) for g in case["guards"]), case["guards"]
 
 
 def test_compiled_forward_with_host_target_never_syncs(report):
@@ -334,11 +349,15 @@ def _pretend_h100():
     def capture(key, path, *args, **kwargs):
         with open(path) as f:
             _WRAPPERS.append(f.read())
+        context = torch._guards.TracingContext.try_get()     # the shape guards dynamo has made so far
+        shape_env = context.fake_mode.shape_env if context is not None else None
+        _GUARDS[:] = [str(g.expr) for g in shape_env.guards] if shape_env is not None else ["(no shape env)"]
         raise _Captured
     PyCodeCache.load_by_key_path = capture
 
 
 _WRAPPERS: list[str] = []
+_GUARDS: list[str] = []
 
 
 def _unless_captured(exc: BaseException, captured: bool) -> str | None:
@@ -361,6 +380,7 @@ def _compile_and_capture(fn, *args, _dynamic=None, _mode=None, **kwargs) -> dict
 
     torch._dynamo.reset()
     _WRAPPERS.clear()
+    _GUARDS.clear()
     error = None
     try:
         torch.compile(fn, backend="inductor", fullgraph=True, dynamic=_dynamic, mode=_mode)(*args, **kwargs)
@@ -368,7 +388,7 @@ def _compile_and_capture(fn, *args, _dynamic=None, _mode=None, **kwargs) -> dict
     except Exception as exc:  # noqa: BLE001  the capture ends the call; anything else is the finding
         error = _unless_captured(exc, captured=len(_WRAPPERS) > 0)
     out = _read_wrapper(_WRAPPERS[-1]) if _WRAPPERS else {}
-    out.update(error=error, wrapper=_WRAPPERS[-1] if _WRAPPERS else "")
+    out.update(error=error, wrapper=_WRAPPERS[-1] if _WRAPPERS else "", guards=list(_GUARDS))
     return out
 
 
@@ -383,7 +403,7 @@ def _main(report_path):
 
     torch._dynamo.config.capture_scalar_outputs = True        # the README's compile setting
     torch.manual_seed(0)
-    N, C, H, W, L, K, D, heads, thresh = 128, 32, 16, 16, 10, 15, 256, [0, 1, 2], 3   # the paper's CIFAR
+    N, C, H, W, L, K, D, heads, thresh = CIFAR_BATCH, 32, 16, 16, 10, 15, 256, [0, 1, 2], 3   # the paper's CIFAR
     cases = {}
     lt_heads = sorted(torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:390].tolist())
     _pretend_h100_triton_driver()
