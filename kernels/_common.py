@@ -18,6 +18,7 @@ them when they run inside one of rsg_fast's ``triton_op``s.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -62,11 +63,24 @@ def new_empty_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def launch(kernel, programs):
-    """``kernel[programs]`` through ``torch.library.wrap_triton`` (traceable by torch.compile). Under the
-    Triton interpreter the kernel is no JITFunction (nothing to trace; older torch refuses to wrap it)."""
+    """``kernel[programs]`` through ``torch.library.wrap_triton`` (traceable by torch.compile), launched on
+    the GPU of its first tensor argument. Under the Triton interpreter the kernel is no JITFunction
+    (nothing to trace; older torch refuses to wrap it)."""
     if not isinstance(kernel, triton.runtime.jit.JITFunction):
-        return kernel[programs]
-    return torch.library.wrap_triton(kernel)[programs]
+        return functools.partial(_on_tensors_device, kernel[programs])
+    return functools.partial(_on_tensors_device, torch.library.wrap_triton(kernel)[programs])
+
+
+def _on_tensors_device(run, *args, **kwargs):
+    """``run(*args, **kwargs)`` with the first tensor argument's GPU current. Triton launches on the
+    current device and its stream, and a custom op sets no device guard: tensors on cuda:1 while
+    cuda:0 is current would fail ("cannot be accessed from Triton") or, with peer access, run on
+    cuda:0's stream, unordered with the cuda:1 work that made them."""
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if device is None or device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return run(*args, **kwargs)
+    with torch.cuda.device(device.index):
+        return run(*args, **kwargs)
 
 
 MAX_GRID = (2**31 - 1, 65535, 65535)    # CUDA's launch limits along grid axes x, y, z

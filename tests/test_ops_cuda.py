@@ -128,3 +128,30 @@ def test_cuda_int64_offsets():
     assert torch.equal(out[0], x[-1])
     del out
     torch.cuda.empty_cache()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_rsg_on_a_gpu_that_is_not_current():
+    """Triton launches on the current device; RSG on cuda:1 while cuda:0 is current must run on cuda:1
+    (on cuda:0's stream it would fail, or with peer access race the work that made its inputs) and
+    match the same module on cuda:0, values and gradients, in the generation phase."""
+    import copy
+
+    from rsg_fast import RSG
+    torch.manual_seed(0)
+    rsg0 = RSG(4, [8, 5, 5], 6, 16, [0, 1], 1.0, 0, backend="triton").to("cuda:0")
+    rsg1 = copy.deepcopy(rsg0).to("cuda:1")
+    x = torch.randn(12, 8, 5, 5)
+    y = torch.tensor([0, 1, 0, 2, 3, 1, 4, 5, 0, 2, 1, 3])
+    results = []
+    for rsg, dev in ((rsg0, "cuda:0"), (rsg1, "cuda:1")):
+        torch.cuda.set_device(0)
+        xd = x.to(dev).requires_grad_()
+        maps, cesc, mv, labels = rsg(xd, [0, 1], y.to(dev), 1)
+        (maps.square().sum() + cesc + mv).backward()
+        torch.cuda.synchronize(dev)
+        grads = [p.grad for p in rsg.parameters() if p.grad is not None]     # the frozen classifier has none
+        results.append([t.cpu() for t in (maps, cesc, mv, labels.double(), xd.grad, *grads)])
+    assert len(results[0]) == len(results[1]) > 6
+    for a, b in zip(*results):
+        close(b, a, rtol=1e-5)

@@ -52,9 +52,42 @@ def zeros_for_scatter(shape, dtype: torch.dtype, like: torch.Tensor) -> torch.Te
     return torch.zeros(shape, dtype=dtype, device=like.device)
 
 
+KERNEL_MODULES = ("center_assign", "csr", "displacement", "mv_terms", "pairs", "tap_window_means")
+DEFINED: list[str] = []          # the ops ``define`` registered, in order
+_keyed_on_kernels = False
+
+
 def kernels(name: str):
     """The Triton launchers of one op (imported on first use: importing them imports triton)."""
+    if not _keyed_on_kernels:
+        key_compile_caches_on_kernels()
     return importlib.import_module(f"rsg_fast.kernels.{name}")
+
+
+def key_compile_caches_on_kernels() -> None:
+    """Tell torch.compile's caches which Triton kernels every op launches.
+
+    AOT autograd's cache keys a graph holding a ``triton_op`` on the source of the kernels torch found
+    in the op's body, as ``wrap_triton(kernel)`` calls; ours launch through ``kernels(...)`` and
+    ``launch``, out of its sight, so the key held no kernel, and after a kernel changed (an edit, a new
+    rsg_fast) a cached graph still ran the old one. Every op is keyed on every kernel: a graph holding a
+    forward op runs its backward's kernels too. Called by the first ``kernels``, which is before any
+    Triton-path graph is keyed (the op bodies run while dynamo traces); under the interpreter the
+    kernels are no JITFunctions and there is nothing to key."""
+    global _keyed_on_kernels
+    _keyed_on_kernels = True
+    registry = getattr(getattr(torch._library, "triton", None), "triton_ops_to_kernels", None)
+    if registry is None:       # a torch that does not key on kernels
+        return
+    import triton
+
+    found = []
+    for module_name in KERNEL_MODULES:
+        module = importlib.import_module(f"rsg_fast.kernels.{module_name}")
+        found += [v for v in vars(module).values()
+                  if isinstance(v, triton.runtime.jit.JITFunction) and v.__module__ == module.__name__]
+    for name in DEFINED:
+        registry[f"rsg_fast::{name}"] = list(found)
 
 
 # ----------------------------------------------------------------------------- registration
@@ -64,6 +97,7 @@ def define(name: str, mutates_args=()):
     def wrap(fn):
         op = torch.library.triton_op(f"rsg_fast::{name}", fn, mutates_args=mutates_args)
         register_passthrough_autocast(name)
+        DEFINED.append(name)
         return op
     return wrap
 
