@@ -186,8 +186,10 @@ def _incoming(n, gamma_ptr, mdist_ptr, gg_ptr, gd_ptr, gc_ptr, sggn, sggk, sgdn,
         g_dist += g_cesc * gamma
     # gamma_k (g_k - sum_j gamma_j g_j) with g first shifted by its value at the largest gamma (the
     # softmax's backward drops a constant): where the softmax saturates, the sum is nearly g_k and
-    # subtracting it would cancel; after the shift it is nearly 0
-    top = tl.argmax(tl.where(kmask, gamma, -1.0), axis=0, tie_break_left=True)
+    # subtracting it would cancel; after the shift it is nearly 0. NaN as the forward's key: any lane
+    # is a valid shift, but an argmax over NaN alone is undefined (the interpreter raises)
+    key = tl.where(gamma != gamma, 2.0, gamma)
+    top = tl.argmax(tl.where(kmask, key, -1.0), axis=0, tie_break_left=True)
     h = tl.where(kmask, g_gamma - tl.sum(tl.where(offs_k == top, g_gamma, 0.0), axis=0), 0.0)
     g_logit = gamma * (h - tl.sum(gamma * h, axis=0))
     return g_logit, g_dist

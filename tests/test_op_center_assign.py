@@ -171,6 +171,26 @@ def test_non_finite_maps_keep_the_closest_centre_inside_the_class(backend, bad):
     assert row.tolist() == naive.center_assign(x, target, centers, linear, bias)[2].tolist()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("K", [3, 4])
+def test_non_finite_maps_give_the_torch_paths_nan_gradients(K):
+    """The backward of a sample whose gammas are all NaN: the Triton path must run (at K = 4 its
+    softmax shift once took an argmax over NaN alone, which the interpreter refuses) and leave NaN
+    exactly where the PyTorch path does, in the gradient of every input."""
+    x, target, centers, linear, bias = _inputs(4, 3, K, 5, 2, 3)
+    target = torch.tensor([2, 1, 2, 0], device=DEVICE)
+    x[1, 0, 0, 0] = float("nan")
+    found = {}
+    for backend in BACKENDS:
+        inputs = [leaf(t) for t in (x, centers, linear, bias)]
+        gamma, dist, _, cesc = ops.center_assign(inputs[0], target, *inputs[1:], backend=backend)
+        (gamma.sum() + dist.sum() + cesc.sum()).backward()
+        found[backend] = [torch.isnan(t.grad) for t in inputs]
+    assert found["torch"][0].any()
+    for got, want in zip(found["triton"], found["torch"]):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fp16_maps_accumulate_in_fp32(backend):
     x, target, centers, linear, bias = _inputs(3, 2, 4, 7, 5, 5, offset=3.0)
