@@ -42,15 +42,15 @@ class ReferenceRSG(RSGParameters):
     def forward(self, feature_maps, head_class_lists, target, epoch, *, host_target=None):
         epoch = check_forward_arguments(self, feature_maps, target, epoch)   # a host number
         heads = self._head_classes(head_class_lists)
-        if self.validate and target.numel() > 0:
-            raise_for_labels(int(target.min()), int(target.max()), self.num_classes)
+        labels = target.long()             # any integer dtype (a uint8 index would act as a mask)
+        if self.validate and labels.numel() > 0:   # (torch has no min/max of uint16/32/64)
+            raise_for_labels(int(labels.min()), int(labels.max()), self.num_classes)
         if host_target is not None:   # RSG's keyword, accepted so the two modules swap; only checked here
             host_labels = check_host_target(host_target, target)
             if self.validate:
                 raise_if_labels_differ(target.cpu(), host_labels)
         if self.check_finite and not bool(torch.isfinite(feature_maps).all()):
             raise ValueError(NON_FINITE_MESSAGE)
-        labels = target.long()             # any integer dtype (a uint8 index would act as a mask)
 
         x = feature_maps.detach()          # RSG's losses do not move the backbone's features
         N, C, H, W = x.shape

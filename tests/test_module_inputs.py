@@ -23,7 +23,8 @@ def _pair(mv_loss="original", backend="torch", dtype=torch.float32, **kw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                                   torch.uint32, torch.uint64])
 def test_every_integer_label_dtype_gives_the_int64_result(backend, dtype):
     """A uint8 index would act as a boolean mask (N == num_classes makes it look valid); int8/int16
     used to fail deep inside an index op. Labels of any integer dtype give the int64 results, and the
