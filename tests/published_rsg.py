@@ -2,8 +2,10 @@
 
 It follows the published code's path rather than ours: labels through numpy on the host, a Python
 loop splitting heads from tails, the closest centre picked with a numpy one-hot and a float64 batched
-matmul, AvgPool2d(H) (square maps only), even batches only, the contrastive module frozen by flipping
-``requires_grad`` for good, MV terms on ``view(-1, C)`` rows with an elementwise cosine product.
+matmul (then ``.float()``, as published: a float64 module's chosen centres are rounded to fp32, so
+float64 comparisons with it need fp32 tolerances), AvgPool2d(H) (square maps only), even batches
+only, the contrastive module frozen by flipping ``requires_grad`` for good, MV terms on
+``view(-1, C)`` rows with an elementwise cosine product.
 ``.cuda()`` is replaced by the inputs' device so it runs here. ``RSG(mv_loss="original")`` must match
 it to fp32 rounding, which is the drop-in promise.
 """
