@@ -77,7 +77,10 @@ def _on_tensors_device(run, *args, **kwargs):
     cuda:0 is current would fail ("cannot be accessed from Triton") or, with peer access, run on
     cuda:0's stream, unordered with the cuda:1 work that made them."""
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-    if device is None or device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+    # CUDA not initialised: no real CUDA tensor exists (fake ones, while torch.compile or torch.export
+    # trace on a machine without a GPU, must not start CUDA by asking for the current device)
+    if (device is None or device.type != "cuda" or device.index is None or not torch.cuda.is_initialized()
+            or device.index == torch.cuda.current_device()):
         return run(*args, **kwargs)
     with torch.cuda.device(device.index):
         return run(*args, **kwargs)

@@ -15,8 +15,11 @@ so ``define`` registers an autocast rule that switches autocast off and casts no
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import math
+import os
+import pkgutil
 
 import torch
 
@@ -52,42 +55,79 @@ def zeros_for_scatter(shape, dtype: torch.dtype, like: torch.Tensor) -> torch.Te
     return torch.zeros(shape, dtype=dtype, device=like.device)
 
 
-KERNEL_MODULES = ("center_assign", "csr", "displacement", "mv_terms", "pairs", "tap_window_means")
-DEFINED: list[str] = []          # the ops ``define`` registered, in order
-_keyed_on_kernels = False
-
-
 def kernels(name: str):
     """The Triton launchers of one op (imported on first use: importing them imports triton)."""
-    if not _keyed_on_kernels:
-        key_compile_caches_on_kernels()
     return importlib.import_module(f"rsg_fast.kernels.{name}")
 
 
-def key_compile_caches_on_kernels() -> None:
-    """Tell torch.compile's caches which Triton kernels every op launches.
+def kernel_modules() -> list[str]:
+    """The modules of ``rsg_fast.kernels`` that hold kernels (``_``-prefixed ones are helpers)."""
+    from rsg_fast import kernels as kernel_package
 
-    AOT autograd's cache keys a graph holding a ``triton_op`` on the source of the kernels torch found
-    in the op's body, as ``wrap_triton(kernel)`` calls; ours launch through ``kernels(...)`` and
-    ``launch``, out of its sight, so the key held no kernel, and after a kernel changed (an edit, a new
-    rsg_fast) a cached graph still ran the old one. Every op is keyed on every kernel: a graph holding a
-    forward op runs its backward's kernels too. Called by the first ``kernels``, which is before any
-    Triton-path graph is keyed (the op bodies run while dynamo traces); under the interpreter the
-    kernels are no JITFunctions and there is nothing to key."""
-    global _keyed_on_kernels
-    _keyed_on_kernels = True
-    registry = getattr(getattr(torch._library, "triton", None), "triton_ops_to_kernels", None)
-    if registry is None:       # a torch that does not key on kernels
-        return
+    return sorted(m.name for m in pkgutil.iter_modules(kernel_package.__path__) if not m.name.startswith("_"))
+
+
+class _SourceDigest:
+    """Stands in for a kernel in torch's registry: what AOT autograd's cache reads of one (``src``, and
+    ``fn`` for the kernels it calls: none) carries a digest of the op bodies and launchers."""
+
+    def __init__(self, digest: str):
+        self.src = f"# rsg_fast ops and launchers, sha256 {digest}"
+        self.fn = _source_digest
+        self.__name__ = "_source_digest"
+
+
+def _source_digest():
+    """(calls nothing: the digest's stand-in kernel has no dependencies)"""
+
+
+class _WhatEveryOpRuns(list):
+    """The entry of every rsg_fast op in ``torch._library.triton.triton_ops_to_kernels``, filled when
+    first read, which is when torch.compile keys a graph holding one of the ops.
+
+    A compiled graph inlines a ``triton_op``'s body (its PyTorch path, or its launchers and kernels),
+    but AOT autograd's cache keys the graph only on the kernels torch found by reading the body for
+    ``wrap_triton(kernel)``; ours launch through ``kernels(...)`` and ``launch``, out of its sight, so the
+    key held nothing of the op, and after an edit or an upgrade a cached graph still ran the old code.
+    Every op gets every kernel (a graph holding a forward op runs its backward's kernels too) and a
+    digest of the files of ``rsg_fast.ops`` and ``rsg_fast.kernels``. Read only where triton imports
+    (torch keys on kernels only then); under the interpreter the kernels are no JITFunctions and the
+    digest stands alone."""
+
+    def _filled(self):
+        if not list.__len__(self):
+            list.extend(self, _every_kernel_and_digest())
+        return self
+
+    def __iter__(self):
+        return list.__iter__(self._filled())
+
+    def __len__(self):
+        return list.__len__(self._filled())
+
+    def __getitem__(self, i):
+        return list.__getitem__(self._filled(), i)
+
+
+def _every_kernel_and_digest() -> list:
     import triton
 
+    from rsg_fast import kernels as kernel_package
+
     found = []
-    for module_name in KERNEL_MODULES:
+    for module_name in kernel_modules():
         module = importlib.import_module(f"rsg_fast.kernels.{module_name}")
         found += [v for v in vars(module).values()
                   if isinstance(v, triton.runtime.jit.JITFunction) and v.__module__ == module.__name__]
-    for name in DEFINED:
-        registry[f"rsg_fast::{name}"] = list(found)
+    digest = hashlib.sha256()
+    for folder in (os.path.dirname(__file__), *kernel_package.__path__):
+        for file_name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+            with open(os.path.join(folder, file_name), "rb") as f:
+                digest.update(file_name.encode() + b"\0" + f.read())
+    return [*found, _SourceDigest(digest.hexdigest())]
+
+
+_WHAT_EVERY_OP_RUNS = _WhatEveryOpRuns()
 
 
 # ----------------------------------------------------------------------------- registration
@@ -97,7 +137,9 @@ def define(name: str, mutates_args=()):
     def wrap(fn):
         op = torch.library.triton_op(f"rsg_fast::{name}", fn, mutates_args=mutates_args)
         register_passthrough_autocast(name)
-        DEFINED.append(name)
+        registry = getattr(getattr(torch._library, "triton", None), "triton_ops_to_kernels", None)
+        if registry is not None:      # (a torch that does not key its caches on kernels has none)
+            registry[f"rsg_fast::{name}"] = _WHAT_EVERY_OP_RUNS
         return op
     return wrap
 

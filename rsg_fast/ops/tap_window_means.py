@@ -29,7 +29,7 @@ def _tap_reads(n: int, device, dtype) -> Tensor:
 def _forward_torch(pre: Tensor) -> Tensor:
     """The window sums are separable in h and w: one product with the rows' read masks over the map,
     a small one with the columns' (matrix products: fast on the CPU, and plainly differentiable). A
-    mask's 0 times an inf is NaN, so a non-finite map spoils all nine of its sums (docs/ops-contract.md)."""
+    mask's 0 times an inf is NaN, so a +inf or NaN in a map spoils all nine of its sums (docs/ops-contract.md)."""
     P, H, W, D = pre.shape
     acc = acc_dtype(pre.dtype)
     a = pre.to(acc).relu()
