@@ -593,6 +593,22 @@ def test_resuming_with_more_epochs_says_which_derived_settings_moved(learned_run
     assert "warning" not in capsys.readouterr().err
 
 
+def test_resuming_with_another_process_count_says_so(learned_run, tmp_path, capsys):
+    """A run resumed with another number of processes splits its data otherwise (the README asks for
+    the same number to reproduce a run): it was silent, while any other changed setting was said."""
+    out = str(tmp_path / "procs")
+    shutil.copytree(learned_run[0], out)
+    path = os.path.join(out, "checkpoint_last.pt")
+    state = torch.load(path, weights_only=True)
+    state["config"]["world_size"] = 2                    # as if it had run under torchrun --nproc_per_node 2
+    torch.save(state, path)
+    capsys.readouterr()
+    assert main(TINY + ["--epochs", "7", "--loss-type", "CE", "--train-rule", "None", "--out", out, "--resume"]) == 0
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if "other training settings" in line)
+    assert "world_size 2 -> 1" in warning
+
+
 def test_a_new_run_does_not_overwrite_a_run_folder_without_resume(learned_run, tmp_path, capsys):
     """Re-running a command (say with one flag changed) into a folder that holds a run, without
     --resume, used to train from scratch over it: its checkpoints and metrics were silently replaced."""

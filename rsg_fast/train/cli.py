@@ -118,10 +118,10 @@ def _report_start(setup: TrainSetup, stop: int) -> None:
 
 
 # settings a resumed run may change (the network's are refused, RESUME_KEYS); --epochs moves the
-# milestones, DRW epoch, epoch_thresh and warm-up derived from it
+# milestones, DRW epoch, epoch_thresh and warm-up derived from it; the process count moves the data split
 CHANGEABLE_KEYS = ("epochs", "epoch_thresh", "lr", "lr_milestones", "lr_factors", "warmup_epochs", "drw_epoch",
                  "train_rule", "loss_type", "batch_size", "transfer_strength", "head_ratio", "lambda_cesc",
-                 "lambda_mv", "seed", "loader", "workers")
+                 "lambda_mv", "seed", "loader", "workers", "world_size")
 
 
 def _changed_settings(theirs: dict, ours: dict) -> str:
