@@ -99,10 +99,13 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, capsys):
     args = TINY + ["--epochs", "3", "--synthetic-max", "60", "--imb-factor", "0.1", "--train-rule", "DRW"]
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     assert main(args + ["--out", whole]) == 0
-    assert "stopped after" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stopped after" not in printed and printed.splitlines()[-1].startswith("done: best top-1")
     assert main(args + ["--out", split, "--stop-after-epoch", "2"]) == 0
-    # the job's last line says the run is not finished, and how to go on
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    # the job's last lines say the run is not finished (not "done"), and how to go on
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2].startswith("stopped early: best top-1") and not any(p.startswith("done") for p in printed)
+    assert printed[-1] == (
         "stopped after 2 of 3 epochs (--stop-after-epoch 2); to continue, give the same flags with --resume and a "
         "later --stop-after-epoch, or none")
     assert len(_records(split)) == 2

@@ -94,10 +94,12 @@ def train(setup: TrainSetup, proc: Process, *, stop: int, progress: bool = True)
             log.close()
     if proc.is_main and log.records:
         last = log.records[-1]
-        print(f"done: best top-1 {best_acc:.2f}% at epoch {best_epoch + 1}; last epoch top-1 "
+        # a job stopped early is not "done": its summary says where it stopped, then how to go on
+        ended = "done" if stop >= cfg.epochs else "stopped early"
+        print(f"{ended}: best top-1 {best_acc:.2f}% at epoch {best_epoch + 1}; last epoch top-1 "
               f"{last['test_acc']:.2f}%, many {format_acc(last['many_acc'])} medium {format_acc(last['medium_acc'])} "
               f"few {format_acc(last['few_acc'])}; run folder {cfg.out}", flush=True)
-        if stop < cfg.epochs:   # "done" alone would read as the end of the run
+        if stop < cfg.epochs:
             print(f"stopped after {stop} of {cfg.epochs} epochs (--stop-after-epoch {stop}); to continue, give the "
                   "same flags with --resume and a later --stop-after-epoch, or none", flush=True)
 
