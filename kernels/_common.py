@@ -66,9 +66,9 @@ def launch(kernel, programs):
     """``kernel[programs]`` through ``torch.library.wrap_triton`` (traceable by torch.compile), launched on
     the GPU of its first tensor argument. Under the Triton interpreter the kernel is no JITFunction
     (nothing to trace; older torch refuses to wrap it)."""
-    if not isinstance(kernel, triton.runtime.jit.JITFunction):
-        return functools.partial(_on_tensors_device, kernel[programs])
-    return functools.partial(_on_tensors_device, torch.library.wrap_triton(kernel)[programs])
+    if isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = torch.library.wrap_triton(kernel)
+    return functools.partial(_on_tensors_device, kernel[programs])
 
 
 def _on_tensors_device(run, *args, **kwargs):
